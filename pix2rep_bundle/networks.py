@@ -1,0 +1,141 @@
+"""Networks: the dense feature U-Net, the projection head of pretraining, and backbone checkpoints.
+
+The backbone is MONAI's ``BasicUNet`` (2D) without its ``final_conv``: its output is the last decoder
+block, ``features[-1]`` channels at full resolution (the dense representation, D). The segmentation
+network of the downstream configs is a plain ``BasicUNet`` with the same ``features`` and
+``out_channels = 4``: its ``final_conv`` is exactly a 1x1 conv on the dense features, so a linear probe is
+that network with everything but ``final_conv`` frozen, and the pretrained weights load by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import BasicUNet
+from monai.networks.utils import copy_model_state
+from torch import nn
+
+from pix2rep_bundle.errors import CheckpointError
+from pix2rep_bundle.io import torch_save_atomic
+
+HEAD_NAME = "final_conv"
+BACKBONE_FORMAT = "pix2rep-backbone-v1"
+
+
+def feature_unet(features: Sequence[int], in_channels: int = 1, **kwargs) -> BasicUNet:
+    """A 2D ``BasicUNet`` whose output is its dense feature map (``features[-1]`` channels)."""
+    net = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=1, features=tuple(features), **kwargs)
+    net.final_conv = nn.Identity()
+    return net
+
+
+class ProjectionHead(nn.Sequential):
+    """1x1 conv -> BatchNorm -> ReLU -> 1x1 conv: maps dense features to the space of the loss."""
+
+    def __init__(self, in_channels: int, hidden_channels: int = 256, out_channels: int = 256):
+        super().__init__(
+            nn.Conv2d(in_channels, hidden_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, out_channels, kernel_size=1),
+        )
+
+
+class Pix2RepNet(nn.Module):
+    """Backbone + projection head used in pretraining; ``forward`` returns the projected dense map.
+
+    Args:
+        features: ``BasicUNet`` feature widths (six integers); the last is the representation size D.
+        projection_hidden: width of the projection head's hidden layer.
+        projection_dim: size d of the space where the loss is computed.
+        in_channels: image channels.
+        kwargs: further ``BasicUNet`` arguments (norm, act, dropout, upsample).
+    """
+
+    def __init__(
+        self,
+        features: Sequence[int] = (32, 32, 64, 128, 256, 32),
+        projection_hidden: int = 256,
+        projection_dim: int = 256,
+        in_channels: int = 1,
+        **kwargs,
+    ):
+        super().__init__()
+        self.features = tuple(int(f) for f in features)
+        self.in_channels = in_channels
+        self.backbone = feature_unet(self.features, in_channels=in_channels, **kwargs)
+        self.projection = ProjectionHead(self.features[-1], projection_hidden, projection_dim)
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the dense representation (D)."""
+        return self.features[-1]
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation used downstream: (B, D, H, W)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.backbone(x))
+
+
+def backbone_checkpoint(net: Pix2RepNet) -> dict:
+    """The downstream part of a pretrained network, as a plain dict (loadable with ``weights_only=True``)."""
+    return {
+        "format": BACKBONE_FORMAT,
+        "features": list(net.features),
+        "in_channels": net.in_channels,
+        "backbone": {k: v.detach().cpu() for k, v in net.backbone.state_dict().items()},
+    }
+
+
+def save_backbone(net: Pix2RepNet, path: str | os.PathLike) -> None:
+    """Write the backbone checkpoint atomically (the projection head is not part of it)."""
+    torch_save_atomic(backbone_checkpoint(net), path)
+
+
+def read_backbone(path: str | os.PathLike) -> dict:
+    """Load a backbone checkpoint written by :func:`save_backbone`, with clear errors."""
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "pretrained checkpoint not found (run the pretrain config first, or pass "
+                                    "--pretrained_ckpt with an existing file)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != BACKBONE_FORMAT:
+        raise CheckpointError(path, f"not a Pix2Rep backbone checkpoint (expected format '{BACKBONE_FORMAT}')")
+    return ckpt
+
+
+def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Copy a pretrained backbone into a segmentation ``BasicUNet``, leaving its ``final_conv`` as it is.
+
+    Every backbone tensor must find a tensor of the same name and shape; otherwise a
+    :class:`CheckpointError` names the first mismatch (e.g. a checkpoint pretrained with other ``features``).
+    """
+    ckpt = read_backbone(path)
+    source = ckpt["backbone"]
+    target = network.state_dict()
+    for name, tensor in source.items():
+        if name not in target:
+            raise CheckpointError(path, f"tensor '{name}' has no counterpart in the network")
+        if target[name].shape != tensor.shape:
+            raise CheckpointError(
+                path,
+                f"tensor '{name}' has shape {tuple(tensor.shape)} but the network expects "
+                f"{tuple(target[name].shape)}; the checkpoint was pretrained with features={ckpt['features']}",
+            )
+    _, updated, _ = copy_model_state(network, source, exclude_vars=HEAD_NAME)
+    if len(updated) != len(source):
+        raise CheckpointError(path, f"copied {len(updated)} of {len(source)} backbone tensors")
+    return network
+
+
+def freeze_backbone(network: nn.Module) -> nn.Module:
+    """Freeze every parameter but the head's (``final_conv``): the linear-probe setting."""
+    for name, param in network.named_parameters():
+        param.requires_grad = name.startswith(HEAD_NAME + ".")
+    return network

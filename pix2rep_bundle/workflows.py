@@ -1,0 +1,182 @@
+"""Pretraining workflow pieces that plug Pix2Rep into MONAI's ``SupervisedTrainer``/``SupervisedEvaluator``.
+
+The trainer is MONAI's own. Pix2Rep enters through three small callables:
+
+- :class:`PrepareViewPairs` (``prepare_batch``) stacks the two views into one batch for a single forward
+  pass and turns their recorded affines into the :class:`~pix2rep_bundle.geometry.Alignment` that plays the
+  role of the "label";
+- :class:`StackedViewsLoss` (``loss_function``) splits the projected feature maps back into the two views
+  and applies a dense Pix2Rep loss;
+- handlers: atomic checkpoints for resuming, the backbone saver, and a throughput logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from pix2rep_bundle.geometry import Alignment, alignment_from_batch
+from pix2rep_bundle.io import torch_save_atomic
+from pix2rep_bundle.networks import Pix2RepNet, save_backbone
+
+logger = logging.getLogger(__name__)
+
+
+class PrepareViewPairs:
+    """``prepare_batch`` for pretraining: ``(cat(view_1, view_2), Alignment)`` on ``device``.
+
+    Args:
+        view_keys: batch keys of the two views.
+        channels_last: put the stacked images in ``channels_last`` memory format.
+    """
+
+    def __init__(self, view_keys: tuple[str, str] = ("view_1", "view_2"), channels_last: bool = False):
+        self.view_keys = tuple(view_keys)
+        self.channels_last = channels_last
+
+    def __call__(
+        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, Alignment]:
+        alignment = alignment_from_batch(batchdata, view_keys=self.view_keys)
+        views = [torch.as_tensor(batchdata[k]) for k in self.view_keys]
+        inputs = torch.cat([v.as_tensor() if hasattr(v, "as_tensor") else v for v in views], dim=0)
+        inputs = inputs.to(device=device, non_blocking=non_blocking, **kwargs)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        alignment = Alignment(*(t.to(device=device, non_blocking=non_blocking) for t in alignment))
+        return inputs, alignment
+
+
+class StackedViewsLoss(nn.Module):
+    """Apply a two-view dense loss to the network output of stacked views ``cat(view_1, view_2)``."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, pred: torch.Tensor, alignment: Alignment) -> torch.Tensor:
+        features_1, features_2 = pred.chunk(2, dim=0)
+        return self.loss(features_1, features_2, alignment)
+
+
+def stacked_batch_size(alignment: Alignment) -> int:
+    """Number of view pairs in a batch (for ``ignite.metrics.Loss``)."""
+    return alignment.grid.shape[0]
+
+
+class AtomicCheckpointSaver:
+    """Every ``interval`` epochs and at the end of training, write the state of ``save_dict`` atomically.
+
+    The file holds ``{name: obj.state_dict()}`` for every entry (network, optimizer, scheduler, trainer, ...),
+    the layout MONAI's ``CheckpointLoader`` reads back to resume. It is written to a temporary file that is
+    renamed over ``path``, so an interrupted run never leaves a corrupt checkpoint.
+    """
+
+    def __init__(self, path: str, save_dict: Mapping[str, Any], interval: int = 1):
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.path = path
+        self.save_dict = dict(save_dict)
+        self.interval = interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        torch_save_atomic(state, self.path)
+        logger.info(f"epoch {engine.state.epoch}: checkpoint written to {self.path}")
+
+
+class BackboneSaver:
+    """Write the backbone (no projection head) for the downstream configs.
+
+    With ``metric_name`` it is attached to the evaluator and keeps the backbone whose metric is lowest
+    (``mode="min"``, e.g. the validation loss) or highest; without, it saves whenever it is called
+    (attach it to the trainer's ``COMPLETED``). Its best value is part of the resumable checkpoint.
+    """
+
+    def __init__(self, network: Pix2RepNet, path: str, metric_name: str | None = None, mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.network = network
+        self.path = path
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def attach(self, engine: Engine) -> None:
+        event = Events.EPOCH_COMPLETED if self.metric_name else Events.COMPLETED
+        engine.add_event_handler(event, self)
+
+    def _improved(self, value: float) -> bool:
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def __call__(self, engine: Engine) -> None:
+        network = self.network.module if hasattr(self.network, "module") else self.network
+        if self.metric_name is None:
+            save_backbone(network, self.path)
+            logger.info(f"backbone written to {self.path}")
+            return
+        value = float(engine.state.metrics[self.metric_name])
+        if not math.isfinite(value):
+            logger.warning(f"{self.metric_name} is {value}: backbone not saved")
+            return
+        if self._improved(value):
+            self.best = value
+            save_backbone(network, self.path)
+            logger.info(f"{self.metric_name} improved to {value:.4f}: backbone written to {self.path}")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state["best"])
+
+
+class ThroughputLogger:
+    """Log view pairs per second and wall time at the end of every epoch (and to TensorBoard if given)."""
+
+    def __init__(self, summary_writer: Any | None = None, tag: str = "pairs_per_second"):
+        self.summary_writer = summary_writer
+        self.tag = tag
+        self._start = 0.0
+        self._pairs = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._start = time.perf_counter()
+        self._pairs = 0
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        images = engine.state.output["image"] if isinstance(engine.state.output, Mapping) else None
+        self._pairs += images.shape[0] // 2 if images is not None else 0
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        seconds = time.perf_counter() - self._start
+        rate = self._pairs / max(seconds, 1e-9)
+        logger.info(
+            f"epoch {engine.state.epoch}/{engine.state.max_epochs}: {self._pairs} pairs in {seconds:.1f} s, "
+            f"{rate:.1f} pairs/s"
+        )
+        if self.summary_writer is not None:
+            self.summary_writer.add_scalar(self.tag, rate, engine.state.epoch)
+
+
+def existing_file(path: str) -> bool:
+    """True when ``path`` is an existing file (used by configs to decide whether to resume)."""
+    return os.path.isfile(path)
