@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -177,6 +176,8 @@ class ThroughputLogger:
             self.summary_writer.add_scalar(self.tag, rate, engine.state.epoch)
 
 
-def existing_file(path: str) -> bool:
-    """True when ``path`` is an existing file (used by configs to decide whether to resume)."""
-    return os.path.isfile(path)
+def choose(options: Mapping[str, Any], name: str, what: str) -> Any:
+    """``options[name]``, or a ValueError listing the valid names (e.g. for ``--loss``)."""
+    if name not in options:
+        raise ValueError(f"unknown {what} '{name}': choose one of {sorted(options)}")
+    return options[name]
