@@ -1,0 +1,526 @@
+"""ACDC-layout datasets: scan and validate the folder, split by subject, prepare volumes and a datalist.
+
+Layout: ``dataset_dir/patientXXX/patientXXX_frameYY.nii.gz`` (image), ``..._frameYY_gt.nii.gz`` (labels:
+0 background, 1 RV, 2 MYO, 3 LV), ``Info.cfg`` (``ED``, ``ES``, ``Group``, ``NbFrame``, ...) and optionally
+``patientXXX_4d.nii.gz`` (the cine sequence). The synthetic phantom is written in the same layout.
+
+Preparation resamples each ED/ES volume in plane, crops/pads it around the image centre and normalises its
+intensities (:func:`pix2rep_bundle.data.preprocessing.volume_preprocessing`), writes it as NIfTI under
+``output_dir/volumes/`` and records everything in ``output_dir/datalist.json`` (paths relative to
+``output_dir``). Splits are by subject and stratified by pathology group; validation and test subjects
+never appear in the pretraining or labelled pools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.io import atomic_directory, write_json_atomic
+
+DATALIST_NAME = "datalist.json"
+VOLUMES_DIR = "volumes"
+DATALIST_VERSION = 1
+LABEL_VALUES = (0, 1, 2, 3)
+AFFINE_TOL = 1e-3
+UNKNOWN_GROUP = "unknown"
+_FRAME_FILE = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)(?P<gt>_gt)?\.nii(\.gz)?$")
+
+
+@dataclass
+class SubjectRecord:
+    """One ACDC subject: its folder, ``Info.cfg`` content and files."""
+
+    subject: str
+    folder: Path
+    group: str
+    ed_frame: int
+    es_frame: int
+    num_frames: int | None
+    frames: dict[int, tuple[Path, Path | None]] = field(default_factory=dict)
+    cine: Path | None = None
+
+    def labeled_frames(self) -> list[tuple[str, int]]:
+        """``[("ED", ed_frame), ("ES", es_frame)]`` (one entry when both are the same frame)."""
+        phases = [("ED", self.ed_frame)]
+        if self.es_frame != self.ed_frame:
+            phases.append(("ES", self.es_frame))
+        return phases
+
+
+# ---------------------------------------------------------------------------------------------- scanning
+
+def read_info_cfg(path: Path) -> dict[str, str]:
+    """Parse ``Info.cfg`` (``key: value`` lines) into a dict of strings."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(path, "Info.cfg not found (every patientXXX folder needs one with ED and ES)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read Info.cfg ({err})") from err
+    info = {}
+    for line in lines:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            info[key.strip()] = value.strip()
+    return info
+
+
+def _int_field(info: dict[str, str], key: str, path: Path, required: bool = True) -> int | None:
+    """An integer field of ``Info.cfg``; DataError when required and missing, or not an integer."""
+    if key not in info:
+        if required:
+            raise DataError(path, f"Info.cfg lacks the '{key}' field")
+        return None
+    try:
+        return int(float(info[key]))
+    except ValueError:
+        raise DataError(path, f"Info.cfg field '{key}' is not an integer: {info[key]!r}") from None
+
+
+def _frame_files(folder: Path) -> dict[int, tuple[Path, Path | None]]:
+    """Map frame number -> (image, label or None) from the ``*_frameYY[_gt].nii[.gz]`` files of ``folder``."""
+    images, labels = {}, {}
+    for path in sorted(folder.iterdir()):
+        match = _FRAME_FILE.match(path.name)
+        if match and path.is_file():
+            (labels if match["gt"] else images)[int(match["frame"])] = path
+    return {frame: (image, labels.get(frame)) for frame, image in sorted(images.items())}
+
+
+def _cine_file(folder: Path, subject: str) -> Path | None:
+    """The subject's 4D cine file, if any."""
+    for name in (f"{subject}_4d.nii.gz", f"{subject}_4d.nii"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _expected(folder: Path, subject: str, frame: int, suffix: str = "") -> Path:
+    """The conventional path of a frame file (for error messages)."""
+    return folder / f"{subject}_frame{frame:02d}{suffix}.nii.gz"
+
+
+def scan_subject(folder: Path) -> SubjectRecord:
+    """Read one ``patientXXX`` folder; DataError for a missing Info.cfg/ED/ES field or ED/ES image or label."""
+    subject = folder.name
+    info_path = folder / "Info.cfg"
+    info = read_info_cfg(info_path)
+    ed, es = _int_field(info, "ED", info_path), _int_field(info, "ES", info_path)
+    record = SubjectRecord(subject=subject, folder=folder, group=info.get("Group", UNKNOWN_GROUP) or UNKNOWN_GROUP,
+                           ed_frame=ed, es_frame=es, num_frames=_int_field(info, "NbFrame", info_path, False),
+                           frames=_frame_files(folder), cine=_cine_file(folder, subject))
+    for phase, frame in record.labeled_frames():
+        image, label = record.frames.get(frame, (None, None))
+        if image is None:
+            raise DataError(_expected(folder, subject, frame), f"{phase} image (frame {frame} of Info.cfg) not found")
+        if label is None:
+            raise DataError(_expected(folder, subject, frame, "_gt"), f"{phase} label (_gt of frame {frame}) not found")
+    return record
+
+
+def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
+    """All ``patient*`` subjects of an ACDC-layout folder, sorted by name, each checked for its ED/ES files."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.exists():
+        raise DataError(dataset_dir, "dataset folder not found")
+    if not dataset_dir.is_dir():
+        raise DataError(dataset_dir, "not a folder (expected an ACDC-layout folder of patientXXX/ subfolders)")
+    folders = sorted(p for p in dataset_dir.iterdir() if p.is_dir() and p.name.startswith("patient"))
+    if not folders:
+        raise DataError(dataset_dir, "no patientXXX subfolders (expected the ACDC layout)")
+    return [scan_subject(folder) for folder in folders]
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+def _round(x: float) -> int:
+    """Round half up (Python's ``round`` rounds half to even)."""
+    return int(np.floor(x + 0.5))
+
+
+def _split_count(total: int, fraction: float) -> int:
+    """Subjects for a held-out split: ``fraction`` of ``total``, at least one when ``fraction`` > 0."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"split fractions must be in [0, 1), got {fraction}")
+    return max(1, _round(total * fraction)) if fraction > 0 else 0
+
+
+def _allocate(sizes: dict[str, int], total: int, rng: np.random.Generator) -> dict[str, int]:
+    """Share ``total`` among groups in proportion to ``sizes`` (largest remainder, seeded tie-break)."""
+    n = sum(sizes.values())
+    groups = sorted(sizes)
+    quota = {g: total * sizes[g] / n for g in groups}
+    counts = {g: min(sizes[g], int(np.floor(quota[g]))) for g in groups}
+    noise = rng.random(len(groups))
+    order = sorted(range(len(groups)), key=lambda i: (-(quota[groups[i]] - counts[groups[i]]), noise[i]))
+    remaining = total - sum(counts.values())
+    while remaining > 0:
+        for i in order:
+            g = groups[i]
+            if remaining > 0 and counts[g] < sizes[g]:
+                counts[g] += 1
+                remaining -= 1
+    return counts
+
+
+def split_subjects(subjects: list[SubjectRecord], seed: int = 0, val_fraction: float = 0.1,
+                   test_fraction: float = 0.2) -> dict[str, list[str]]:
+    """Disjoint ``train``/``validation``/``test`` subject ids, stratified by pathology group, from ``seed``.
+
+    The test and validation sizes are ``fraction * N`` rounded (at least one subject when the fraction is
+    positive), shared among groups in proportion to their sizes; the result depends only on the subjects
+    and ``seed``, not on their order.
+    """
+    by_group: dict[str, list[str]] = defaultdict(list)
+    for record in sorted(subjects, key=lambda r: r.subject):
+        by_group[record.group].append(record.subject)
+    total = sum(len(v) for v in by_group.values())
+    n_test, n_val = _split_count(total, test_fraction), _split_count(total, val_fraction)
+    if total - n_test - n_val < 1:
+        raise ValueError(f"{total} subjects cannot give {n_test} test, {n_val} validation and >= 1 training")
+    rng = np.random.default_rng(seed)
+    shuffled = {g: [ids[i] for i in rng.permutation(len(ids))] for g, ids in sorted(by_group.items())}
+    test_counts = _allocate({g: len(v) for g, v in shuffled.items()}, n_test, rng)
+    rest = {g: v[test_counts[g]:] for g, v in shuffled.items()}
+    val_counts = _allocate({g: len(v) for g, v in rest.items() if v}, n_val, rng)
+    splits = {"train": [], "validation": [], "test": []}
+    for g, ids in shuffled.items():
+        splits["test"] += ids[:test_counts[g]]
+        splits["validation"] += rest[g][:val_counts.get(g, 0)]
+        splits["train"] += rest[g][val_counts.get(g, 0):]
+    return {name: sorted(ids) for name, ids in splits.items()}
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def load_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI volume as float32 data and its affine (voxel sizes repaired from the header).
+
+    DataError, naming the file, when it is missing, not NIfTI, truncated or corrupt, not ``ndim``-D, or holds
+    NaN/inf voxels.
+    """
+    import nibabel as nib
+
+    from pix2rep_bundle.data.preprocessing import repair_affine
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for bad files
+        raise DataError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(path, f"not a NIfTI file (read as {type(img).__name__})")
+    if len(img.shape) != ndim:
+        raise DataError(path, f"expected a {ndim}D volume, got shape {tuple(img.shape)}")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
+        raise DataError(path, f"truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise DataError(path, f"{bad} NaN/inf voxels")
+    affine = repair_affine(img.affine, img.header.get_zooms()[:3])
+    return data, affine
+
+
+def check_label(label: np.ndarray, path: Path) -> None:
+    """DataError when a label map holds values other than 0..3."""
+    values = np.unique(label)
+    bad = values[~np.isin(values, LABEL_VALUES)]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise DataError(path, f"label values outside 0..3: {shown}")
+
+
+def check_pair(image: np.ndarray, image_affine: np.ndarray, label: np.ndarray, label_affine: np.ndarray,
+               image_path: Path, label_path: Path) -> None:
+    """DataError (naming the label file) when the label does not match its image in shape or geometry."""
+    if image.shape != label.shape:
+        raise DataError(label_path, f"shape {label.shape} differs from image {image_path.name} shape {image.shape}")
+    if not np.allclose(image_affine, label_affine, rtol=0, atol=AFFINE_TOL):
+        raise DataError(label_path, f"affine differs from image {image_path.name} beyond {AFFINE_TOL} "
+                                    f"(label {np.round(label_affine, 4).tolist()}, "
+                                    f"image {np.round(image_affine, 4).tolist()})")
+
+
+# ---------------------------------------------------------------------------------------------- preparation
+
+def _meta_tensor(data: np.ndarray, affine: np.ndarray, path: Path):
+    """Channel-first MetaTensor with the volume's affine, as ``LoadImaged`` + ``EnsureChannelFirstd`` give."""
+    import torch
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(data[None])), affine=torch.as_tensor(affine),
+                      meta={"filename_or_obj": str(path)})
+
+
+def _write_nifti(volume, path: Path, dtype) -> None:
+    """Write a channel-first MetaTensor's first channel as NIfTI with the tensor's affine."""
+    import nibabel as nib
+
+    array = np.asarray(volume.detach().cpu().numpy()[0])
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        array = np.rint(array)
+    affine = np.asarray(volume.affine.detach().cpu().numpy(), dtype=np.float64)
+    img = nib.Nifti1Image(array.astype(dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+
+
+def _entry(name: str, record: SubjectRecord, frame: int, phase: str, labeled: bool) -> dict:
+    """A datalist entry with paths relative to the output folder."""
+    entry: dict[str, Any] = {"image": f"{VOLUMES_DIR}/{name}.nii.gz"}
+    if labeled:
+        entry["label"] = f"{VOLUMES_DIR}/{name}_gt.nii.gz"
+    entry.update(subject=record.subject, frame=int(frame), phase=phase, group=record.group)
+    return entry
+
+
+def _prepare_labeled(record: SubjectRecord, out_dir: Path, spacing, image_size) -> list[dict]:
+    """Check, preprocess and write the ED/ES image+label volumes of one subject; return their entries."""
+    from pix2rep_bundle.data.preprocessing import volume_preprocessing
+
+    chain = volume_preprocessing(("image", "label"), spacing, image_size, load=False)
+    entries = []
+    for phase, frame in record.labeled_frames():
+        image_path, label_path = record.frames[frame]
+        image, image_affine = load_nifti(image_path)
+        label, label_affine = load_nifti(label_path)
+        check_label(label, label_path)
+        check_pair(image, image_affine, label, label_affine, image_path, label_path)
+        out = chain({"image": _meta_tensor(image, image_affine, image_path),
+                     "label": _meta_tensor(label, image_affine, label_path)})
+        name = f"{record.subject}_frame{frame:02d}"
+        _write_nifti(out["image"], out_dir / VOLUMES_DIR / f"{name}.nii.gz", np.float32)
+        _write_nifti(out["label"], out_dir / VOLUMES_DIR / f"{name}_gt.nii.gz", np.uint8)
+        entries.append(_entry(name, record, frame, phase, labeled=True))
+    return entries
+
+
+def _prepare_cine(record: SubjectRecord, out_dir: Path, spacing, image_size) -> list[dict]:
+    """Preprocess and write every cine frame other than ED/ES (images only); return their entries."""
+    from pix2rep_bundle.data.preprocessing import volume_preprocessing
+
+    if record.cine is None:
+        return []
+    chain = volume_preprocessing(("image",), spacing, image_size, load=False)
+    cine, affine = load_nifti(record.cine, ndim=4)
+    skip = {frame for _, frame in record.labeled_frames()}
+    entries = []
+    for index in range(cine.shape[-1]):
+        frame = index + 1  # ACDC frames are numbered from 1
+        if frame in skip:
+            continue
+        out = chain({"image": _meta_tensor(cine[..., index], affine, record.cine)})
+        name = f"{record.subject}_frame{frame:02d}"
+        _write_nifti(out["image"], out_dir / VOLUMES_DIR / f"{name}.nii.gz", np.float32)
+        entries.append(_entry(name, record, frame, "cine", labeled=False))
+    return entries
+
+
+def _prepare_subject(job: tuple[SubjectRecord, str, tuple, tuple, bool]) -> tuple[list[dict], list[dict]]:
+    """Worker: (labelled ED/ES entries, cine entries) of one subject written under the output folder."""
+    record, out_dir, spacing, image_size, with_cine = job
+    out_dir = Path(out_dir)
+    labeled = _prepare_labeled(record, out_dir, spacing, image_size)
+    cine = _prepare_cine(record, out_dir, spacing, image_size) if with_cine else []
+    return labeled, cine
+
+
+def _single_threaded_worker() -> None:
+    """Process-pool initialiser: one torch thread per worker (the workers already run in parallel)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_jobs(jobs: list, num_workers: int):
+    """Yield the per-subject results in order, in this process or in a process pool.
+
+    The pool spawns fresh interpreters: forking a process whose torch/OpenMP threads have run can deadlock.
+    """
+    if num_workers and num_workers > 0 and len(jobs) > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=int(num_workers), mp_context=context,
+                                 initializer=_single_threaded_worker) as pool:
+            yield from pool.map(_prepare_subject, jobs)
+        return
+    for job in jobs:
+        yield _prepare_subject(job)
+
+
+def _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine) -> dict:
+    """The recorded parameters of a preparation (what a reused datalist must match)."""
+    return {"source": str(Path(dataset_dir).resolve()), "spacing": [float(s) for s in spacing],
+            "image_size": [int(s) for s in image_size], "seed": int(seed), "val_fraction": float(val_fraction),
+            "test_fraction": float(test_fraction), "include_cine": bool(include_cine),
+            "version": DATALIST_VERSION}
+
+
+def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str:
+    """Hash of the names, sizes and modification times of every source file the preparation reads."""
+    digest = hashlib.sha256()
+    for record in subjects:
+        paths = [record.folder / "Info.cfg"]
+        for _, frame in record.labeled_frames():
+            paths += list(record.frames[frame])
+        if include_cine and record.cine is not None:
+            paths.append(record.cine)
+        for path in paths:
+            stat = path.stat()
+            digest.update(f"{record.subject}/{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def _datalist(params: dict, fingerprint: str, splits: dict, subjects: list[SubjectRecord],
+              labeled: dict[str, list[dict]], cine: dict[str, list[dict]]) -> dict:
+    """Assemble the datalist: splits, groups and the four pools of entries."""
+    train = splits["train"]
+    pretrain = []
+    for subject in train:
+        pretrain += [{k: v for k, v in e.items() if k != "label"} for e in labeled[subject]] + cine[subject]
+    return {**params, "source_fingerprint": fingerprint, "splits": splits,
+            "groups": {r.subject: r.group for r in subjects},
+            "pretrain": pretrain,
+            "labeled": [e for s in train for e in labeled[s]],
+            "validation": [e for s in splits["validation"] for e in labeled[s]],
+            "test": [e for s in splits["test"] for e in labeled[s]]}
+
+
+def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                    spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
+                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                    include_cine: bool = False, num_workers: int = 0) -> Path:
+    """Prepare every subject of ``dataset_dir`` into ``output_dir`` (atomically) and return the datalist path.
+
+    Writes ``output_dir/volumes/<subject>_frameYY[_gt].nii.gz`` (float32 image in [0, 1], uint8 label, the
+    resampled affine) and ``output_dir/datalist.json``. On any error nothing is left at ``output_dir``.
+    """
+    from pix2rep_bundle.data.preprocessing import crop_size, in_plane_pixdim
+
+    in_plane_pixdim(spacing), crop_size(image_size)  # validate before any work
+    start = time.perf_counter()
+    subjects = scan_acdc(dataset_dir)
+    splits = split_subjects(subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine)
+    train = set(splits["train"])
+    output_dir = Path(output_dir)
+    print(f"prepare: {len(subjects)} subjects from {params['source']} -> {output_dir} "
+          f"(spacing {params['spacing']} mm, size {params['image_size']})", flush=True)
+    labeled: dict[str, list[dict]] = {}
+    cine: dict[str, list[dict]] = {}
+    with atomic_directory(output_dir) as tmp:
+        (tmp / VOLUMES_DIR).mkdir()
+        jobs = [(r, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]),
+                 include_cine and r.subject in train) for r in subjects]
+        step = max(1, len(jobs) // 10)
+        for done, (record, (lab, cin)) in enumerate(zip(subjects, _run_jobs(jobs, num_workers)), start=1):
+            labeled[record.subject], cine[record.subject] = lab, cin
+            if done % step == 0 or done == len(jobs):
+                print(f"prepare: {done}/{len(jobs)} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
+        datalist = _datalist(params, source_fingerprint(subjects, include_cine), splits, subjects, labeled, cine)
+        write_json_atomic(tmp / DATALIST_NAME, datalist)
+        _make_readable(tmp)
+    print(f"prepare: wrote {output_dir / DATALIST_NAME} in {time.perf_counter() - start:.1f} s", flush=True)
+    return output_dir / DATALIST_NAME
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the (private, temporary) output folder the usual permissions under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    os.chmod(folder / DATALIST_NAME, 0o666 & ~umask)
+
+
+# ---------------------------------------------------------------------------------------------- reuse
+
+def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
+    """Whether an existing datalist was made from this source with these parameters and is complete."""
+    try:
+        datalist = json.loads(datalist_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if any(datalist.get(k) != v for k, v in params.items()) or datalist.get("source_fingerprint") != fingerprint:
+        return False
+    root = datalist_path.parent
+    pools = ("pretrain", "labeled", "validation", "test")
+    paths = [e[k] for p in pools for e in datalist.get(p, []) for k in ("image", "label") if k in e]
+    return all((root / path).is_file() for path in paths)
+
+
+class _FileLock:
+    """Exclusive advisory lock on a file (POSIX ``fcntl``; a no-op where unavailable)."""
+
+    def __init__(self, path: Path):
+        self.path, self.handle = path, None
+
+    def __enter__(self) -> "_FileLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a")
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
+                    spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
+                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                    include_cine: bool = False, num_workers: int = 0) -> Path:
+    """Return ``output_dir/datalist.json``, preparing it first unless it already matches the source and these
+    parameters. Concurrent callers (e.g. several ranks) are serialised by a lock file beside ``output_dir``."""
+    output_dir = Path(output_dir)
+    datalist_path = output_dir / DATALIST_NAME
+    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine)
+    subjects = scan_acdc(dataset_dir)
+    fingerprint = source_fingerprint(subjects, include_cine)
+    if _matches(datalist_path, params, fingerprint):
+        return datalist_path
+    with _FileLock(output_dir.parent / f".{output_dir.name}.lock"):
+        if _matches(datalist_path, params, fingerprint):
+            return datalist_path
+        return prepare_dataset(dataset_dir, output_dir, spacing=spacing, image_size=image_size, seed=seed,
+                               val_fraction=val_fraction, test_fraction=test_fraction,
+                               include_cine=include_cine, num_workers=num_workers)
+
+
+def summarize(datalist_path: str | os.PathLike) -> dict:
+    """Counts of a datalist: subjects per split and group, volumes and 2D slices per pool."""
+    import nibabel as nib
+
+    datalist_path = Path(datalist_path)
+    datalist = json.loads(datalist_path.read_text())
+    groups = datalist["groups"]
+    summary: dict[str, Any] = {"subjects": {}, "volumes": {}, "slices": {}}
+    for split, ids in datalist["splits"].items():
+        summary["subjects"][split] = dict(sorted(Counter(groups[s] for s in ids).items()), total=len(ids))
+    for pool in ("pretrain", "labeled", "validation", "test"):
+        entries = datalist[pool]
+        summary["volumes"][pool] = len(entries)
+        summary["slices"][pool] = sum(int(nib.load(str(datalist_path.parent / e["image"])).shape[-1])
+                                      for e in entries)
+    return summary

@@ -1,0 +1,205 @@
+"""Datalists and 2D slice datasets over 3D volumes.
+
+``load_datalist`` reads one pool of ``datalist.json`` (written by :mod:`pix2rep_bundle.data.acdc`) with
+absolute paths; ``select_labeled_subjects`` draws the K labelled subjects of a few-shot experiment;
+``VolumeSliceDataset`` serves every short-axis slice of a list of volumes as a ``(1, H, W)`` item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pix2rep_bundle.errors import DataError
+
+POOLS = ("pretrain", "labeled", "validation", "test")
+_FRAME = re.compile(r"_frame(\d+)")
+
+
+# ---------------------------------------------------------------------------------------------- datalists
+
+def load_datalist(datalist_path: str | os.PathLike, split: str) -> list[dict]:
+    """The entries of pool ``split`` (``pretrain``, ``labeled``, ``validation`` or ``test``) with absolute
+    ``image``/``label`` paths. DataError for a missing/unreadable file or an unknown split."""
+    datalist_path = Path(datalist_path)
+    try:
+        datalist = json.loads(datalist_path.read_text())
+    except FileNotFoundError:
+        raise DataError(datalist_path, "datalist not found") from None
+    except (OSError, ValueError) as err:
+        raise DataError(datalist_path, f"cannot read datalist ({err})") from err
+    if split not in POOLS or not isinstance(datalist.get(split), list):
+        available = [p for p in POOLS if isinstance(datalist.get(p), list)]
+        raise DataError(datalist_path, f"unknown split {split!r} (available: {', '.join(available)})")
+    root = datalist_path.parent.resolve()
+    return [_absolute(entry, root) for entry in datalist[split]]
+
+
+def _absolute(entry: dict, root: Path) -> dict:
+    """Copy of ``entry`` with its ``image``/``label`` paths made absolute against ``root``."""
+    out = dict(entry)
+    for key in ("image", "label"):
+        if key in out:
+            out[key] = str(root / out[key])
+    return out
+
+
+def _subjects_in_order(entries: Sequence[dict]) -> dict[str, list[dict]]:
+    """Entries grouped by ``subject`` (first-seen order)."""
+    by_subject: dict[str, list[dict]] = defaultdict(list)
+    for entry in entries:
+        if "subject" not in entry:
+            raise DataError(entry.get("image", "<entry>"), "datalist entry has no 'subject' field")
+        by_subject[entry["subject"]].append(entry)
+    return by_subject
+
+
+def select_labeled_subjects(entries: list[dict], num_subjects: int, seed: int) -> list[dict]:
+    """Entries of ``num_subjects`` subjects drawn stratified by ``group``; each subject brings all its entries.
+
+    Groups are visited round-robin in a seeded order, each giving its next subject from a seeded shuffle,
+    so draws are deterministic and nested (the K-subject draw contains the (K-1)-subject draw for the same
+    seed). ValueError for ``num_subjects`` <= 0; DataError when the pool has fewer subjects.
+    """
+    num_subjects = int(num_subjects)
+    if num_subjects <= 0:
+        raise ValueError(f"num_subjects must be positive, got {num_subjects}")
+    by_subject = _subjects_in_order(entries)
+    if num_subjects > len(by_subject):
+        where = os.path.commonpath([str(e["image"]) for e in entries]) if entries else "<empty pool>"
+        raise DataError(where, f"{num_subjects} labelled subjects requested but the pool holds {len(by_subject)}")
+    rng = np.random.default_rng(seed)
+    queues = _group_queues(by_subject, rng)
+    chosen: list[str] = []
+    while len(chosen) < num_subjects:
+        for queue in queues:
+            if queue and len(chosen) < num_subjects:
+                chosen.append(queue.pop(0))
+    return [entry for subject in chosen for entry in by_subject[subject]]
+
+
+def _group_queues(by_subject: dict[str, list[dict]], rng: np.random.Generator) -> list[list[str]]:
+    """One shuffled queue of subjects per group, the groups in a shuffled order."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for subject in sorted(by_subject):
+        groups[str(by_subject[subject][0].get("group", "unknown"))].append(subject)
+    names = sorted(groups)
+    order = [names[j] for j in rng.permutation(len(names))]
+    return [[groups[g][i] for i in rng.permutation(len(groups[g]))] for g in order]
+
+
+# ---------------------------------------------------------------------------------------------- slices
+
+def _default_loader(keys: Sequence[str]) -> Callable:
+    """LoadImaged + EnsureChannelFirstd for ``keys`` (missing keys skipped)."""
+    from monai.transforms import Compose
+
+    from pix2rep_bundle.data.preprocessing import load_transforms
+
+    return Compose(load_transforms(keys))
+
+
+def _identity(entry: dict) -> tuple[str, int]:
+    """(subject, frame) of an entry, derived from the image file name when the entry lacks them."""
+    name = Path(str(entry["image"])).name
+    stem = re.sub(r"\.nii(\.gz)?$", "", name)
+    subject = entry.get("subject") or re.sub(r"_frame\d+$", "", stem)
+    frame = entry.get("frame")
+    if frame is None:
+        match = _FRAME.search(stem)
+        frame = int(match.group(1)) if match else -1
+    return str(subject), int(frame)
+
+
+def _as_slices(volume: Any, path: str, dtype) -> np.ndarray:
+    """A single-channel 3D volume ``(1, H, W, D)`` or ``(H, W, D)`` as a contiguous ``(D, H, W)`` array."""
+    array = np.asarray(volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else volume)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise DataError(path, f"expected a single-channel 3D volume, got shape {tuple(array.shape)}")
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        array = np.rint(array)
+    return np.ascontiguousarray(np.moveaxis(array, -1, 0).astype(dtype))
+
+
+class VolumeSliceDataset(torch.utils.data.Dataset):
+    """Every slice (along the last axis) of a list of 3D volumes, as 2D items.
+
+    Each volume is loaded once, at construction, by ``volume_transform`` (e.g.
+    ``volume_preprocessing(...)`` for raw NIfTI entries such as ``{"image": path, "label": path}``) or by
+    default LoadImaged + EnsureChannelFirstd (for prepared volumes); slices are kept in memory (float32
+    images, uint8 labels). Item ``i``: ``{"image": (1, H, W) float32, "label": (1, H, W) uint8 (when the
+    entry has one), "subject", "frame", "slice_index", "num_slices"}``, passed through ``transform``.
+    The channel is added in numpy, so ``EnsureTyped(track_meta=True)`` makes a 2D MetaTensor of it.
+    """
+
+    def __init__(self, data: Sequence[dict], transform: Callable | None = None,
+                 volume_transform: Callable | None = None, keys: Sequence[str] = ("image", "label"),
+                 progress: bool = True):
+        self.transform = transform
+        self.keys = tuple(keys)
+        self.image_key = self.keys[0]
+        loader = volume_transform if volume_transform is not None else _default_loader(self.keys)
+        start = time.perf_counter()
+        self.volumes = [self._load(entry, loader) for entry in self._progress(list(data), progress)]
+        counts = np.array([v["num_slices"] for v in self.volumes], dtype=np.int64)
+        self._volume_of = np.repeat(np.arange(len(self.volumes)), counts)
+        self._slice_of = np.concatenate([np.arange(n) for n in counts]) if len(counts) else np.zeros(0, np.int64)
+        if progress:
+            print(f"VolumeSliceDataset: {len(self.volumes)} volumes, {len(self)} slices "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
+
+    @staticmethod
+    def _progress(entries: list[dict], progress: bool):
+        """Iterate over ``entries``, printing a line every tenth of the way when ``progress`` and loading is slow."""
+        step, start, last = max(1, len(entries) // 10), time.perf_counter(), time.perf_counter()
+        for i, entry in enumerate(entries, start=1):
+            yield entry
+            if progress and i % step == 0 and time.perf_counter() - last > 5.0:
+                last = time.perf_counter()
+                print(f"VolumeSliceDataset: loaded {i}/{len(entries)} volumes ({last - start:.0f} s)", flush=True)
+
+    def _load(self, entry: dict, loader: Callable) -> dict:
+        """Load one entry's volumes as slice stacks with its identity."""
+        if self.image_key not in entry:
+            raise DataError(str(entry), f"datalist entry has no {self.image_key!r}")
+        path = str(entry[self.image_key])
+        present = [k for k in self.keys if k in entry]
+        try:
+            loaded = loader({k: entry[k] for k in present})
+        except DataError:
+            raise
+        except Exception as err:  # loader errors name no file; say which entry failed
+            raise DataError(path, f"cannot load volume ({type(err).__name__}: {err})") from err
+        volume = {self.image_key: _as_slices(loaded[self.image_key], path, np.float32)}
+        for key in (k for k in present if k != self.image_key):
+            volume[key] = _as_slices(loaded[key], str(entry[key]), np.uint8)
+            label_shape, image_shape = volume[key].shape, volume[self.image_key].shape
+            if label_shape != image_shape:
+                raise DataError(str(entry[key]), f"{label_shape[0]} slices of {label_shape[1:]} differ from image "
+                                                 f"{Path(path).name} ({image_shape[0]} of {image_shape[1:]})")
+        subject, frame = _identity(entry)
+        volume.update(subject=subject, frame=frame, num_slices=int(volume[self.image_key].shape[0]))
+        return volume
+
+    def __len__(self) -> int:
+        return int(self._volume_of.shape[0])
+
+    def __getitem__(self, index: int) -> Any:
+        if index < 0:
+            index += len(self)
+        volume = self.volumes[int(self._volume_of[index])]
+        k = int(self._slice_of[index])
+        item: dict[str, Any] = {key: volume[key][k][None].copy() for key in self.keys if key in volume}
+        item.update(subject=volume["subject"], frame=volume["frame"], slice_index=k, num_slices=volume["num_slices"])
+        return self.transform(item) if self.transform is not None else item

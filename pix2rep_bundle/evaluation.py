@@ -1,0 +1,191 @@
+"""3D evaluation of the slice-wise segmentation: Dice and HD95 per structure on whole volumes.
+
+The network is 2D; :func:`predict_volume` segments every short-axis slice of a volume and stacks the label
+maps back into the volume. :func:`volume_metrics` compares two label volumes per structure (RV, MYO, LV)
+with MONAI's ``DiceMetric`` and ``HausdorffDistanceMetric(percentile=95)``, in millimetres from the voxel
+spacing. :func:`evaluate_volumes` does both for a list of datalist entries and :func:`write_report` writes
+``metrics.csv`` (one row per volume) and ``summary.json`` (mean and std over volumes, overall and by phase).
+
+Empty structures (e.g. no RV in a volume cropped below the apex, or a structure the network missed):
+
+- empty in both prediction and ground truth: Dice 1, HD95 0 (a correct "nothing here");
+- empty in only one of them: Dice 0, HD95 ``nan`` (a distance to nothing is undefined). ``nan`` is written
+  as such in ``metrics.csv``; the per-volume mean HD95 and the summary statistics skip ``nan`` values and
+  ``summary.json`` counts them (``num_nan``) so they are never silently lost (a statistic with no value at
+  all is ``null``, keeping the file strict JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.networks.utils import one_hot
+from monai.transforms import LoadImage
+from torch import nn
+
+from pix2rep_bundle.data.preprocessing import HeaderSpacingNibabelReader
+from pix2rep_bundle.io import write_json_atomic, write_text_atomic
+
+STRUCTURES = ("RV", "MYO", "LV")  # label values 1, 2, 3; 0 is background
+NUM_CLASSES = len(STRUCTURES) + 1
+INFO_COLUMNS = ("subject", "frame", "phase", "group", "image")
+
+
+def metric_columns() -> list[str]:
+    """The metric columns of ``metrics.csv``: Dice then HD95, per structure and their mean."""
+    names = [*STRUCTURES, "mean"]
+    return [f"dice_{s}" for s in names] + [f"hd95_{s}" for s in names]
+
+
+@torch.no_grad()
+def predict_volume(network: nn.Module, volume: torch.Tensor | np.ndarray, batch_size: int = 16,
+                   device: str | torch.device | None = None) -> torch.Tensor:
+    """Segment a volume slice by slice with a 2D network.
+
+    Args:
+        network: 2D network mapping (B, 1, H, W) images to (B, C, H, W) logits.
+        volume: (H, W, S) or (1, H, W, S) image; slices are taken along the last axis.
+        batch_size: slices per forward pass.
+        device: where the network runs (default: where its parameters are).
+
+    Returns:
+        (H, W, S) integer label map (argmax over the classes), on the CPU.
+    """
+    volume = torch.as_tensor(volume.as_tensor() if isinstance(volume, MetaTensor) else volume, dtype=torch.float32)
+    if volume.ndim == 4:
+        volume = volume[0]
+    if volume.ndim != 3:
+        raise ValueError(f"expected an (H, W, S) or (1, H, W, S) volume, got shape {tuple(volume.shape)}")
+    device = device or next(network.parameters()).device
+    network.eval()
+    slices = volume.permute(2, 0, 1).unsqueeze(1)  # (S, 1, H, W)
+    labels = [network(chunk.to(device)).argmax(dim=1).cpu() for chunk in slices.split(batch_size)]
+    return torch.cat(labels).permute(1, 2, 0)  # (H, W, S)
+
+
+def _one_hot(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """(H, W, S) label map -> (1, NUM_CLASSES, H, W, S) one-hot."""
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    return one_hot(labels[None, None], num_classes=NUM_CLASSES)
+
+
+def volume_metrics(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray,
+                   spacing: Sequence[float]) -> dict[str, float]:
+    """Dice and HD95 (mm) per structure and their mean, for two (H, W, S) label volumes.
+
+    Empty structures follow the module's rules (both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 nan);
+    ``hd95_mean`` averages the structures whose HD95 is defined (nan when none is).
+    """
+    pred = np.asarray(pred)
+    label = np.asarray(label)
+    if pred.shape != label.shape or pred.ndim != 3:
+        raise ValueError(f"prediction {pred.shape} and label {label.shape} must be two (H, W, S) volumes")
+    pred_oh, label_oh = _one_hot(pred), _one_hot(label)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred_oh, label_oh)[0]
+    hd_metric = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+    out: dict[str, float] = {}
+    for c, name in enumerate(STRUCTURES, start=1):
+        in_pred, in_label = bool(pred_oh[:, c].any()), bool(label_oh[:, c].any())
+        out[f"dice_{name}"] = float(dice[c - 1])
+        if in_pred and in_label:
+            with warnings.catch_warnings():  # MONAI 1.6 passes a deprecated argument to itself
+                warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+                hd = hd_metric(pred_oh[:, c:c + 1], label_oh[:, c:c + 1], spacing=[float(s) for s in spacing])
+            out[f"hd95_{name}"] = float(hd.item())
+        else:
+            out[f"hd95_{name}"] = 0.0 if in_pred == in_label else math.nan
+    out["dice_mean"] = float(np.mean([out[f"dice_{s}"] for s in STRUCTURES]))
+    hds = [out[f"hd95_{s}"] for s in STRUCTURES if not math.isnan(out[f"hd95_{s}"])]
+    out["hd95_mean"] = float(np.mean(hds)) if hds else math.nan
+    return {k: out[k] for k in metric_columns()}
+
+
+def voxel_spacing(image: MetaTensor) -> list[float]:
+    """Voxel spacing (mm) of a loaded volume: its affine's column norms, which ``HeaderSpacingNibabelReader``
+    takes from the NIfTI header's voxel sizes (so HD95 is in mm)."""
+    affine = torch.as_tensor(image.affine, dtype=torch.float64)
+    return [float(v) for v in torch.linalg.norm(affine[:3, :3], dim=0)]
+
+
+def evaluate_volumes(network: nn.Module, entries: Iterable[Mapping[str, Any]], batch_size: int = 16,
+                     device: str | torch.device | None = None, log: Any = print) -> list[dict[str, Any]]:
+    """Segment and score every volume of ``entries`` (datalist entries with ``image`` and ``label`` paths).
+
+    Returns one row per volume: the entry's ``subject``, ``frame``, ``phase``, ``group``, ``image`` and the
+    metrics of :func:`volume_metrics`.
+    """
+    loader = LoadImage(reader=HeaderSpacingNibabelReader(), image_only=True)
+    rows = []
+    for entry in entries:
+        image, label = loader(entry["image"]), loader(entry["label"])
+        pred = predict_volume(network, image, batch_size=batch_size, device=device)
+        metrics = volume_metrics(pred, np.rint(np.asarray(label)).astype(np.int64), voxel_spacing(label))
+        row = {k: entry.get(k, "") for k in INFO_COLUMNS} | metrics
+        rows.append(row)
+        if log is not None:
+            log(f"{row['subject']} {row['phase'] or row['frame']}: Dice RV {row['dice_RV']:.3f} "
+                f"MYO {row['dice_MYO']:.3f} LV {row['dice_LV']:.3f} mean {row['dice_mean']:.3f}, "
+                f"HD95 mean {row['hd95_mean']:.1f} mm")
+    return rows
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | int]:
+    """Mean and (population) std over the non-nan values (``None`` when there is none), and how many were nan."""
+    arr = np.asarray(values, dtype=np.float64)
+    finite = arr[~np.isnan(arr)]
+    mean = float(finite.mean()) if finite.size else None
+    std = float(finite.std()) if finite.size else None
+    return {"mean": mean, "std": std, "num_nan": int(arr.size - finite.size)}
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean/std of every metric over the volumes, overall and by phase (ED, ES)."""
+
+    def block(subset: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return {"num_volumes": len(subset)} | {m: _stats([r[m] for r in subset]) for m in metric_columns()}
+
+    phases = sorted({str(r.get("phase", "")) for r in rows if r.get("phase")})
+    return {"overall": block(rows), "by_phase": {p: block([r for r in rows if r.get("phase") == p]) for p in phases}}
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text of the per-volume rows (``nan`` written as ``nan``)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*INFO_COLUMNS, *metric_columns()], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike,
+                 extra: Mapping[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
+    """Write ``metrics.csv`` and ``summary.json`` into ``output_dir`` atomically; return the summary.
+
+    Args:
+        rows: per-volume rows from :func:`evaluate_volumes`.
+        output_dir: folder of the report (created if needed).
+        extra: additional fields stored at the top of ``summary.json`` (e.g. checkpoint and split).
+        log: where to print the overall means (``None``: silent).
+    """
+    if not rows:
+        raise ValueError("no volume was evaluated (empty split?)")
+    summary = dict(extra or {}) | summarize(rows)
+    write_text_atomic(os.path.join(output_dir, "metrics.csv"), rows_to_csv(rows))
+    write_json_atomic(os.path.join(output_dir, "summary.json"), summary)
+    if log is not None:
+        overall = summary["overall"]
+        parts = [f"{s} {overall[f'dice_{s}']['mean']:.3f}" for s in (*STRUCTURES, "mean")]
+        hd95 = overall["hd95_mean"]["mean"]
+        log(f"{len(rows)} volumes, Dice " + ", ".join(parts) +
+            f"; HD95 mean {'n/a' if hd95 is None else f'{hd95:.1f} mm'}; report in {output_dir}")
+    return summary

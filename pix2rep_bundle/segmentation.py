@@ -1,0 +1,110 @@
+"""The few-shot segmentation network in each training mode, its parameter groups, and its weights.
+
+Three modes share one network, a plain 2D ``BasicUNet`` with 4 output classes (so ``models/model.pt`` is a
+plain state dict that MONAI Label and the inference config load without this package):
+
+- ``linear_probe``: the pretrained Pix2Rep backbone is loaded and frozen; only the 1x1 ``final_conv`` (the
+  probe) trains, and the body stays in eval mode (normalisation statistics and dropout frozen too);
+- ``finetune``: the pretrained backbone is loaded and everything trains, the body at a lower learning rate;
+- ``scratch``: random initialisation, everything trains at one learning rate (the baseline).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from pix2rep_bundle.errors import CheckpointError
+from pix2rep_bundle.networks import HEAD_NAME, freeze_backbone, load_pretrained_backbone
+
+MODES = ("linear_probe", "finetune", "scratch")
+PRETRAINED_MODES = ("linear_probe", "finetune")
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is a known training mode, else raise a ValueError listing the modes."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}': choose one of {list(MODES)}")
+    return mode
+
+
+def _train_head_only(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``nn.Module.train`` replacement: the head follows ``mode``, every other child stays in eval mode."""
+    nn.Module.train(self, mode)
+    for name, child in self.named_children():
+        if name != HEAD_NAME:
+            child.train(False)
+    return self
+
+
+def keep_body_in_eval_mode(network: nn.Module) -> nn.Module:
+    """Make ``network.train()`` leave everything but the head in eval mode (trainers call it every iteration)."""
+    network.train = types.MethodType(_train_head_only, network)
+    return network.train()
+
+
+def prepare_network(network: nn.Module, mode: str, pretrained_ckpt: str | os.PathLike | None = None) -> nn.Module:
+    """Set up ``network`` for ``mode``: load (and for the linear probe freeze) the pretrained backbone.
+
+    Raises:
+        ValueError: unknown mode.
+        CheckpointError: ``pretrained_ckpt`` missing, unreadable or of other shapes (pretrained modes only).
+    """
+    check_mode(mode)
+    if mode in PRETRAINED_MODES:
+        load_pretrained_backbone(network, pretrained_ckpt)
+    if mode == "linear_probe":
+        keep_body_in_eval_mode(freeze_backbone(network))
+    return network
+
+
+def _split_parameters(network: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(body, head) trainable parameters; the head is ``final_conv``."""
+    body, head = [], []
+    for name, param in network.named_parameters():
+        if param.requires_grad:
+            (head if name.startswith(HEAD_NAME + ".") else body).append(param)
+    return body, head
+
+
+def parameter_groups(network: nn.Module, mode: str, lr_body: float | None, lr_head: float) -> list[dict]:
+    """Optimizer parameter groups: the head alone (linear probe), body + head at their own rates (finetune),
+    or every parameter at ``lr_head`` (scratch: one learning rate)."""
+    check_mode(mode)
+    body, head = _split_parameters(network)
+    if mode == "linear_probe":
+        return [{"params": head, "lr": lr_head}]
+    if mode == "scratch":
+        return [{"params": body + head, "lr": lr_head}]
+    if lr_body is None:
+        raise ValueError("mode 'finetune' needs a learning rate for the body (--lr_body)")
+    return [{"params": body, "lr": lr_body}, {"params": head, "lr": lr_head}]
+
+
+def load_segmentation_weights(network: nn.Module, path: str | os.PathLike,
+                              map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load ``models/model.pt`` (a plain state dict, or one under the key ``"model"``) into ``network``.
+
+    Raises:
+        CheckpointError: missing file, unreadable file, or tensors that do not fit the network (e.g. trained
+            with other ``features``).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(path, "segmentation checkpoint not found (train first with configs/train.yaml, or "
+                                    "pass --ckpt_path with an existing file)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(path, "not a state dict of the segmentation network")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(path, f"does not fit the network (other --features?): {e}") from e
+    return network

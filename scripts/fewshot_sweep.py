@@ -1,0 +1,294 @@
+"""Few-shot sweep: Dice versus the number K of labelled subjects, for scratch, linear probe and fine-tune.
+
+    python scripts/fewshot_sweep.py                                    K in 1, 2, 5; label seeds 0, 1, 2
+    python scripts/fewshot_sweep.py --quick                            K in 1, 5; seed 0; 6 epochs (CPU demo)
+    python scripts/fewshot_sweep.py --ks "[1,2,5,10]" --seeds "[0,1,2,3,4]" --profile paper \
+        --dataset_dir /data/ACDC/training
+    ... --pretrained_ckpt models/pretrain/pix2rep_backbone.pt --epochs 5 --iterations_per_epoch 10
+    ... --overrides '{"features": [8, 8, 16, 32, 64, 16]}'         any override, for every config
+
+Everything goes under ``--output_dir`` (default ``<bundle_root>/runs/fewshot_sweep``). Steps, all through the
+bundle's own configs (``monai.bundle.run`` in this process):
+
+1. pretraining (``configs/pretrain.yaml``), once: skipped when the backbone file exists (by default the
+   bundle's ``models/pretrain/pix2rep_backbone.pt``, or ``--pretrained_ckpt``);
+2. for every K, label seed and mode: training (``configs/train.yaml``, run id ``run``) into
+   ``<output_dir>/<mode>_k<K>_seed<S>/model.pt``, then 3D evaluation on the test subjects
+   (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A run whose ``summary.json``
+   exists is reused (``--overwrite true`` redoes it), so an interrupted sweep continues where it stopped.
+   The label seed S also seeds training (initialisation, augmentation).
+3. ``<output_dir>/results.csv`` (one row per run), ``results.md`` (mode x K: mean +- std over seeds of the
+   test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed) and
+   ``dice_vs_k.png`` (mean test Dice versus K per mode, with a +-std band).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fire  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pix2rep_bundle.io import atomic_path, write_text_atomic  # noqa: E402
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+MODES = ("scratch", "linear_probe", "finetune")
+PRETRAINED_MODES = ("linear_probe", "finetune")
+STRUCTURES = ("RV", "MYO", "LV", "mean")
+QUICK = {"ks": (1, 5), "seeds": (0,), "epochs": 6}
+RESULT_COLUMNS = ["mode", "k", "seed", *[f"dice_{s}" for s in STRUCTURES], *[f"hd95_{s}" for s in STRUCTURES],
+                  "num_volumes", "train_seconds", "eval_seconds", "run_dir"]
+
+
+def log(message: str) -> None:
+    """Progress line, flushed at once."""
+    print(f"[fewshot_sweep {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_config(config: str, run_id: str, overrides: Mapping[str, Any]) -> float:
+    """Run one bundle config in this process with ``overrides``; return the wall time in seconds."""
+    from monai.bundle import run
+
+    start = time.perf_counter()
+    run(run_id, config_file=str(CONFIG_DIR / config), **dict(overrides))
+    return time.perf_counter() - start
+
+
+def ensure_backbone(path: Path, given: bool, common: Mapping[str, Any], pretrain_overrides: Mapping[str, Any]) -> None:
+    """Pretrain into ``path`` unless it exists; a ``--pretrained_ckpt`` that does not exist is an error."""
+    if path.is_file():
+        log(f"pretrained backbone {path} exists: pretraining skipped")
+        return
+    if given:
+        raise FileNotFoundError(f"{path}: --pretrained_ckpt not found (leave it unset to pretrain first)")
+    log(f"pretraining into {path} ...")
+    seconds = run_config("pretrain.yaml", "pretrain", {**common, "pretrained_dir": str(path.parent),
+                                                       "pretrained_ckpt": str(path), **pretrain_overrides})
+    log(f"pretraining done in {seconds:.0f} s")
+
+
+def check_backbone(path: Path, common: Mapping[str, Any]) -> None:
+    """Fail at once (not after the first scratch runs) when the backbone was pretrained with other features."""
+    from monai.bundle import ConfigParser
+
+    from pix2rep_bundle.networks import read_backbone
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG_DIR / "train.yaml"))
+    parser.update(dict(common))
+    features = [int(f) for f in parser.get_parsed_content("features")]
+    pretrained = read_backbone(path)["features"]
+    if pretrained != features:
+        raise ValueError(f"{path}: pretrained with features={pretrained} but the sweep trains features={features}; "
+                         "pass --pretrained_ckpt with a matching backbone or the matching --profile/--overrides")
+
+
+def train_and_evaluate(run_dir: Path, train: Mapping[str, Any], evaluate: Mapping[str, Any]) -> dict[str, Any]:
+    """Train into ``run_dir``, evaluate its ``model.pt`` into ``run_dir/eval``; return the summary and times."""
+    train_seconds = run_config("train.yaml", "run", {**train, "output_dir": str(run_dir)})
+    eval_seconds = run_config("evaluate.yaml", "run", {**evaluate, "ckpt_path": str(run_dir / "model.pt"),
+                                                       "output_dir": str(run_dir / "eval")})
+    timing = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
+    write_text_atomic(run_dir / "timing.json", json.dumps(timing) + "\n")
+    return timing
+
+
+def result_row(mode: str, k: int, seed: int, run_dir: Path) -> dict[str, Any]:
+    """One line of results.csv from a run folder's ``eval/summary.json`` (and ``timing.json``)."""
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())["overall"]
+    timing_file = run_dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    row: dict[str, Any] = {"mode": mode, "k": k, "seed": seed}
+    for metric in ("dice", "hd95"):
+        for s in STRUCTURES:
+            value = summary[f"{metric}_{s}"]["mean"]
+            row[f"{metric}_{s}"] = math.nan if value is None else value
+    row.update(num_volumes=summary["num_volumes"], train_seconds=timing.get("train_seconds", ""),
+               eval_seconds=timing.get("eval_seconds", ""), run_dir=str(run_dir))
+    return row
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) over seeds."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def group_rows(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], list[Mapping[str, Any]]]:
+    """Rows grouped by (mode, K), modes in sweep order, K ascending."""
+    order = {m: i for i, m in enumerate(MODES)}
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for row in sorted(rows, key=lambda r: (order.get(r["mode"], len(order)), r["k"], r["seed"])):
+        groups.setdefault((row["mode"], row["k"]), []).append(row)
+    return groups
+
+
+def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """CSV text, one row per run."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+    """Markdown table: one line per (mode, K), test Dice mean +- std over label seeds."""
+    lines = [
+        "# Few-shot segmentation: test Dice (3D volumes) versus the number K of labelled subjects",
+        "",
+        "Mean ± sample std over label seeds (n = number of seeds); per volume Dice of RV, MYO, LV and their mean.",
+        "",
+        "Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items() if v is not None),
+        "",
+        "| mode | K | n | Dice RV | Dice MYO | Dice LV | Dice mean | HD95 mean (mm) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (mode, k), group in group_rows(rows).items():
+        cells = []
+        for column in [f"dice_{s}" for s in STRUCTURES] + ["hd95_mean"]:
+            mean, std = mean_std([r[column] for r in group])
+            digits = 1 if column.startswith("hd95") else 3
+            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+        lines.append(f"| {mode} | {k} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_dice_vs_k(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Mean test Dice versus K per mode, with a +-std band over seeds (PNG, written atomically)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    groups = group_rows(rows)
+    for mode in dict.fromkeys(m for m, _ in groups):
+        ks = sorted(k for m, k in groups if m == mode)
+        stats = [mean_std([r["dice_mean"] for r in groups[(mode, k)]]) for k in ks]
+        means, stds = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
+        ax.plot(ks, means, marker="o", label=mode)
+        ax.fill_between(ks, means - stds, means + stds, alpha=0.2)
+    all_ks = sorted({k for _, k in groups})
+    ax.set_xscale("log")
+    ax.set_xticks(all_ks, [str(k) for k in all_ks])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled subjects K")
+    ax.set_ylabel("test Dice (mean of RV, MYO, LV)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_results(rows: Sequence[Mapping[str, Any]], output_dir: Path, settings: Mapping[str, Any]) -> None:
+    """results.csv, results.md and dice_vs_k.png in ``output_dir``."""
+    write_text_atomic(output_dir / "results.csv", results_csv(rows))
+    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings))
+    plot_dice_vs_k(rows, output_dir / "dice_vs_k.png")
+
+
+def _as_list(value: Any) -> list:
+    """A fire argument given as one value or a sequence -> a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def main(
+    output_dir: str | None = None,
+    ks: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    modes: Sequence[str] = MODES,
+    quick: bool = False,
+    bundle_root: str = ".",
+    profile: str | None = None,
+    dataset_dir: str | None = None,
+    epochs: int | None = None,
+    iterations_per_epoch: int | None = None,
+    batch_size: int | None = None,
+    pretrain_epochs: int | None = None,
+    pretrained_ckpt: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    train_overrides: Mapping[str, Any] | None = None,
+    pretrain_overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Run the sweep and write the results; returns the rows of results.csv.
+
+    Args:
+        output_dir: where the run folders and the results go (default ``<bundle_root>/runs/fewshot_sweep``).
+        ks: numbers of labelled subjects (default 1, 2, 5; --quick: 1, 5).
+        seeds: label seeds, i.e. draws of the K subjects (default 0, 1, 2; --quick: 0).
+        modes: among scratch, linear_probe, finetune.
+        quick: a reduced CPU setting (fewer K and seeds, 6 epochs) unless those are given explicitly.
+        bundle_root: the bundle's root (its cache/ holds the phantom and prepared data).
+        profile, dataset_dir: passed to every config (``--profile``, ``--dataset_dir``).
+        epochs, iterations_per_epoch, batch_size: training overrides of train.yaml.
+        pretrain_epochs: ``--epochs`` of pretrain.yaml.
+        pretrained_ckpt: an existing backbone (skips pretraining); default the bundle's models/pretrain/ one.
+        overrides: further overrides for every config, e.g. ``{"features": [8, 8, 16, 32, 64, 16]}``.
+        train_overrides, pretrain_overrides: further overrides of train.yaml / pretrain.yaml only.
+        overwrite: redo runs whose results exist.
+    """
+    ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5)))]
+    seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
+    modes = [str(m) for m in _as_list(modes)]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}: choose among {list(MODES)}")
+    if quick and epochs is None:
+        epochs = QUICK["epochs"]
+    root = Path(bundle_root).resolve()
+    out = Path(output_dir).resolve() if output_dir else root / "runs" / "fewshot_sweep"
+
+    common = {"bundle_root": str(root), **dict(overrides or {})}
+    common.update({k: v for k, v in {"profile": profile, "dataset_dir": dataset_dir}.items() if v is not None})
+    train_settings = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size}
+    default_backbone = root / "models" / "pretrain" / "pix2rep_backbone.pt"
+    backbone = Path(pretrained_ckpt).resolve() if pretrained_ckpt else default_backbone
+    if any(m in PRETRAINED_MODES for m in modes):
+        pretrain = {"epochs": pretrain_epochs} if pretrain_epochs is not None else {}
+        pretrain.update(pretrain_overrides or {})
+        ensure_backbone(backbone, pretrained_ckpt is not None, common, pretrain)
+        check_backbone(backbone, common)
+
+    train = {**common, **{k: v for k, v in train_settings.items() if v is not None}, **dict(train_overrides or {}),
+             "pretrained_ckpt": str(backbone)}
+    total, rows, start = len(ks) * len(seeds) * len(modes), [], time.perf_counter()
+    for k in ks:
+        for seed in seeds:
+            for mode in modes:
+                run_dir = out / f"{mode}_k{k}_seed{seed}"
+                label = f"[{len(rows) + 1}/{total}] {mode} K={k} seed={seed}"
+                if overwrite or not (run_dir / "eval" / "summary.json").is_file():
+                    log(f"{label}: training and evaluation in {run_dir}")
+                    train_and_evaluate(run_dir, {**train, "mode": mode, "num_labeled_subjects": k,
+                                                 "label_seed": seed, "seed": seed}, common)
+                else:
+                    log(f"{label}: results exist in {run_dir}, reused")
+                rows.append(result_row(mode, k, seed, run_dir))
+                log(f"{label}: test Dice mean {rows[-1]['dice_mean']:.3f} "
+                    f"({time.perf_counter() - start:.0f} s elapsed)")
+
+    settings = {"profile": profile, "dataset_dir": dataset_dir, "epochs": epochs,
+                "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size,
+                "pretrained_ckpt": str(backbone), **dict(overrides or {}), **dict(train_overrides or {})}
+    write_results(rows, out, settings)
+    log(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'dice_vs_k.png'}")
+    print(results_markdown(rows, settings), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    fire.Fire(main, serialize=lambda rows: None)  # the results are printed and written already

@@ -1,0 +1,246 @@
+"""Few-shot segmentation training: the network of each mode, configs/train.yaml end to end on a tiny phantom,
+subject-level splits, clear checkpoint errors, and the few-shot sweep script on a micro setting."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, run
+from monai.networks.nets import BasicUNet
+
+from pix2rep_bundle.errors import CheckpointError
+from pix2rep_bundle.networks import Pix2RepNet, read_backbone, save_backbone
+from pix2rep_bundle.segmentation import load_segmentation_weights, parameter_groups, prepare_network
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "configs" / "train.yaml")
+FEATURES = [4, 4, 8, 8, 16, 8]
+HEAD = ("final_conv.weight", "final_conv.bias")
+
+
+def unet(features=FEATURES) -> BasicUNet:
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=tuple(features))
+
+
+def body_state(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.startswith("final_conv")}
+
+
+def find_in_chain(exc: BaseException, kind: type, pattern: str) -> bool:
+    """Whether an exception of ``kind`` matching ``pattern`` is in the chain (MONAI wraps expression errors)."""
+    while exc is not None:
+        if isinstance(exc, kind) and re.search(pattern, str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("pretrained") / "pix2rep_backbone.pt"
+    save_backbone(Pix2RepNet(FEATURES, projection_hidden=4, projection_dim=4), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, backbone) -> dict:
+    """Overrides for a few small phantom subjects at 48 x 48 (4 mm pixels), a tiny U-Net, 2 iterations."""
+    root = tmp_path_factory.mktemp("bundle")
+    return {"bundle_root": str(root), "profile": "cpu_demo", "phantom_subjects": 10, "image_size": [48, 48],
+            "spacing": [4.0, 4.0], "features": FEATURES, "epochs": 1, "iterations_per_epoch": 2, "batch_size": 4,
+            "val_batch_size": 64, "num_workers": 0, "pretrained_ckpt": str(backbone)}
+
+
+# ---------------------------------------------------------------- the network of each mode
+
+def test_modes_load_freeze_and_group_parameters(backbone):
+    pretrained = read_backbone(backbone)["backbone"]
+    probe = prepare_network(unet(), "linear_probe", backbone)
+    assert all(torch.equal(probe.state_dict()[k], v) for k, v in pretrained.items())
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == list(HEAD)
+    [group] = parameter_groups(probe, "linear_probe", None, 7.6e-3)
+    assert group["lr"] == 7.6e-3 and len(group["params"]) == 2
+
+    finetune = prepare_network(unet(), "finetune", backbone)
+    body, head = parameter_groups(finetune, "finetune", 5e-5, 1e-2)
+    assert (body["lr"], head["lr"]) == (5e-5, 1e-2) and len(head["params"]) == 2
+    assert len(body["params"]) + 2 == len(list(finetune.parameters()))
+
+    scratch = prepare_network(unet(), "scratch", "/nonexistent/backbone.pt")  # never read
+    assert not torch.equal(scratch.state_dict()["conv_0.conv_0.conv.weight"], pretrained["conv_0.conv_0.conv.weight"])
+    assert sum(len(g["params"]) for g in parameter_groups(scratch, "scratch", 1e-3, 1e-3)) == len(
+        list(scratch.parameters()))
+
+
+def test_linear_probe_keeps_the_body_in_eval_mode():
+    net = prepare_network(unet(features=(4, 4, 8, 8, 16, 8)), "scratch")
+    from pix2rep_bundle.segmentation import keep_body_in_eval_mode
+
+    keep_body_in_eval_mode(net)
+    net.train()
+    assert net.training and net.final_conv.training
+    assert not any(m.training for name, m in net.named_modules() if name and not name.startswith("final_conv"))
+    net.eval()
+    assert not net.final_conv.training
+
+
+def test_unknown_mode_and_bad_checkpoints_give_clear_errors(tmp_path, backbone):
+    with pytest.raises(ValueError, match=r"unknown mode 'probe'.*linear_probe.*finetune.*scratch"):
+        prepare_network(unet(), "probe", backbone)
+    with pytest.raises(CheckpointError, match="missing.pt.*not found"):
+        prepare_network(unet(), "finetune", tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="shape"):
+        prepare_network(unet(features=(4, 4, 8, 8, 16, 6)), "linear_probe", backbone)
+    with pytest.raises(CheckpointError, match="model.pt.*not found"):
+        load_segmentation_weights(unet(), tmp_path / "model.pt")
+
+
+def test_segmentation_weights_load_plain_or_under_model_key(tmp_path):
+    net = unet()
+    torch.save(net.state_dict(), tmp_path / "plain.pt")
+    torch.save({"model": net.state_dict()}, tmp_path / "keyed.pt")
+    for name in ("plain.pt", "keyed.pt"):
+        loaded = load_segmentation_weights(unet(), tmp_path / name)
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    with pytest.raises(CheckpointError, match="plain.pt.*does not fit"):
+        load_segmentation_weights(unet(features=(4, 4, 8, 8, 16, 6)), tmp_path / "plain.pt")
+
+
+# ---------------------------------------------------------------- configs/train.yaml end to end
+
+def train_workflow(overrides: dict) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", run_id="run", **overrides)
+    workflow.initialize()
+    return workflow
+
+
+@pytest.mark.parametrize("mode", ["linear_probe", "finetune", "scratch"])
+def test_each_mode_trains_and_writes_a_loadable_model(tiny, backbone, tmp_path, mode):
+    workflow = train_workflow({**tiny, "mode": mode, "output_dir": str(tmp_path / mode)})
+    network = workflow.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    workflow.run()
+    workflow.finalize()
+    assert workflow.parser.get_parsed_content("train#trainer").state.iteration == 2
+
+    model_path = tmp_path / mode / "model.pt"
+    assert model_path.is_file() and (tmp_path / mode / "tensorboard").is_dir()
+    saved = torch.load(model_path, weights_only=True)
+    loaded = load_segmentation_weights(unet(), model_path).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+    pretrained = read_backbone(backbone)["backbone"]
+    assert any(not torch.equal(saved[k], before[k]) for k in HEAD), "the head must train"
+    body_changed = [k for k, v in body_state(saved).items() if not torch.equal(v, before[k])]
+    if mode == "linear_probe":
+        assert body_changed == [], "the linear probe must leave the pretrained body unchanged"
+        assert all(torch.equal(saved[k], v) for k, v in pretrained.items())
+    else:
+        assert body_changed, f"{mode} trains the body too"
+    if mode == "scratch":
+        assert not torch.equal(before["conv_0.conv_0.conv.weight"], pretrained["conv_0.conv_0.conv.weight"])
+
+
+def test_early_stopping_stops_when_the_validation_dice_stalls(tiny, tmp_path):
+    overrides = {**tiny, "mode": "scratch", "output_dir": str(tmp_path), "epochs": 5, "iterations_per_epoch": 1,
+                 "lr_head": 0.0, "early_stopping": True, "early_stop_patience": 1}
+    workflow = train_workflow(overrides)  # a zero learning rate: the Dice cannot improve after epoch 1
+    workflow.run()
+    assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 2
+    assert (tmp_path / "model.pt").is_file()
+
+
+def test_labelled_training_data_never_holds_validation_or_test_subjects(tiny):
+    from monai.bundle import ConfigParser
+
+    from pix2rep_bundle.data.datasets import load_datalist
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({**tiny, "num_labeled_subjects": 2, "label_seed": 3})
+    train = parser.get_parsed_content("train#dataset#data")
+    validation = parser.get_parsed_content("validate#dataset#data")
+    datalist = parser.get_parsed_content("datalist")
+    test = load_datalist(datalist, "test")
+    labelled = {e["subject"] for e in load_datalist(datalist, "labeled")}
+    subjects = {e["subject"] for e in train}
+    assert len(subjects) == 2 and sorted(e["phase"] for e in train) == ["ED", "ED", "ES", "ES"]
+    assert all(e.get("label") for e in train)
+    assert subjects <= labelled
+    assert not subjects & {e["subject"] for e in validation}
+    assert not subjects & {e["subject"] for e in test}
+    assert validation and not {e["subject"] for e in validation} & {e["subject"] for e in test}
+
+
+def test_missing_or_mismatched_pretrained_checkpoint_stops_before_training(tiny, tmp_path):
+    with pytest.raises(Exception) as missing:
+        run("run", config_file=TRAIN, **{**tiny, "mode": "finetune", "pretrained_ckpt": str(tmp_path / "none.pt"),
+                                         "output_dir": str(tmp_path / "out")})
+    assert find_in_chain(missing.value, CheckpointError, "none.pt.*not found")
+    other = tmp_path / "other.pt"
+    save_backbone(Pix2RepNet((4, 4, 8, 8, 16, 6), projection_hidden=4, projection_dim=4), other)
+    with pytest.raises(Exception) as mismatch:
+        run("run", config_file=TRAIN, **{**tiny, "mode": "linear_probe", "pretrained_ckpt": str(other),
+                                         "output_dir": str(tmp_path / "out")})
+    assert find_in_chain(mismatch.value, CheckpointError, r"other.pt.*shape.*features=\[4, 4, 8, 8, 16, 6\]")
+    with pytest.raises(Exception) as unknown:
+        run("run", config_file=TRAIN, **{**tiny, "mode": "probe", "output_dir": str(tmp_path / "out")})
+    assert find_in_chain(unknown.value, ValueError, r"unknown mode 'probe'.*linear_probe")
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_config_starts_with_the_common_block_verbatim():
+    common = (REPO / "configs" / "common.yaml").read_text()
+    block = common[common.index("bundle_root:"):]
+    for name in ("train.yaml", "evaluate.yaml"):
+        assert block in (REPO / "configs" / name).read_text(), name
+
+
+# ---------------------------------------------------------------- the sweep, micro setting
+
+def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
+    import json
+
+    overrides = {k: tiny[k] for k in ("phantom_subjects", "image_size", "spacing", "features")}
+    train = {k: tiny[k] for k in ("iterations_per_epoch", "batch_size", "val_batch_size", "num_workers")}
+    cmd = [sys.executable, str(REPO / "scripts" / "fewshot_sweep.py"), "--output_dir", str(tmp_path / "sweep"),
+           "--bundle_root", tiny["bundle_root"], "--ks", "[1]", "--seeds", "[0]", "--epochs", "1",
+           "--profile", "cpu_demo", "--pretrained_ckpt", str(backbone),
+           "--overrides", json.dumps(overrides), "--train_overrides", json.dumps(train)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "sweep"
+    for name in ("results.csv", "results.md", "dice_vs_k.png"):
+        assert (out / name).is_file(), name
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["mode"], r["k"], r["seed"]) for r in rows] == [("scratch", "1", "0"), ("linear_probe", "1", "0"),
+                                                              ("finetune", "1", "0")]
+    assert all(0.0 <= float(r["dice_mean"]) <= 1.0 for r in rows)
+    table = (out / "results.md").read_text()
+    assert "| linear_probe | 1 | 1 |" in table and "±" in table
+    assert (out / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pretraining skipped" in result.stdout
+
+
+def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fewshot_sweep", REPO / "scripts" / "fewshot_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    other = tmp_path / "other.pt"
+    save_backbone(Pix2RepNet((4, 4, 8, 8, 16, 6), projection_hidden=4, projection_dim=4), other)
+    with pytest.raises(ValueError, match=r"other.pt: pretrained with features=\[4, 4, 8, 8, 16, 6\]"):
+        sweep.main(output_dir=str(tmp_path / "sweep"), bundle_root=tiny["bundle_root"], ks=[1], seeds=[0],
+                   pretrained_ckpt=str(other), overrides={"features": FEATURES})
+    with pytest.raises(ValueError, match="unknown mode"):
+        sweep.main(output_dir=str(tmp_path / "sweep"), modes=["probe"])
+    assert not (tmp_path / "sweep").exists()
