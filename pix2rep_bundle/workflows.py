@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointLoader
 from torch import nn
 
 from pix2rep_bundle.geometry import Alignment, alignment_from_batch
@@ -45,13 +48,12 @@ class PrepareViewPairs:
         self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, Alignment]:
-        alignment = alignment_from_batch(batchdata, view_keys=self.view_keys)
+        alignment = alignment_from_batch(batchdata, view_keys=self.view_keys, device=device)
         views = [torch.as_tensor(batchdata[k]) for k in self.view_keys]
         inputs = torch.cat([v.as_tensor() if hasattr(v, "as_tensor") else v for v in views], dim=0)
         inputs = inputs.to(device=device, non_blocking=non_blocking, **kwargs)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        alignment = Alignment(*(t.to(device=device, non_blocking=non_blocking) for t in alignment))
         return inputs, alignment
 
 
@@ -174,6 +176,44 @@ class ThroughputLogger:
         )
         if self.summary_writer is not None:
             self.summary_writer.add_scalar(self.tag, rate, engine.state.epoch)
+
+
+class FixedViews:
+    """Draw the same random views at every run of an evaluator, so validation losses are comparable.
+
+    At the evaluator's ``STARTED`` it re-seeds the random transforms of the dataloader's dataset (used as is
+    with ``num_workers=0``) and the dataloader's ``generator`` (from which the worker seeds derive otherwise).
+    """
+
+    def __init__(self, dataloader: torch.utils.data.DataLoader, seed: int = 0):
+        if dataloader.num_workers > 0 and dataloader.generator is None:
+            raise ValueError("FixedViews needs a dataloader built with generator=torch.Generator() "
+                             "when num_workers > 0")
+        self.dataloader = dataloader
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        set_rnd(self.dataloader.dataset, seed=self.seed)
+        if self.dataloader.generator is not None:
+            self.dataloader.generator.manual_seed(self.seed)
+
+
+def resume_from(loader: CheckpointLoader, trainer: Engine, resume: bool) -> bool:
+    """Attach ``loader`` to ``trainer`` when ``resume`` is asked for and its checkpoint exists.
+
+    Returns whether training resumes; ``resume`` without a checkpoint starts afresh, with a log line saying so.
+    """
+    if not resume:
+        return False
+    if not os.path.isfile(loader.load_path):
+        logger.warning(f"--resume: no checkpoint at {loader.load_path}, training starts from scratch")
+        return False
+    loader.attach(trainer)
+    logger.info(f"--resume: training continues from {loader.load_path}")
+    return True
 
 
 def choose(options: Mapping[str, Any], name: str, what: str) -> Any:

@@ -1,0 +1,70 @@
+"""The bundle's configs agree with each other, parse, and its metadata passes MONAI's check offline."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+RUNNABLE = ["pretrain.yaml", "train.yaml", "evaluate.yaml"]
+
+
+def shared_block(text: str) -> list[str]:
+    """The lines of configs/common.yaml's settings (comments at its top left out)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("bundle_root:"))
+    return lines[start:]
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_each_config_starts_with_the_common_block_verbatim(name):
+    common = shared_block((CONFIGS / "common.yaml").read_text())
+    text = (CONFIGS / name).read_text().splitlines()
+    start = text.index(common[0])
+    assert text[start:start + len(common)] == common, f"configs/{name} drifted from configs/common.yaml"
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_each_config_parses_and_imports_one_name_per_line(name):
+    config = ConfigParser()
+    config.read_config(str(CONFIGS / name))
+    for line in config["imports"]:
+        # MONAI 1.6.1 binds only the first name of `$from x import a, b`
+        assert "," not in line, f"configs/{name}: one import per line, got {line!r}"
+    config.update({"profile": "cpu_demo"})
+    assert config.get_parsed_content("features") == [16, 16, 32, 64, 128, 32]
+    assert str(config.get_parsed_content("device")) in ("cpu", "cuda")
+
+
+def test_model_zoo_properties_of_the_training_config():
+    config = ConfigParser()
+    config.read_config(str(CONFIGS / "train.yaml"))
+    for key in ["bundle_root", "device", "dataset_dir", "train#trainer", "train#trainer#max_epochs",
+                "train#dataset", "train#dataset#data", "train#inferer", "validate#dataset#data", "network_def",
+                "network", "run", "initialize"]:
+        assert key in config, key
+
+
+def test_metadata_passes_verify_metadata_offline():
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
+         "--filepath", "docs/metadata_schema.json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "metadata is verified with no error" in result.stdout + result.stderr
+
+
+def test_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    assert commands[0].endswith("python -m monai.bundle run pretrain --config_file configs/pretrain.yaml")
+    assert "pip install" in commands[0] and "torch" not in commands[0]  # torch comes pinned from pyproject
+    assert commands[1] in (REPO / ".ci" / "run").read_text()
+    assert 'torch==2.13.0' in (REPO / "pyproject.toml").read_text()
