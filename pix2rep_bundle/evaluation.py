@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.inferers import SliceInferer
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 from monai.transforms import LoadImage
@@ -68,9 +69,10 @@ def predict_volume(network: nn.Module, volume: torch.Tensor | np.ndarray, batch_
         raise ValueError(f"expected an (H, W, S) or (1, H, W, S) volume, got shape {tuple(volume.shape)}")
     device = device or next(network.parameters()).device
     network.eval()
-    slices = volume.permute(2, 0, 1).unsqueeze(1)  # (S, 1, H, W)
-    labels = [network(chunk.to(device)).argmax(dim=1).cpu() for chunk in slices.split(batch_size)]
-    return torch.cat(labels).permute(1, 2, 0)  # (H, W, S)
+    inferer = SliceInferer(roi_size=tuple(volume.shape[:2]), spatial_dim=2, sw_batch_size=batch_size)
+    with torch.no_grad():
+        logits = inferer(volume[None, None].to(device), network)  # (1, C, H, W, S)
+    return logits.argmax(dim=1)[0].cpu()
 
 
 def _one_hot(labels: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -99,15 +99,18 @@ class AtomicCheckpointSaver:
         logger.info(f"epoch {engine.state.epoch}: checkpoint written to {self.path}")
 
 
-class BackboneSaver:
-    """Write the backbone (no projection head) for the downstream configs.
+class BestSaver:
+    """Write a network to ``path`` atomically, keeping the best value of an evaluator metric.
 
-    With ``metric_name`` it is attached to the evaluator and keeps the backbone whose metric is lowest
-    (``mode="min"``, e.g. the validation loss) or highest; without, it saves whenever it is called
-    (attach it to the trainer's ``COMPLETED``). Its best value is part of the resumable checkpoint.
+    With ``metric_name`` it is attached to the evaluator and saves when the metric improves: lower with
+    ``mode="min"`` (e.g. a validation loss), higher with ``mode="max"`` (e.g. a validation Dice). Without,
+    it saves whenever it is called (attached to the trainer's ``COMPLETED``). Its best value is part of a
+    resumable checkpoint (``state_dict``). Subclasses choose what is written (:meth:`save`).
     """
 
-    def __init__(self, network: Pix2RepNet, path: str, metric_name: str | None = None, mode: str = "min"):
+    what = "network"
+
+    def __init__(self, network: nn.Module, path: str, metric_name: str | None = None, mode: str = "min"):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.network = network
@@ -115,6 +118,9 @@ class BackboneSaver:
         self.metric_name = metric_name
         self.mode = mode
         self.best = math.inf if mode == "min" else -math.inf
+
+    def save(self, network: nn.Module) -> None:
+        raise NotImplementedError
 
     def attach(self, engine: Engine) -> None:
         event = Events.EPOCH_COMPLETED if self.metric_name else Events.COMPLETED
@@ -126,17 +132,17 @@ class BackboneSaver:
     def __call__(self, engine: Engine) -> None:
         network = self.network.module if hasattr(self.network, "module") else self.network
         if self.metric_name is None:
-            save_backbone(network, self.path)
-            logger.info(f"backbone written to {self.path}")
+            self.save(network)
+            logger.info(f"{self.what} written to {self.path}")
             return
         value = float(engine.state.metrics[self.metric_name])
         if not math.isfinite(value):
-            logger.warning(f"{self.metric_name} is {value}: backbone not saved")
+            logger.warning(f"{self.metric_name} is {value}: {self.what} not saved")
             return
         if self._improved(value):
             self.best = value
-            save_backbone(network, self.path)
-            logger.info(f"{self.metric_name} improved to {value:.4f}: backbone written to {self.path}")
+            self.save(network)
+            logger.info(f"{self.metric_name} improved to {value:.4f}: {self.what} written to {self.path}")
 
     def state_dict(self) -> dict:
         return {"best": self.best}
@@ -145,14 +151,37 @@ class BackboneSaver:
         self.best = float(state["best"])
 
 
+class BackboneSaver(BestSaver):
+    """Write the Pix2Rep backbone (no projection head) in the format the segmentation configs load."""
+
+    what = "backbone"
+
+    def save(self, network: nn.Module) -> None:
+        save_backbone(network, self.path)
+
+
+class ModelSaver(BestSaver):
+    """Write the network's plain state dict (``models/model.pt``, what MONAI Label and evaluate load)."""
+
+    what = "model"
+
+    def save(self, network: nn.Module) -> None:
+        torch_save_atomic(network.state_dict(), self.path)
+
+
 class ThroughputLogger:
-    """Log view pairs per second and wall time at the end of every epoch (and to TensorBoard if given)."""
+    """At the end of every epoch, log the mean training loss, view pairs per second and wall time.
+
+    Pairs per second also go to TensorBoard when a ``summary_writer`` is given.
+    """
 
     def __init__(self, summary_writer: Any | None = None, tag: str = "pairs_per_second"):
         self.summary_writer = summary_writer
         self.tag = tag
         self._start = 0.0
         self._pairs = 0
+        self._loss_sum = 0.0
+        self._iterations = 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
@@ -162,17 +191,25 @@ class ThroughputLogger:
     def _epoch_started(self, engine: Engine) -> None:
         self._start = time.perf_counter()
         self._pairs = 0
+        self._loss_sum = 0.0
+        self._iterations = 0
 
     def _iteration_completed(self, engine: Engine) -> None:
-        images = engine.state.output["image"] if isinstance(engine.state.output, Mapping) else None
-        self._pairs += images.shape[0] // 2 if images is not None else 0
+        output = engine.state.output if isinstance(engine.state.output, Mapping) else {}
+        if "image" in output:
+            self._pairs += output["image"].shape[0] // 2
+        if "loss" in output:
+            loss = output["loss"]
+            self._loss_sum += float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
+            self._iterations += 1
 
     def _epoch_completed(self, engine: Engine) -> None:
         seconds = time.perf_counter() - self._start
         rate = self._pairs / max(seconds, 1e-9)
+        mean_loss = self._loss_sum / max(self._iterations, 1)
         logger.info(
-            f"epoch {engine.state.epoch}/{engine.state.max_epochs}: {self._pairs} pairs in {seconds:.1f} s, "
-            f"{rate:.1f} pairs/s"
+            f"epoch {engine.state.epoch}/{engine.state.max_epochs}: mean train_loss {mean_loss:.4f}, "
+            f"{self._pairs} pairs in {seconds:.1f} s, {rate:.1f} pairs/s"
         )
         if self.summary_writer is not None:
             self.summary_writer.add_scalar(self.tag, rate, engine.state.epoch)

@@ -1,7 +1,7 @@
 """Few-shot sweep: Dice versus the number K of labelled subjects, for scratch, linear probe and fine-tune.
 
-    python scripts/fewshot_sweep.py                                    K in 1, 2, 5; label seeds 0, 1, 2
-    python scripts/fewshot_sweep.py --quick                            K in 1, 5; seed 0; 6 epochs (CPU demo)
+    python scripts/fewshot_sweep.py                                    K in 1, 2, 5, 10; label seeds 0, 1, 2
+    python scripts/fewshot_sweep.py --quick                            K in 1, 2; seeds 0, 1, 2; 6 epochs (CPU demo)
     python scripts/fewshot_sweep.py --ks "[1,2,5,10]" --seeds "[0,1,2,3,4]" --profile paper \
         --dataset_dir /data/ACDC/training
     ... --pretrained_ckpt models/pretrain/pix2rep_backbone.pt --epochs 5 --iterations_per_epoch 10
@@ -49,7 +49,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODES = ("scratch", "linear_probe", "finetune")
 PRETRAINED_MODES = ("linear_probe", "finetune")
 STRUCTURES = ("RV", "MYO", "LV", "mean")
-QUICK = {"ks": (1, 5), "seeds": (0,), "epochs": 6}
+QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
 RESULT_COLUMNS = ["mode", "k", "seed", *[f"dice_{s}" for s in STRUCTURES], *[f"hd95_{s}" for s in STRUCTURES],
                   "num_volumes", "train_seconds", "eval_seconds", "run_dir"]
 
@@ -228,8 +228,8 @@ def main(
 
     Args:
         output_dir: where the run folders and the results go (default ``<bundle_root>/runs/fewshot_sweep``).
-        ks: numbers of labelled subjects (default 1, 2, 5; --quick: 1, 5).
-        seeds: label seeds, i.e. draws of the K subjects (default 0, 1, 2; --quick: 0).
+        ks: numbers of labelled subjects (default 1, 2, 5, 10; --quick: 1, 2).
+        seeds: label seeds, i.e. draws of the K subjects (default 0, 1, 2; --quick: 0, 1, 2).
         modes: among scratch, linear_probe, finetune.
         quick: a reduced CPU setting (fewer K and seeds, 6 epochs) unless those are given explicitly.
         bundle_root: the bundle's root (its cache/ holds the phantom and prepared data).
@@ -241,7 +241,7 @@ def main(
         train_overrides, pretrain_overrides: further overrides of train.yaml / pretrain.yaml only.
         overwrite: redo runs whose results exist.
     """
-    ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5)))]
+    ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
     modes = [str(m) for m in _as_list(modes)]
     unknown = sorted(set(modes) - set(MODES))
