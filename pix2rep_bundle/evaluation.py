@@ -31,10 +31,9 @@ from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
-from monai.transforms import LoadImage
 from torch import nn
 
-from pix2rep_bundle.data.preprocessing import HeaderSpacingNibabelReader
+from pix2rep_bundle.data.preprocessing import volume_loader
 from pix2rep_bundle.io import write_json_atomic, write_text_atomic
 
 STRUCTURES = ("RV", "MYO", "LV")  # label values 1, 2, 3; 0 is background
@@ -126,7 +125,7 @@ def evaluate_volumes(network: nn.Module, entries: Iterable[Mapping[str, Any]], b
     Returns one row per volume: the entry's ``subject``, ``frame``, ``phase``, ``group``, ``image`` and the
     metrics of :func:`volume_metrics`.
     """
-    loader = LoadImage(reader=HeaderSpacingNibabelReader(), image_only=True)
+    loader = volume_loader()
     rows = []
     for entry in entries:
         image, label = loader(entry["image"]), loader(entry["label"])

@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-RUNNABLE = ["pretrain.yaml", "train.yaml", "evaluate.yaml"]
+RUNNABLE = ["pretrain.yaml", "train.yaml", "evaluate.yaml", "inference.yaml"]
 
 
 def shared_block(text: str) -> list[str]:
@@ -68,3 +68,26 @@ def test_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
     assert "pip install" in commands[0] and "torch" not in commands[0]  # torch comes pinned from pyproject
     assert commands[1] in (REPO / ".ci" / "run").read_text()
     assert 'torch==2.13.0' in (REPO / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("name, kind", [("train.yaml", "train"), ("inference.yaml", "infer")])
+def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind):
+    import torch
+    from monai.bundle import ConfigWorkflow
+    from monai.networks.nets import BasicUNet
+
+    features = [4, 4, 8, 8, 16, 8]
+    ckpt = tmp_path / "model.pt"
+    torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=features).state_dict(), ckpt)
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / name), workflow_type=kind, meta_file=str(CONFIGS / "metadata.json"),
+                              bundle_root=str(tmp_path), profile="cpu_demo", phantom_subjects=10, image_size=[48, 48],
+                              spacing=[4.0, 4.0], features=features, mode="scratch", ckpt_path=str(ckpt))
+    workflow.initialize()
+    assert workflow.check_properties() == [], f"configs/{name} lacks required {kind} properties"
+
+
+def test_monai_label_keys_of_the_inference_config():
+    config = ConfigParser()
+    config.read_config(str(CONFIGS / "inference.yaml"))
+    for key in ["bundle_root", "device", "network_def", "preprocessing", "inferer", "postprocessing"]:
+        assert key in config, key

@@ -13,6 +13,7 @@ centre to ``image_size``. The first key is the image; every other key is a label
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from monai.data import NibabelReader
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
+    LoadImage,
     LoadImaged,
     ResizeWithPadOrCropd,
     ScaleIntensityRange,
@@ -27,7 +29,9 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
     Spacingd,
 )
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_tensor, ensure_tuple
+
+from pix2rep_bundle.errors import DataError
 
 # Relative disagreement between an affine column norm and the header voxel size that triggers a repair.
 SPACING_TOL = 1e-3
@@ -52,7 +56,39 @@ def repair_affine(affine: np.ndarray, zooms: Sequence[float]) -> np.ndarray:
 
 
 class HeaderSpacingNibabelReader(NibabelReader):
-    """``NibabelReader`` whose affine takes its voxel sizes from the header (see :func:`repair_affine`)."""
+    """``NibabelReader`` whose affine takes its voxel sizes from the header (see :func:`repair_affine`) and
+    which checks what it reads: a missing, non-NIfTI, truncated or corrupt file, a volume that is not
+    ``spatial_ndims``-D (e.g. a 2D image or a 4D cine where a 3D volume is expected) or NaN/inf voxels each
+    raise :class:`~pix2rep_bundle.errors.DataError` naming the file."""
+
+    def __init__(self, spatial_ndims: int | None = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.spatial_ndims = spatial_ndims
+
+    def read(self, data, **kwargs):
+        for name in ensure_tuple(data):
+            if not os.path.isfile(name):
+                raise DataError(name, "file not found")
+        try:
+            return super().read(data, **kwargs)
+        except Exception as err:  # nibabel raises many types for bad files
+            raise DataError(ensure_tuple(data)[0], f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+
+    def get_data(self, img):
+        name = os.fspath(self.filenames[0]) if getattr(self, "filenames", None) else "<image>"
+        shape = tuple(ensure_tuple(img)[0].shape)
+        if self.spatial_ndims is not None and len(shape) != self.spatial_ndims:
+            hint = "; a 4D cine must be split into its 3D frames first" if len(shape) == 4 else ""
+            raise DataError(name, f"expected a {self.spatial_ndims}D volume (rows, columns, slices), "
+                                  f"got shape {shape}{hint}")
+        try:
+            array, meta = super().get_data(img)
+        except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
+            raise DataError(name, f"truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataError(name, f"{bad} NaN/inf voxels")
+        return array, meta
 
     def _get_affine(self, img):
         affine = super()._get_affine(img)
@@ -64,13 +100,23 @@ class NumpyPercentiles(ScaleIntensityRangePercentiles):
     """``ScaleIntensityRangePercentiles`` computing both percentiles in one ``np.percentile`` call.
 
     Same result as MONAI's (linear interpolation), about five times faster on CPU than the two
-    ``torch.quantile`` sorts MONAI makes for volumes under a million voxels.
+    ``torch.quantile`` sorts MONAI makes for volumes under a million voxels. Where both percentiles are
+    equal (an image almost entirely one value) the minimum and maximum are used instead; a constant image
+    raises :class:`~pix2rep_bundle.errors.DataError` (there is nothing to normalise or segment).
     """
+
+    def __call__(self, img):
+        self._source = getattr(img, "meta", {}).get("filename_or_obj", "<image>")  # _normalize sees no meta
+        return super().__call__(img)
 
     def _normalize(self, img):
         values = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-        a_min, a_max = np.percentile(values, [self.lower, self.upper])
-        scaler = ScaleIntensityRange(a_min=float(a_min), a_max=float(a_max), b_min=self.b_min, b_max=self.b_max,
+        a_min, a_max = (float(v) for v in np.percentile(values, [self.lower, self.upper]))
+        if a_max <= a_min:
+            a_min, a_max = float(values.min()), float(values.max())
+        if a_max <= a_min:
+            raise DataError(getattr(self, "_source", "<image>"), f"constant image (every voxel is {a_min:g}): nothing to segment")
+        scaler = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max,
                                      clip=self.clip, dtype=self.dtype)
         return convert_to_tensor(scaler(img), track_meta=False)
 
@@ -104,13 +150,38 @@ def crop_size(image_size: Sequence[int]) -> tuple[int, int, int]:
     return size[0], size[1], -1
 
 
+class LoadVolumed(LoadImaged):
+    """``LoadImaged`` with :class:`HeaderSpacingNibabelReader`, whose errors reach the caller as they are.
+
+    ``LoadImage`` given a reader instance tries it inside ``try`` and, on failure, reports "cannot find a
+    suitable reader ... install the reader libraries", which hides the real problem; choosing the reader by
+    file suffix (``auto_select``) lets the reader's :class:`~pix2rep_bundle.errors.DataError` through.
+    """
+
+    def __init__(self, keys, spatial_ndims: int | None = 3, allow_missing_keys: bool = True):
+        super().__init__(keys, reader=HeaderSpacingNibabelReader(spatial_ndims), image_only=True,
+                         allow_missing_keys=allow_missing_keys)
+        self._loader.auto_select = True
+
+    def __call__(self, data, reader=None):
+        for key in self.key_iterator(dict(data)):
+            path = data[key]
+            if isinstance(path, (str, os.PathLike)) and not str(path).endswith((".nii", ".nii.gz")):
+                raise DataError(path, "not a NIfTI file name (expected .nii or .nii.gz)")
+        return super().__call__(data, reader)
+
+
+def volume_loader(spatial_ndims: int | None = 3) -> LoadImage:
+    """Array form of :class:`LoadVolumed`: ``loader(path)`` -> channel-less MetaTensor (errors name the file)."""
+    loader = LoadImage(reader=HeaderSpacingNibabelReader(spatial_ndims), image_only=True)
+    loader.auto_select = True
+    return loader
+
+
 def load_transforms(keys: Sequence[str] = ("image", "label")) -> list:
     """Load NIfTI volumes as channel-first MetaTensors (affine repaired from the header voxel sizes)."""
     keys = list(keys)
-    return [
-        LoadImaged(keys, reader=HeaderSpacingNibabelReader(), image_only=True, allow_missing_keys=True),
-        EnsureChannelFirstd(keys, allow_missing_keys=True),
-    ]
+    return [LoadVolumed(keys), EnsureChannelFirstd(keys, allow_missing_keys=True)]
 
 
 def volume_preprocessing(keys: Sequence[str] = ("image", "label"), spacing: Sequence[float] = (1.5, 1.5),
