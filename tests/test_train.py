@@ -14,7 +14,7 @@ import torch
 from monai.bundle import ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
-from pix2rep_bundle.errors import CheckpointError
+from pix2rep_bundle.errors import CheckpointError, DataError
 from pix2rep_bundle.networks import Pix2RepNet, read_backbone, save_backbone
 from pix2rep_bundle.segmentation import load_segmentation_weights, parameter_groups, prepare_network
 
@@ -244,3 +244,32 @@ def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny,
     with pytest.raises(ValueError, match="unknown mode"):
         sweep.main(output_dir=str(tmp_path / "sweep"), modes=["probe"])
     assert not (tmp_path / "sweep").exists()
+
+
+def test_raw_image_label_entries_are_prepared_on_the_fly_and_bad_labels_are_named(tiny, tmp_path):
+    """MONAI Label's train task overrides the data with raw {"image", "label"} volumes (no subject/frame)."""
+    import nibabel as nib
+    import numpy as np
+
+    from pix2rep_bundle.data.phantom import write_phantom
+
+    source = tmp_path / "raw"
+    write_phantom(source, num_subjects=2, seed=3)
+    raw = [{"image": str(p), "label": str(p).replace(".nii.gz", "_gt.nii.gz")}
+           for p in sorted(source.glob("patient*/patient*_frame??.nii.gz"))]
+    overrides = {**tiny, "mode": "scratch", "output_dir": str(tmp_path / "out"),
+                 "train#dataset#data": raw[:2], "validate#dataset#data": raw[2:]}
+    workflow = train_workflow(overrides)
+    assert workflow.parser.get_parsed_content("raw_volumes") is True
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    assert dataset[0]["image"].shape == (1, 48, 48) and 0.0 <= dataset[0]["image"].min() <= dataset[0]["image"].max() <= 1.0
+    workflow.run()
+    assert (tmp_path / "out" / "model.pt").is_file()
+
+    bad = tmp_path / "bad_gt.nii.gz"
+    label = nib.load(raw[0]["label"])
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj) * 2, label.affine), str(bad))
+    with pytest.raises(Exception) as info:
+        train_workflow({**overrides, "train#dataset#data": [{"image": raw[0]["image"], "label": str(bad)}],
+                        "output_dir": str(tmp_path / "out2")}).parser.get_parsed_content("train#dataset")
+    assert find_in_chain(info.value, DataError, r"bad_gt\.nii\.gz.*label values outside 0\.\.3: 4, 6")

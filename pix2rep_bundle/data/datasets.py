@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pix2rep_bundle.data.acdc import check_label
 from pix2rep_bundle.errors import DataError
 
 POOLS = ("pretrain", "labeled", "validation", "test")
@@ -108,6 +109,24 @@ def _default_loader(keys: Sequence[str]) -> Callable:
     return Compose(load_transforms(keys))
 
 
+def _data_error_in(err: BaseException | None) -> DataError | None:
+    """The first DataError in an exception's chain of causes, if any."""
+    while err is not None:
+        if isinstance(err, DataError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def needs_preparation(entries: Sequence[dict]) -> bool:
+    """Whether entries are raw volumes, to be prepared on the fly, rather than the bundle's prepared ones.
+
+    Entries of the bundle's own datalist carry ``subject`` and ``frame``; any other list (e.g. MONAI Label's
+    ``{"image": path, "label": path}``) is taken as raw NIfTI volumes.
+    """
+    return any("subject" not in entry for entry in entries)
+
+
 def _identity(entry: dict) -> tuple[str, int]:
     """(subject, frame) of an entry, derived from the image file name when the entry lacks them."""
     name = Path(str(entry["image"])).name
@@ -177,13 +196,18 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         present = [k for k in self.keys if k in entry]
         try:
             loaded = loader({k: entry[k] for k in present})
-        except DataError:
-            raise
-        except Exception as err:  # loader errors name no file; say which entry failed
+        except Exception as err:
+            cause = _data_error_in(err)
+            if cause is not None:  # MONAI's Compose wraps it in "applying transform ..." errors
+                raise cause from err
+            # other loader errors name no file; say which entry failed
             raise DataError(path, f"cannot load volume ({type(err).__name__}: {err})") from err
         volume = {self.image_key: _as_slices(loaded[self.image_key], path, np.float32)}
         for key in (k for k in present if k != self.image_key):
-            volume[key] = _as_slices(loaded[key], str(entry[key]), np.uint8)
+            raw_label = np.asarray(loaded[key].detach().cpu().numpy() if isinstance(loaded[key], torch.Tensor)
+                                   else loaded[key])
+            check_label(np.rint(raw_label), Path(str(entry[key])))
+            volume[key] = _as_slices(raw_label, str(entry[key]), np.uint8)
             label_shape, image_shape = volume[key].shape, volume[self.image_key].shape
             if label_shape != image_shape:
                 raise DataError(str(entry[key]), f"{label_shape[0]} slices of {label_shape[1:]} differ from image "

@@ -130,6 +130,24 @@ class NumpyPercentilesd(ScaleIntensityRangePercentilesd):
         self.scaler = NumpyPercentiles(lower, upper, b_min, b_max, clip=clip)
 
 
+class Spacingd_(Spacingd):
+    """``Spacingd`` that tolerates non-dict ``<key>_*`` entries beside the image.
+
+    MONAI 1.6.1's ``Spacingd`` calls ``.update(meta)`` on every ``<key>_*`` entry of a NIfTI item; MONAI
+    Label's inference items carry ``image_path`` (a string) there, which made it fail. Such entries are set
+    aside during the call and put back unchanged.
+    """
+
+    def __call__(self, data, lazy=None):
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes)
+                 and not isinstance(d[k], dict)}
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
+
+
 def in_plane_pixdim(spacing: Sequence[float]) -> tuple[float, float, float]:
     """``Spacingd`` pixdim that resamples the two in-plane axes and keeps the slice axis.
 
@@ -196,7 +214,7 @@ def volume_preprocessing(keys: Sequence[str] = ("image", "label"), spacing: Sequ
     image_key, label_keys = keys[0], keys[1:]
     transforms = load_transforms(keys) if load else []
     transforms += [
-        Spacingd(keys, pixdim=in_plane_pixdim(spacing), mode=["bilinear"] + ["nearest"] * len(label_keys),
+        Spacingd_(keys, pixdim=in_plane_pixdim(spacing), mode=["bilinear"] + ["nearest"] * len(label_keys),
                  padding_mode=["border"] + ["zeros"] * len(label_keys), allow_missing_keys=True),
         NumpyPercentilesd(image_key, lower=LOWER_PERCENTILE, upper=UPPER_PERCENTILE, b_min=0.0, b_max=1.0,
                           clip=True),
