@@ -27,7 +27,7 @@ from torch import nn
 
 from pix2rep_bundle.geometry import Alignment, alignment_from_batch
 from pix2rep_bundle.io import torch_save_atomic
-from pix2rep_bundle.networks import Pix2RepNet, save_backbone
+from pix2rep_bundle.networks import save_backbone
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from monai.bundle import run
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from helpers import find_in_chain
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.evaluation import (
     evaluate_volumes,
@@ -172,23 +173,12 @@ def test_evaluate_config_reports_a_missing_or_mismatched_checkpoint(tmp_path):
     with pytest.raises(Exception) as missing:
         run("run", config_file=str(REPO / "configs" / "evaluate.yaml"), ckpt_path=str(tmp_path / "none.pt"),
             output_dir=str(tmp_path / "eval"), **overrides)
-    assert _checkpoint_error(missing.value, "none.pt.*not found")
+    assert find_in_chain(missing.value, CheckpointError, "none.pt.*not found")
     other = tmp_path / "other.pt"
     torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=(4, 4, 8, 8, 16, 6)).state_dict(),
                other)
     with pytest.raises(Exception) as mismatch:
         run("run", config_file=str(REPO / "configs" / "evaluate.yaml"), ckpt_path=str(other),
             output_dir=str(tmp_path / "eval"), **overrides)
-    assert _checkpoint_error(mismatch.value, "other.pt.*does not fit")
+    assert find_in_chain(mismatch.value, CheckpointError, "other.pt.*does not fit")
     assert not (tmp_path / "eval").exists()
-
-
-def _checkpoint_error(exc: BaseException, pattern: str) -> bool:
-    """Whether a CheckpointError matching ``pattern`` is in the chain (MONAI wraps expression errors)."""
-    import re
-
-    while exc is not None:
-        if isinstance(exc, CheckpointError) and re.search(pattern, str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False

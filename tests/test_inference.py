@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from helpers import find_in_chain
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import inference_data, split_volumes, volumes_in_folder
 
@@ -81,14 +82,6 @@ def infer(overrides: dict, network: nn.Module | None = None) -> None:
 
 def dice(a: np.ndarray, b: np.ndarray, c: int) -> float:
     return 2 * np.sum((a == c) & (b == c)) / max(np.sum(a == c) + np.sum(b == c), 1)
-
-
-def in_chain(exc: BaseException, kind: type, pattern: str) -> bool:
-    while exc is not None:
-        if isinstance(exc, kind) and re.search(pattern, str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 # ---------------------------------------------------------------- which volumes
@@ -196,7 +189,7 @@ def test_each_bad_input_stops_with_the_file_named_and_writes_nothing(tmp_path):
         out = tmp_path / ("out_" + case.replace(" ", "_"))
         with pytest.raises(Exception) as info:
             infer({"inputs": [str(path)], "output_dir": str(out), "ckpt_path": "unused"}, LabelFromIntensity())
-        assert in_chain(info.value, DataError, re.escape(path.name) + ".*" + problem), f"{case}: {info.value}"
+        assert find_in_chain(info.value, DataError, re.escape(path.name) + ".*" + problem), f"{case}: {info.value}"
         assert not out.exists() or not any(out.iterdir()), f"{case}: output left behind"
 
 

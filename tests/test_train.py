@@ -4,7 +4,6 @@ subject-level splits, clear checkpoint errors, and the few-shot sweep script on 
 from __future__ import annotations
 
 import csv
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from monai.bundle import ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
+from helpers import find_in_chain
 from pix2rep_bundle.errors import CheckpointError, DataError
 from pix2rep_bundle.networks import Pix2RepNet, read_backbone, save_backbone
 from pix2rep_bundle.segmentation import load_segmentation_weights, parameter_groups, prepare_network
@@ -30,15 +30,6 @@ def unet(features=FEATURES) -> BasicUNet:
 
 def body_state(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith("final_conv")}
-
-
-def find_in_chain(exc: BaseException, kind: type, pattern: str) -> bool:
-    """Whether an exception of ``kind`` matching ``pattern`` is in the chain (MONAI wraps expression errors)."""
-    while exc is not None:
-        if isinstance(exc, kind) and re.search(pattern, str(exc)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 @pytest.fixture(scope="module")
