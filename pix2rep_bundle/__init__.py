@@ -1,3 +1,3 @@
 """Pix2Rep: dense self-supervised pretraining for few-shot medical image segmentation (MONAI bundle)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
