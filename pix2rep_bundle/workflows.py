@@ -28,6 +28,7 @@ from torch import nn
 from pix2rep_bundle.geometry import Alignment, alignment_from_batch
 from pix2rep_bundle.io import torch_save_atomic
 from pix2rep_bundle.networks import save_backbone
+from pix2rep_bundle.run_state import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def resume_from(loader: CheckpointLoader, trainer: Engine, resume: bool) -> bool
 
     Returns whether training resumes; ``resume`` without a checkpoint starts afresh, with a log line saying so.
     """
-    if not resume:
+    if not as_bool(resume, "resume"):
         return False
     if not os.path.isfile(loader.load_path):
         logger.warning(f"--resume: no checkpoint at {loader.load_path}, training starts from scratch")
