@@ -195,9 +195,9 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 } | {
     name: (_is_bool, "true or false") for name in ("resume", "amp", "early_stopping", "raw_volumes")
 } | {
-    "learning_rate": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "lr_head": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "lr_body": (lambda v: v is None or (_is_number(v) and v > 0), "a positive number (or null when frozen)"),
+    "learning_rate": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "lr_head": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "lr_body": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null when frozen)"),
     "num_workers": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     "image_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v),
                    "two positive integers, e.g. [96,96]"),
