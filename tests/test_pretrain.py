@@ -11,20 +11,18 @@ import torch
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
+from helpers import TINY_FEATURES, tiny_settings
 from pix2rep_bundle.networks import load_pretrained_backbone, read_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
-FEATURES = [4, 4, 8, 8, 16, 8]
+FEATURES = TINY_FEATURES
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
-    """A few phantom subjects at 48 x 48 (4 mm pixels) and a tiny U-Net."""
-    root = tmp_path_factory.mktemp("bundle")
-    return {"bundle_root": str(root), "profile": "cpu_demo", "phantom_subjects": 10, "image_size": [48, 48],
-            "spacing": [4.0, 4.0], "features": FEATURES, "projection_hidden": 8, "projection_dim": 8,
-            "batch_size": 4, "num_workers": 0}
+    """A few phantom subjects at 48 x 48 (4 mm pixels) and a tiny U-Net, loaded in the main process."""
+    return tiny_settings(tmp_path_factory.mktemp("bundle")) | {"num_workers": 0}
 
 
 def parser(overrides: dict) -> ConfigParser:

@@ -17,21 +17,19 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
+from helpers import TINY_FEATURES, tiny_settings
 from pix2rep_bundle.run_state import INTERRUPTED_EXIT_CODE, RNGState
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
 TRAIN = str(REPO / "configs" / "train.yaml")
-FEATURES = [4, 4, 8, 8, 16, 8]
+FEATURES = TINY_FEATURES
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A few phantom subjects at 48 x 48 (4 mm pixels) and a tiny U-Net, prepared once."""
-    root = tmp_path_factory.mktemp("bundle")
-    return {"bundle_root": str(root), "profile": "cpu_demo", "phantom_subjects": 10, "image_size": [48, 48],
-            "spacing": [4.0, 4.0], "features": FEATURES, "projection_hidden": 8, "projection_dim": 8,
-            "batch_size": 4}
+    return tiny_settings(tmp_path_factory.mktemp("bundle"))
 
 
 def pretrain_losses(overrides: dict) -> list[float]:
