@@ -206,11 +206,15 @@ class ThroughputLogger:
 
     def _epoch_completed(self, engine: Engine) -> None:
         seconds = time.perf_counter() - self._start
-        rate = self._pairs / max(seconds, 1e-9)
+        # with torch.distributed, every process sees an equal share (DistributedSampler, even_divisible)
+        processes = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        pairs = self._pairs * processes
+        rate = pairs / max(seconds, 1e-9)
         mean_loss = self._loss_sum / max(self._iterations, 1)
+        where = f" on {processes} processes" if processes > 1 else ""
         logger.info(
             f"epoch {engine.state.epoch}/{engine.state.max_epochs}: mean train_loss {mean_loss:.4f}, "
-            f"{self._pairs} pairs in {seconds:.1f} s, {rate:.1f} pairs/s"
+            f"{pairs} pairs in {seconds:.1f} s{where}, {rate:.1f} pairs/s"
         )
         if self.summary_writer is not None:
             self.summary_writer.add_scalar(self.tag, rate, engine.state.epoch)
@@ -237,6 +241,13 @@ class FixedViews:
         set_rnd(self.dataloader.dataset, seed=self.seed)
         if self.dataloader.generator is not None:
             self.dataloader.generator.manual_seed(self.seed)
+
+
+class NoSummaryWriter:
+    """A TensorBoard ``SummaryWriter`` stand-in that writes nothing (processes other than rank 0)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
 
 
 def resume_from(loader: CheckpointLoader, trainer: Engine, resume: bool) -> bool:

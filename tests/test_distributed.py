@@ -1,0 +1,49 @@
+"""configs/multi_gpu_pretrain.yaml: two CPU processes (gloo) pretrain a few iterations with DDP; afterwards both
+hold identical weights, and only rank 0 has written files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from helpers import tiny_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a test-only layer over the two configs: one output folder per rank, and each rank's final weights
+PER_RANK = """
+output_dir: "$os.path.join('{root}', 'rank' + os.environ['RANK'])"
+finalize:
+  - "$torch.save(@network.module.state_dict(), os.path.join('{root}', 'weights_rank' + os.environ['RANK'] + '.pt'))"
+  - "$@tensorboard_writer.close()"
+  - "$dist.barrier()"
+  - "$dist.destroy_process_group()"
+"""
+
+
+def test_two_gloo_processes_train_identical_weights_and_only_rank_0_writes(tmp_path):
+    layer = tmp_path / "per_rank.yaml"
+    layer.write_text(PER_RANK.format(root=tmp_path))
+    configs = str([str(REPO / "configs" / "pretrain.yaml"), str(REPO / "configs" / "multi_gpu_pretrain.yaml"),
+                   str(layer)])
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "monai.bundle", "run", "pretrain", "--config_file", configs]
+    settings = tiny_settings(tmp_path / "bundle") | {"epochs": 1, "num_workers": 0}
+    for key, value in settings.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "on 2 processes" in done.stdout + done.stderr
+
+    first, second = (torch.load(tmp_path / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first), "DDP ranks diverged"
+    saved = torch.load(tmp_path / "rank0" / "checkpoint.pt", weights_only=True)["network"]
+    assert all(torch.equal(saved[f"module.{k}"], v) for k, v in first.items()), "rank 0 saved the final weights"
+
+    written = {p.name for p in (tmp_path / "rank0").iterdir()}
+    assert {"checkpoint.pt", "pix2rep_backbone.pt", "run_info.json", "tensorboard"} <= written
+    assert list((tmp_path / "rank1").iterdir()) == [], "only rank 0 writes files"
