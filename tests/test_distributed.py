@@ -1,5 +1,5 @@
-"""configs/multi_gpu_pretrain.yaml: two CPU processes (gloo) pretrain a few iterations with DDP; afterwards both
-hold identical weights, and only rank 0 has written files."""
+"""configs/multi_gpu_pretrain.yaml and multi_gpu_train.yaml: two CPU processes (gloo) run a few iterations with DDP;
+afterwards both hold identical weights, and only rank 0 has written files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import tiny_settings
@@ -24,26 +25,32 @@ finalize:
 """
 
 
-def test_two_gloo_processes_train_identical_weights_and_only_rank_0_writes(tmp_path):
+@pytest.mark.parametrize("name, run_id, expected", [
+    ("pretrain", "pretrain", {"checkpoint.pt", "pix2rep_backbone.pt", "run_info.json", "tensorboard"}),
+    ("train", "run", {"model.pt", "train_state", "run_info.json", "tensorboard"}),
+])
+def test_two_gloo_processes_train_identical_weights_and_only_rank_0_writes(tmp_path, name, run_id, expected):
     layer = tmp_path / "per_rank.yaml"
     layer.write_text(PER_RANK.format(root=tmp_path))
-    configs = str([str(REPO / "configs" / "pretrain.yaml"), str(REPO / "configs" / "multi_gpu_pretrain.yaml"),
+    configs = str([str(REPO / "configs" / f"{name}.yaml"), str(REPO / "configs" / f"multi_gpu_{name}.yaml"),
                    str(layer)])
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "monai.bundle", "run", "pretrain", "--config_file", configs]
+            "-m", "monai.bundle", "run", run_id, "--config_file", configs]
     settings = tiny_settings(tmp_path / "bundle") | {"epochs": 1, "num_workers": 0}
+    if name == "train":
+        settings |= {"mode": "scratch", "iterations_per_epoch": 3}
     for key, value in settings.items():
         args += [f"--{key}", str(value).replace(" ", "")]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "on 2 processes" in done.stdout + done.stderr
 
     first, second = (torch.load(tmp_path / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first), "DDP ranks diverged"
-    saved = torch.load(tmp_path / "rank0" / "checkpoint.pt", weights_only=True)["network"]
+    checkpoint = tmp_path / "rank0" / ("checkpoint.pt" if name == "pretrain" else "train_state/checkpoint.pt")
+    saved = torch.load(checkpoint, weights_only=True)["network"]
     assert all(torch.equal(saved[f"module.{k}"], v) for k, v in first.items()), "rank 0 saved the final weights"
-
-    written = {p.name for p in (tmp_path / "rank0").iterdir()}
-    assert {"checkpoint.pt", "pix2rep_backbone.pt", "run_info.json", "tensorboard"} <= written
+    assert expected <= {p.name for p in (tmp_path / "rank0").iterdir()}
     assert list((tmp_path / "rank1").iterdir()) == [], "only rank 0 writes files"
+    if name == "pretrain":
+        assert "on 2 processes" in done.stdout + done.stderr
