@@ -47,7 +47,7 @@ def build(overrides: dict[str, Any]) -> ConfigParser:
 
 def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, steps: int = 10, warmup: int = 2,
          profile: str = "cpu_demo", features: list[int] | None = None, num_workers: int | None = None,
-         amp: bool = False, dataset_dir: str | None = None, bundle_root: str = str(BUNDLE),
+         amp: bool = False, channels_last: bool = False, dataset_dir: str | None = None, bundle_root: str = str(BUNDLE),
          quick: bool = False) -> dict[str, float]:
     """Measure and print pretraining throughput; returns the figures.
 
@@ -58,6 +58,7 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
         profile: network sizes of ``configs/common.yaml`` (``cpu_demo`` or ``paper``); ``features`` overrides.
         num_workers: loader workers (default: the config's).
         amp: bf16 autocast (a GPU).
+        channels_last: network and images in channels-last memory format.
         quick: a tiny setting for a smoke test (48 x 48, batch 2, tiny U-Net, 2 steps).
     """
     if quick:
@@ -67,6 +68,7 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
     overrides: dict[str, Any] = {
         "bundle_root": bundle_root, "profile": profile, "device": f"$torch.device('{dev}')",
         "image_size": [image_size, image_size], "batch_size": batch_size, "amp": bool(amp),
+        "channels_last": bool(channels_last),
         "prepared_dir": os.path.join(bundle_root, "cache", "prepared", f"benchmark_{image_size}"),
     }
     if quick:
@@ -100,7 +102,7 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
     figures: dict[str, float] = {}
     print(f"benchmark: {dev}, {profile} U-Net features {parser.get_parsed_content('features')}, "
           f"{image_size} x {image_size}, batch {batch_size} pairs, {loader.num_workers} loader workers, "
-          f"amp {bool(amp)}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
+          f"amp {bool(amp)}, channels_last {bool(channels_last)}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
 
     batches = iter(loader)  # 1. the data pipeline alone
     for _ in range(warmup):

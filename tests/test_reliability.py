@@ -132,3 +132,11 @@ def test_sigint_stops_after_writing_a_checkpoint_and_the_run_resumes(tiny, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]
     assert final["iteration"] == 6 * final["epoch_length"]
+
+
+def test_channels_last_changes_speed_not_results(tiny, tmp_path):
+    common = {**tiny, "epochs": 1, "num_workers": 0, "val_interval": 5}
+    plain = pretrain_losses({**common, "output_dir": str(tmp_path / "plain")})
+    fast = pretrain_losses({**common, "output_dir": str(tmp_path / "cl"), "channels_last": True})
+    assert len(plain) == len(fast) > 5
+    np.testing.assert_allclose(fast, plain, rtol=1e-3)
