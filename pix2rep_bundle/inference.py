@@ -16,10 +16,10 @@ from typing import Any
 
 from monai.data import NibabelWriter
 
+from pix2rep_bundle.data.preprocessing import NIFTI_SUFFIXES
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_path
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # file names that are never inputs: ground-truth labels and this bundle's own outputs
 SKIPPED_SUFFIXES = ("_gt", "_seg")
 

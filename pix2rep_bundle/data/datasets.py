@@ -139,9 +139,14 @@ def _identity(entry: dict) -> tuple[str, int]:
     return str(subject), int(frame)
 
 
+def _numpy(volume: Any) -> np.ndarray:
+    """A loaded volume (tensor, MetaTensor or array) as a NumPy array."""
+    return np.asarray(volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else volume)
+
+
 def _as_slices(volume: Any, path: str, dtype) -> np.ndarray:
     """A single-channel 3D volume ``(1, H, W, D)`` or ``(H, W, D)`` as a contiguous ``(D, H, W)`` array."""
-    array = np.asarray(volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else volume)
+    array = _numpy(volume)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 3:
@@ -204,8 +209,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             raise DataError(path, f"cannot load volume ({type(err).__name__}: {err})") from err
         volume = {self.image_key: _as_slices(loaded[self.image_key], path, np.float32)}
         for key in (k for k in present if k != self.image_key):
-            raw_label = np.asarray(loaded[key].detach().cpu().numpy() if isinstance(loaded[key], torch.Tensor)
-                                   else loaded[key])
+            raw_label = _numpy(loaded[key])
             check_label(np.rint(raw_label), Path(str(entry[key])))
             volume[key] = _as_slices(raw_label, str(entry[key]), np.uint8)
             label_shape, image_shape = volume[key].shape, volume[self.image_key].shape

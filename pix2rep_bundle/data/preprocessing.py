@@ -35,6 +35,8 @@ from pix2rep_bundle.errors import DataError
 
 # Relative disagreement between an affine column norm and the header voxel size that triggers a repair.
 SPACING_TOL = 1e-3
+# File name endings of NIfTI volumes, longest first.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Percentiles of the per-volume intensity clipping.
 LOWER_PERCENTILE, UPPER_PERCENTILE = 1.0, 99.0
 
@@ -184,7 +186,7 @@ class LoadVolumed(LoadImaged):
     def __call__(self, data, reader=None):
         for key in self.key_iterator(dict(data)):
             path = data[key]
-            if isinstance(path, (str, os.PathLike)) and not str(path).endswith((".nii", ".nii.gz")):
+            if isinstance(path, (str, os.PathLike)) and not str(path).endswith(NIFTI_SUFFIXES):
                 raise DataError(path, "not a NIfTI file name (expected .nii or .nii.gz)")
         return super().__call__(data, reader)
 
