@@ -102,6 +102,15 @@ def _normalised_grid(voxel_maps: torch.Tensor, from_shapes: torch.Tensor, to_sha
                          align_corners=ALIGN_CORNERS)
 
 
+def sampling_grid(voxel_maps: torch.Tensor, from_shapes: torch.Tensor, to_shapes: torch.Tensor,
+                  size: Sequence[int]) -> torch.Tensor:
+    """``(B, H, W, 2)`` ``grid_sample`` grid sampling maps of shapes ``to_shapes`` ``(B, 2)`` at ``voxel_maps``
+    ``(B, 3, 3)`` of the pixels of maps of shape ``size`` (``from_shapes``): :func:`warp` with it gives
+    ``out(v) = in(M v)``. Computed in float64, returned float32, autocast off."""
+    with torch.autocast(device_type=voxel_maps.device.type, enabled=False):
+        return _normalised_grid(voxel_maps.double(), from_shapes.double(), to_shapes.double(), size)
+
+
 def _inside(grid: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     """``(B, H, W)`` bool: ``grid`` ``(B, H, W, 2)`` locations within the hull of pixel centres of maps of ``shape``
     (``(B, 2)``), so that bilinear interpolation there reads real pixels only (voxel ``-tol <= c <= n - 1 + tol``)."""

@@ -88,6 +88,26 @@ def aligned_rows(features_1: torch.Tensor, features_2: torch.Tensor, alignment: 
     return rows_1, rows_2
 
 
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` ``(N_r, D)`` of every process of the default ``torch.distributed`` group, concatenated in rank order
+    (``rows`` itself without one). Differentiable: ``torch.distributed.nn.functional.all_gather`` sends each
+    process the gradients of its own rows from every process's loss; as every process computes the same loss
+    on the gathered rows and DDP averages the gradients, the update is that of the one loss over all rows.
+    Processes may hold different ``N_r`` (rows are padded to the largest for the exchange)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.int64, device=rows.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([rows.shape[0]], dtype=torch.int64, device=rows.device))
+    counts = [int(c) for c in counts]
+    padded = F.pad(rows, (0, 0, 0, max(counts) - rows.shape[0]))
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)])
+
+
 # --------------------------------------------------------------------------------------------- losses
 
 def nt_xent(rows_1: torch.Tensor, rows_2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -116,9 +136,14 @@ class Pix2RepLoss(nn.Module):
     ``(2N, 2N, D)`` tensor for the cosine similarities (4 GB at N = 1000, D = 256, and as much again for the
     backward pass); here the similarities are one ``(2N, D) x (D, 2N)`` product and a log-sum-exp.
     Drawing uses the global torch generator of the features' device (``torch.manual_seed`` makes it reproducible).
+
+    ``gather_negatives`` (several processes, ``torch.distributed``): the rows of every process are gathered
+    (:func:`gather_rows`) so that each anchor has the ``2 N P - 2`` rows of all ``P`` processes as negatives, as
+    one process with the whole batch would; otherwise each process contrasts its own ``2 N`` rows only.
     """
 
-    def __init__(self, num_samples: int = 1000, temperature: float = 0.53, samples_per_image: bool = False):
+    def __init__(self, num_samples: int = 1000, temperature: float = 0.53, samples_per_image: bool = False,
+                 gather_negatives: bool = False):
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -127,10 +152,13 @@ class Pix2RepLoss(nn.Module):
         self.num_samples = int(num_samples)
         self.temperature = float(temperature)
         self.samples_per_image = bool(samples_per_image)
+        self.gather_negatives = bool(gather_negatives)
 
     def forward(self, features_1: torch.Tensor, features_2: torch.Tensor, alignment: Alignment) -> torch.Tensor:
         with torch.autocast(device_type=features_1.device.type, enabled=False):
             rows_1, rows_2 = aligned_rows(features_1, features_2, alignment, self.num_samples, self.samples_per_image)
+            if self.gather_negatives:
+                rows_1, rows_2 = gather_rows(rows_1), gather_rows(rows_2)
             return nt_xent(rows_1, rows_2, self.temperature)
 
 

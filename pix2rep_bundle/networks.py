@@ -139,3 +139,23 @@ def freeze_backbone(network: nn.Module) -> nn.Module:
     for name, param in network.named_parameters():
         param.requires_grad = name.startswith(HEAD_NAME + ".")
     return network
+
+
+def compile_network(network: nn.Module, enabled: bool, image_size: Sequence[int]) -> nn.Module:
+    """``network.compile()`` (in place: state dict keys unchanged) when ``enabled``; ``network`` as is otherwise.
+
+    ``BasicUNet``'s decoder pads its upsampled maps with ``F.pad(..., "replicate")``, a no-op when the image size
+    is divisible by 16, whose backward pass inductor fails to compile in torch 2.13; the no-op pad is switched off
+    first, so compiling needs ``image_size`` divisible by 16 (ValueError otherwise).
+    """
+    if not enabled:
+        return network
+    if any(int(s) % 16 for s in image_size):
+        raise ValueError(f"--compile needs an image_size divisible by 16 (the U-Net's 4 poolings), got {image_size}")
+    from monai.networks.nets.basic_unet import UpCat
+
+    for module in network.modules():
+        if isinstance(module, UpCat):
+            module.is_pad = False
+    network.compile()
+    return network

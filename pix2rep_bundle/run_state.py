@@ -193,7 +193,8 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 } | {
     name: (_is_int, "an integer") for name in ("seed", "data_seed", "label_seed")
 } | {
-    name: (_is_bool, "true or false") for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last")
+    name: (_is_bool, "true or false") for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last",
+                                                   "augment_on_device", "compile", "gather_negatives")
 } | {
     "learning_rate": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "lr_head": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),

@@ -5,17 +5,22 @@ Everything is built by ``configs/pretrain.yaml`` itself (the real dataset, paire
 optimiser), on the embedded phantom unless ``--dataset_dir`` is given:
 
     python scripts/benchmark.py                                  # CPU, 128 x 128, batch 8
-    python scripts/benchmark.py --image_size 192 --batch_size 64 --profile paper --amp true   # a GPU
+    python scripts/benchmark.py --image_size 192 --batch_size 64 --profile paper   # a GPU
     python scripts/benchmark.py --quick                          # a few tiny steps (the CI smoke test)
 
-This measures the straightforward path (per-sample MONAI transforms in loader workers, fp32 unless ``--amp``).
+Two paths are measured in the same run, and the end-to-end ratio printed: ``plain`` (per-sample MONAI
+transforms in loader workers, fp32) and ``fast`` (the pretraining config's switches: ``augment_on_device``,
+bf16 ``amp`` where the device has bf16 units, ``channels_last`` on a GPU, ``--compile true`` if asked).
+``--paths fast`` measures one.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,9 @@ import fire
 import torch
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pix2rep_bundle.run_state import as_bool  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
@@ -32,10 +40,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _peak_memory(device: torch.device) -> str:
+def _peak_memory(device: torch.device) -> tuple[str, float]:
+    """A line and the figure in GiB: GPU ``max_memory_allocated`` since the path started, or the CPU peak RSS of
+    this process so far (it cannot be reset: with two paths, the second's is the larger of both)."""
     if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU (max_memory_allocated)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB CPU (peak RSS of this process)"
+        gib = torch.cuda.max_memory_allocated(device) / 2**30
+        return f"{gib:.2f} GiB GPU (max_memory_allocated)", gib
+    gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return f"{gib:.2f} GiB CPU (peak RSS of this process so far)", gib
 
 
 def build(overrides: dict[str, Any]) -> ConfigParser:
@@ -45,30 +57,114 @@ def build(overrides: dict[str, Any]) -> ConfigParser:
     return parser
 
 
+def fast_path(device: torch.device, amp: bool | None, channels_last: bool | None, compile: bool) -> dict[str, bool]:
+    """The fast path's switches: augmentation on the device always; bf16 autocast where the device has bf16 units
+    (GPUs; CPUs with AVX-512 BF16/AMX) unless ``amp`` says otherwise; channels-last on GPUs; compile when asked."""
+    if amp is None:
+        amp = device.type == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    return {"augment_on_device": True, "amp": bool(amp), "channels_last": bool(channels_last), "compile": bool(compile)}
+
+
+PLAIN = {"augment_on_device": False, "amp": False, "channels_last": False, "compile": False}
+
+
+def measure(parser: ConfigParser, dev: torch.device, steps: int, warmup: int, flops: float | None) -> dict[str, float]:
+    """Data pipeline alone, training step alone (one fixed batch), end to end, achieved TFLOP/s, peak memory."""
+    loader = parser.get_parsed_content("train#dataloader")
+    network = parser.get_parsed_content("network")
+    optimizer = parser.get_parsed_content("optimizer")
+    loss_function = parser.get_parsed_content("loss_function")
+    prepare_batch = parser.get_parsed_content("train#trainer#prepare_batch")
+    batch_size = int(parser.get_parsed_content("batch_size"))
+    needed = warmup + steps
+    if len(loader) < needed:
+        raise ValueError(f"the dataset gives {len(loader)} batches per epoch; fewer --steps/--warmup or a smaller "
+                         f"--batch_size are needed (asked {needed})")
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=as_bool(parser.get_parsed_content("amp")))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    def step(batch) -> None:
+        inputs, alignment = prepare_batch(batch, device=dev)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_function(network(inputs), alignment)
+        loss.backward()
+        optimizer.step()
+
+    def timed(action, count: int) -> float:
+        for _ in range(warmup):
+            action()
+        _sync(dev)
+        start = time.perf_counter()
+        for _ in range(count):
+            action()
+        _sync(dev)
+        return time.perf_counter() - start
+
+    figures: dict[str, float] = {}
+    batches = iter(loader)  # 1. the data pipeline alone: loading, augmentation, alignment, on the device
+    seconds = timed(lambda: prepare_batch(next(batches), device=dev), steps)
+    figures["data_pairs_per_s"] = steps * batch_size / seconds
+    print(f"  data pipeline alone: {figures['data_pairs_per_s']:.1f} pairs/s", flush=True)
+
+    fixed = next(iter(loader))  # 2. the training step alone, on one batch (warm-up includes any compilation)
+    network.train()
+    step_seconds = timed(lambda: step(fixed), steps) / steps
+    figures["step_pairs_per_s"] = batch_size / step_seconds
+    print(f"  training step alone: {figures['step_pairs_per_s']:.1f} pairs/s ({step_seconds * 1000:.0f} ms per step)",
+          flush=True)
+
+    batches = iter(loader)  # 3. end to end
+    seconds = timed(lambda: step(next(batches)), steps)
+    figures["end_to_end_pairs_per_s"] = steps * batch_size / seconds
+    print(f"  end to end: {figures['end_to_end_pairs_per_s']:.1f} pairs/s", flush=True)
+
+    if flops is None:  # 4. counted FLOPs of one step (eager network)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(fixed)
+        flops = counter.get_total_flops()
+    figures["gflops_per_step"] = flops / 1e9
+    figures["tflops_per_s"] = flops / step_seconds / 1e12
+    print(f"  FLOPs: {flops / 1e9:.1f} GFLOP per step, achieved {figures['tflops_per_s']:.3f} TFLOP/s", flush=True)
+    memory, figures["peak_memory_gib"] = _peak_memory(dev)
+    print(f"  peak memory: {memory}", flush=True)
+    ratio = figures["data_pairs_per_s"] / figures["step_pairs_per_s"]
+    print(f"  data pipeline / training step: {ratio:.2f}x", flush=True)
+    return figures
+
+
 def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, steps: int = 10, warmup: int = 2,
          profile: str = "cpu_demo", features: list[int] | None = None, num_workers: int | None = None,
-         amp: bool = False, channels_last: bool = False, dataset_dir: str | None = None, bundle_root: str = str(BUNDLE),
-         quick: bool = False) -> dict[str, float]:
-    """Measure and print pretraining throughput; returns the figures.
+         paths: str | Sequence[str] = ("plain", "fast"), amp: bool | None = None, channels_last: bool | None = None,
+         compile: bool = False, dataset_dir: str | None = None, bundle_root: str = str(BUNDLE),
+         quick: bool = False) -> dict[str, Any]:
+    """Measure and print pretraining throughput of the plain and the fast path; returns the figures.
 
     Args:
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         image_size, batch_size: view size (square) and view pairs per step.
         steps, warmup: timed and untimed iterations of each measurement.
-        profile: network sizes of ``configs/common.yaml`` (``cpu_demo`` or ``paper``); ``features`` overrides.
+        profile: network sizes of ``configs/pretrain.yaml`` (``cpu_demo`` or ``paper``); ``features`` overrides.
         num_workers: loader workers (default: the config's).
-        amp: bf16 autocast (a GPU).
-        channels_last: network and images in channels-last memory format.
+        paths: ``plain`` (per-sample MONAI transforms in loader workers, fp32) and/or ``fast``.
+        amp, channels_last, compile: the fast path's switches (defaults: see :func:`fast_path`).
         quick: a tiny setting for a smoke test (48 x 48, batch 2, tiny U-Net, 2 steps).
     """
     if quick:
         image_size, batch_size, steps, warmup = 48, 2, 2, 1
         features = features or [4, 4, 8, 8, 16, 8]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    paths = [p.strip() for p in (paths.split(",") if isinstance(paths, str) else paths)]
+    unknown = sorted(set(paths) - {"plain", "fast"})
+    if unknown:
+        raise ValueError(f"unknown path(s) {unknown}: choose among plain, fast")
     overrides: dict[str, Any] = {
         "bundle_root": bundle_root, "profile": profile, "device": f"$torch.device('{dev}')",
-        "image_size": [image_size, image_size], "batch_size": batch_size, "amp": bool(amp),
-        "channels_last": bool(channels_last),
+        "image_size": [image_size, image_size], "batch_size": batch_size,
         "prepared_dir": os.path.join(bundle_root, "cache", "prepared", f"benchmark_{image_size}"),
     }
     if quick:
@@ -79,76 +175,23 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
         overrides["num_workers"] = int(num_workers)
     if dataset_dir is not None:
         overrides["dataset_dir"] = dataset_dir
-    parser = build(overrides)
-    loader = parser.get_parsed_content("train#dataloader")
-    network = parser.get_parsed_content("network")
-    optimizer = parser.get_parsed_content("optimizer")
-    loss_function = parser.get_parsed_content("loss_function")
-    prepare_batch = parser.get_parsed_content("prepare_batch")
-    needed = warmup + steps
-    if len(loader) < needed:
-        raise ValueError(f"the dataset gives {len(loader)} batches per epoch; fewer --steps/--warmup or a smaller "
-                         f"--batch_size are needed (asked {needed})")
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bool(amp))
-
-    def step(batch) -> None:
-        inputs, alignment = prepare_batch(batch, device=dev)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = loss_function(network(inputs), alignment)
-        loss.backward()
-        optimizer.step()
-
-    figures: dict[str, float] = {}
-    print(f"benchmark: {dev}, {profile} U-Net features {parser.get_parsed_content('features')}, "
-          f"{image_size} x {image_size}, batch {batch_size} pairs, {loader.num_workers} loader workers, "
-          f"amp {bool(amp)}, channels_last {bool(channels_last)}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
-
-    batches = iter(loader)  # 1. the data pipeline alone
-    for _ in range(warmup):
-        next(batches)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(batches)
-    figures["data_pairs_per_s"] = steps * batch_size / (time.perf_counter() - start)
-    print(f"data pipeline alone: {figures['data_pairs_per_s']:.1f} pairs/s", flush=True)
-
-    fixed = next(iter(loader))  # 2. the training step alone, on one batch
-    network.train()
-    for _ in range(warmup):
-        step(fixed)
-    _sync(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(fixed)
-    _sync(dev)
-    step_seconds = (time.perf_counter() - start) / steps
-    figures["step_pairs_per_s"] = batch_size / step_seconds
-    print(f"training step alone: {figures['step_pairs_per_s']:.1f} pairs/s ({step_seconds * 1000:.0f} ms per step)",
-          flush=True)
-
-    batches = iter(loader)  # 3. end to end
-    for _ in range(warmup):
-        step(next(batches))
-    _sync(dev)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    _sync(dev)
-    figures["end_to_end_pairs_per_s"] = steps * batch_size / (time.perf_counter() - start)
-    print(f"end to end: {figures['end_to_end_pairs_per_s']:.1f} pairs/s", flush=True)
-
-    counter = FlopCounterMode(display=False)  # 4. counted FLOPs of one step
-    with counter:
-        step(fixed)
-    flops = counter.get_total_flops()
-    figures["tflops_per_s"] = flops / step_seconds / 1e12
-    figures["gflops_per_step"] = flops / 1e9
-    print(f"FLOPs: {flops / 1e9:.1f} GFLOP per step, achieved {figures['tflops_per_s']:.3f} TFLOP/s", flush=True)
-    print(f"peak memory: {_peak_memory(dev)}", flush=True)
-    ratio = figures["data_pairs_per_s"] / figures["step_pairs_per_s"]
-    print(f"data pipeline / training step: {ratio:.2f}x", flush=True)
-    return figures
+    switches = {"plain": PLAIN, "fast": fast_path(dev, amp, channels_last, compile)}
+    first = build(overrides)
+    print(f"benchmark: {dev}, {profile} U-Net features {first.get_parsed_content('features')}, "
+          f"{image_size} x {image_size}, batch {batch_size} pairs, {first.get_parsed_content('num_workers')} loader "
+          f"workers, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
+    results: dict[str, Any] = {}
+    flops = None
+    for path in paths:
+        print(f"{path} path: " + ", ".join(f"{k} {v}" for k, v in switches[path].items()), flush=True)
+        torch.manual_seed(0)
+        results[path] = measure(build(overrides | switches[path]), dev, steps, warmup, flops)
+        flops = results[path]["gflops_per_step"] * 1e9
+    if {"plain", "fast"} <= set(results):
+        ratio = results["fast"]["end_to_end_pairs_per_s"] / results["plain"]["end_to_end_pairs_per_s"]
+        results["fast_over_plain"] = ratio
+        print(f"fast / plain, end to end: {ratio:.2f}x", flush=True)
+    return results
 
 
 if __name__ == "__main__":

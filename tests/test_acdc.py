@@ -196,7 +196,8 @@ def test_datalist_fields_and_subject_level_pools(prepared):
     splits = d["splits"]
     assert set(splits["train"]).isdisjoint(splits["validation"]) and set(splits["train"]).isdisjoint(splits["test"])
     assert set(splits["validation"]).isdisjoint(splits["test"])
-    assert sorted(sum(splits.values(), [])) == sorted(d["groups"])
+    assert sorted(splits["train"] + splits["validation"] + splits["test"]) == sorted(d["groups"])
+    assert splits["pretrain"] == splits["train"] and d["split"] == "random"
     assert {e["subject"] for e in d["pretrain"]} == set(splits["train"])
     assert {e["subject"] for e in d["labeled"]} == set(splits["train"])
     assert {e["subject"] for e in d["validation"]} == set(splits["validation"])

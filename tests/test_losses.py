@@ -174,3 +174,40 @@ def test_alignment_must_fit_the_features():
         Pix2RepLoss()(features, features, identity_alignment())
     with pytest.raises(ValueError):
         Pix2RepLoss(num_samples=0)
+
+
+def _gathered_loss_worker(rank: int, init_file: str, rows_1: torch.Tensor, rows_2: torch.Tensor, sizes: list,
+                          out_dir: str) -> None:
+    """One of two gloo processes holding ``sizes[rank]`` of the rows: NT-Xent on the gathered rows and grads."""
+    import torch.distributed as dist
+
+    from pix2rep_bundle.losses import gather_rows
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    start = sum(sizes[:rank])
+    mine_1 = rows_1[start:start + sizes[rank]].clone().requires_grad_(True)
+    mine_2 = rows_2[start:start + sizes[rank]].clone().requires_grad_(True)
+    loss = nt_xent(gather_rows(mine_1), gather_rows(mine_2), 0.5)
+    loss.backward()
+    torch.save({"loss": loss.detach(), "grad_1": mine_1.grad, "grad_2": mine_2.grad}, f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_negatives_give_the_loss_and_gradient_of_one_process_with_all_rows(tmp_path):
+    """Two processes with 3 and 5 rows: each computes the loss of all 8 rows, and each one's row gradients,
+    averaged over the processes as DDP does with parameter gradients, are those of the single-process loss."""
+    torch.manual_seed(0)
+    rows_1, rows_2 = torch.randn(8, 6), torch.randn(8, 6)
+    sizes = [3, 5]
+    torch.multiprocessing.spawn(_gathered_loss_worker, args=(str(tmp_path / "init"), rows_1, rows_2, sizes,
+                                                             str(tmp_path)), nprocs=2, join=True)
+    full_1, full_2 = rows_1.clone().requires_grad_(True), rows_2.clone().requires_grad_(True)
+    expected = nt_xent(full_1, full_2, 0.5)
+    expected.backward()
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for rank, result in enumerate(results):
+        assert torch.allclose(result["loss"], expected.detach(), atol=1e-6)
+        start = sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+        assert torch.allclose(result["grad_1"] / 2, full_1.grad[rows], atol=1e-6)
+        assert torch.allclose(result["grad_2"] / 2, full_2.grad[rows], atol=1e-6)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pix2rep_bundle.data.published_splits import check_split, labelled_phases, named_pools
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_directory, write_json_atomic
 
@@ -366,12 +367,29 @@ def _run_jobs(jobs: list, num_workers: int):
         yield _prepare_subject(job)
 
 
-def _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine) -> dict:
+def _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine,
+                split: str = "random") -> dict:
     """The recorded parameters of a preparation (what a reused datalist must match)."""
     return {"source": str(Path(dataset_dir).resolve()), "spacing": [float(s) for s in spacing],
             "image_size": [int(s) for s in image_size], "seed": int(seed), "val_fraction": float(val_fraction),
-            "test_fraction": float(test_fraction), "include_cine": bool(include_cine),
+            "test_fraction": float(test_fraction), "include_cine": bool(include_cine), "split": check_split(split),
             "version": DATALIST_VERSION}
+
+
+def subject_splits(subjects: list[SubjectRecord], split: str, seed: int, val_fraction: float, test_fraction: float,
+                   dataset_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """``train``/``validation``/``test`` (and ``pretrain``, the unlabelled pool) subject ids: drawn from ``seed``
+    (``split="random"``; ``pretrain`` is ``train``) or a published split (all its subjects must be present)."""
+    if check_split(split) == "random":
+        splits = split_subjects(subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+        return {**splits, "pretrain": list(splits["train"])}
+    pools = named_pools(split)
+    present = {r.subject for r in subjects}
+    missing = sorted({s for ids in pools.values() for s in ids} - present)
+    if missing:
+        raise DataError(dataset_dir, f"split {split} needs ACDC subjects that are not here: {', '.join(missing[:8])}"
+                                     f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)")
+    return pools
 
 
 def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str:
@@ -392,23 +410,28 @@ def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str
 def _datalist(params: dict, fingerprint: str, splits: dict, subjects: list[SubjectRecord],
               labeled: dict[str, list[dict]], cine: dict[str, list[dict]]) -> dict:
     """Assemble the datalist: splits, groups and the four pools of entries."""
-    train = splits["train"]
     pretrain = []
-    for subject in train:
+    for subject in splits["pretrain"]:
         pretrain += [{k: v for k, v in e.items() if k != "label"} for e in labeled[subject]] + cine[subject]
+    phases = labelled_phases(params["split"])
+
+    def pool(ids: list[str]) -> list[dict]:
+        return [e for s in ids for e in labeled[s] if e["phase"] in phases]
+
     return {**params, "source_fingerprint": fingerprint, "splits": splits,
             "groups": {r.subject: r.group for r in subjects},
-            "pretrain": pretrain,
-            "labeled": [e for s in train for e in labeled[s]],
-            "validation": [e for s in splits["validation"] for e in labeled[s]],
-            "test": [e for s in splits["test"] for e in labeled[s]]}
+            "pretrain": pretrain, "labeled": pool(splits["train"]), "validation": pool(splits["validation"]),
+            "test": pool(splits["test"])}
 
 
 def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
                     seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                    include_cine: bool = False, num_workers: int = 0) -> Path:
+                    include_cine: bool = False, num_workers: int = 0, split: str = "random") -> Path:
     """Prepare every subject of ``dataset_dir`` into ``output_dir`` (atomically) and return the datalist path.
+
+    ``split``: ``random`` (subject-level from ``seed``, stratified by group, ``val_fraction``/``test_fraction``) or a
+    published split (:mod:`pix2rep_bundle.data.published_splits`: ``chaitanya2020``, ``semi_70_10_20``).
 
     Writes ``output_dir/volumes/<subject>_frameYY[_gt].nii.gz`` (float32 image in [0, 1], uint8 label, the
     resampled affine) and ``output_dir/datalist.json``. On any error nothing is left at ``output_dir``.
@@ -418,9 +441,9 @@ def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
     in_plane_pixdim(spacing), crop_size(image_size)  # validate before any work
     start = time.perf_counter()
     subjects = scan_acdc(dataset_dir)
-    splits = split_subjects(subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine)
-    train = set(splits["train"])
+    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split)
+    splits = subject_splits(subjects, split, seed, val_fraction, test_fraction, dataset_dir)
+    train = set(splits["pretrain"])
     output_dir = Path(output_dir)
     print(f"prepare: {len(subjects)} subjects from {params['source']} -> {output_dir} "
           f"(spacing {params['spacing']} mm, size {params['image_size']})", flush=True)
@@ -490,12 +513,12 @@ class _FileLock:
 def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
                     seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                    include_cine: bool = False, num_workers: int = 0) -> Path:
+                    include_cine: bool = False, num_workers: int = 0, split: str = "random") -> Path:
     """Return ``output_dir/datalist.json``, preparing it first unless it already matches the source and these
     parameters. Concurrent callers (e.g. several ranks) are serialised by a lock file beside ``output_dir``."""
     output_dir = Path(output_dir)
     datalist_path = output_dir / DATALIST_NAME
-    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine)
+    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split)
     subjects = scan_acdc(dataset_dir)
     fingerprint = source_fingerprint(subjects, include_cine)
     if _matches(datalist_path, params, fingerprint):
@@ -505,7 +528,7 @@ def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
             return datalist_path
         return prepare_dataset(dataset_dir, output_dir, spacing=spacing, image_size=image_size, seed=seed,
                                val_fraction=val_fraction, test_fraction=test_fraction,
-                               include_cine=include_cine, num_workers=num_workers)
+                               include_cine=include_cine, num_workers=num_workers, split=split)
 
 
 def summarize(datalist_path: str | os.PathLike) -> dict:

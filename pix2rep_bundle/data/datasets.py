@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pix2rep_bundle.data.acdc import check_label
+from pix2rep_bundle.data.published_splits import fixed_combination
 from pix2rep_bundle.errors import DataError
 
 POOLS = ("pretrain", "labeled", "validation", "test")
@@ -86,6 +87,42 @@ def select_labeled_subjects(entries: list[dict], num_subjects: int, seed: int) -
             if queue and len(chosen) < num_subjects:
                 chosen.append(queue.pop(0))
     return [entry for subject in chosen for entry in by_subject[subject]]
+
+
+def _read_split(datalist_path: str | os.PathLike) -> str:
+    """The ``split`` a datalist was prepared with (``random`` for datalists of earlier versions)."""
+    try:
+        return str(json.loads(Path(datalist_path).read_text()).get("split", "random"))
+    except (OSError, ValueError) as err:
+        raise DataError(datalist_path, f"cannot read datalist ({err})") from err
+
+
+def _of_subjects(entries: list[dict], subjects: list[str], pool: str, datalist_path) -> list[dict]:
+    """The entries of ``subjects``; DataError naming any subject the pool lacks."""
+    chosen = [e for e in entries if e.get("subject") in set(subjects)]
+    missing = sorted(set(subjects) - {e["subject"] for e in chosen})
+    if missing:
+        raise DataError(datalist_path, f"the {pool} pool lacks subject(s) {', '.join(missing)}")
+    return chosen
+
+
+def labeled_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
+    """The labelled training entries of a few-shot run: the published combination ``c{label_seed + 1}`` of K
+    subjects for splits that have them (chaitanya2020), else K subjects drawn from ``label_seed``
+    (:func:`select_labeled_subjects`)."""
+    entries = load_datalist(datalist_path, "labeled")
+    fixed = fixed_combination(_read_split(datalist_path), num_subjects, label_seed)
+    if fixed is None:
+        return select_labeled_subjects(entries, num_subjects, label_seed)
+    return _of_subjects(entries, fixed[0], "labeled", datalist_path)
+
+
+def validation_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
+    """The validation entries of a few-shot run: the published combination's own validation subjects
+    (chaitanya2020), else the whole validation pool. Never test subjects."""
+    entries = load_datalist(datalist_path, "validation")
+    fixed = fixed_combination(_read_split(datalist_path), num_subjects, label_seed)
+    return entries if fixed is None else _of_subjects(entries, fixed[1], "validation", datalist_path)
 
 
 def _group_queues(by_subject: dict[str, list[dict]], rng: np.random.Generator) -> list[list[str]]:
