@@ -215,10 +215,18 @@ def train_workflow(overrides: dict) -> ConfigWorkflow:
     return workflow
 
 
-def test_mean_teacher_off_builds_nothing_of_it(tiny):
+def test_mean_teacher_off_builds_nothing_of_it(tiny, tmp_path):
+    """Off (the default), the trainer is MONAI's SupervisedTrainer and nothing of Mean Teacher is built or prepared:
+    with MONAI Label's raw {"image", "label"} entries, no data is generated or prepared under the bundle."""
+    from pix2rep_bundle.data.phantom import write_phantom
+
+    write_phantom(tmp_path / "raw", num_subjects=2, seed=3)
+    raw = [{"image": str(p), "label": str(p).replace(".nii.gz", "_gt.nii.gz")}
+           for p in sorted((tmp_path / "raw").glob("patient*/patient*_frame??.nii.gz"))]
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update({**tiny, "mode": "scratch"})
+    parser.update({**tiny, "mode": "scratch", "bundle_root": str(tmp_path / "bundle"),
+                   "train#dataset#data": raw[:2], "validate#dataset#data": raw[2:]})
     assert parser.get_parsed_content("mean_teacher") is False
     assert type(parser.get_parsed_content("train#trainer")) is SupervisedTrainer
     for key in ("teacher", "unlabeled#dataset", "unlabeled#dataloader"):
@@ -226,6 +234,8 @@ def test_mean_teacher_off_builds_nothing_of_it(tiny):
     assert parser.get_parsed_content("evaluated_network") is parser.get_parsed_content("network")
     assert parser.get_parsed_content("mean_teacher_state") == {}
     assert len(parser.get_parsed_content("train#handlers")) == 3
+    parser.get_parsed_content("checkpoint_saver")
+    assert not (tmp_path / "bundle" / "cache").exists()
 
 
 def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tmp_path):
