@@ -286,4 +286,7 @@ def test_mean_teacher_refuses_the_linear_probe_and_several_processes(tiny, tmp_p
     assert not (tmp_path / "out").exists(), "refused before any work"
     with pytest.raises(ValueError, match="multi_gpu_train.yaml"):
         check_mean_teacher("finetune", True, distributed=True)
+    multi = ConfigParser()
+    multi.read_config([TRAIN, str(REPO / "configs" / "multi_gpu_train.yaml")])
+    assert "$check_mean_teacher(@mode, @mean_teacher, distributed=True)" in multi["initialize"]
     assert check_mean_teacher("linear_probe", "false") is False
