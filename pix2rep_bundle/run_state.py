@@ -189,13 +189,19 @@ def _is_number(value: Any) -> bool:
 SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     name: (lambda v: _is_int(v) and v > 0, "a positive integer")
     for name in ("epochs", "batch_size", "val_batch_size", "iterations_per_epoch", "num_labeled_subjects",
-                 "val_interval", "save_interval", "log_interval", "early_stop_patience", "phantom_subjects")
+                 "val_interval", "save_interval", "log_interval", "early_stop_patience", "phantom_subjects",
+                 "unlabeled_batch_size")
 } | {
     name: (_is_int, "an integer") for name in ("seed", "data_seed", "label_seed")
 } | {
-    name: (_is_bool, "true or false") for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last",
-                                                   "augment_on_device", "compile", "gather_negatives")
+    name: (_is_bool, "true or false")
+    for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last", "augment_on_device", "compile",
+                 "gather_negatives", "mean_teacher")
 } | {
+    name: (lambda v: _is_number(v) and v >= 0, "a number >= 0")
+    for name in ("consistency_weight", "consistency_rampup_epochs")
+} | {
+    "ema_decay": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "learning_rate": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "lr_head": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "lr_body": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null when frozen)"),

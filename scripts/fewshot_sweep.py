@@ -1,4 +1,5 @@
-"""Few-shot sweep: Dice versus the number K of labelled subjects, for scratch, linear probe and fine-tune.
+"""Few-shot sweep: Dice versus the number K of labelled subjects, for scratch, linear probe, fine-tune and Mean
+Teacher (from scratch and from Pix2Rep).
 
     python scripts/fewshot_sweep.py                                    K in 1, 2, 5, 10; label seeds 0, 1, 2
     python scripts/fewshot_sweep.py --quick                            K in 1, 2; seeds 0, 1, 2; 6 epochs (CPU demo)
@@ -13,7 +14,8 @@ bundle's own configs (``monai.bundle.run`` in this process):
 1. pretraining (``configs/pretrain.yaml``), once: skipped when the backbone file exists (by default the
    bundle's ``models/pretrain/pix2rep_backbone.pt``, or ``--pretrained_ckpt``);
 2. for every K, label seed and mode: training (``configs/train.yaml``, run id ``run``) into
-   ``<output_dir>/<mode>_k<K>_seed<S>/model.pt``, then 3D evaluation on the test subjects
+   ``<output_dir>/<mode>_k<K>_seed<S>/model.pt`` (``mean_teacher_scratch`` and ``mean_teacher_finetune`` are
+   ``--mode scratch`` / ``--mode finetune`` with ``--mean_teacher true``), then 3D evaluation on the test subjects
    (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A run whose ``summary.json``
    exists is reused (``--overwrite true`` redoes it), so an interrupted sweep continues where it stopped.
    The label seed S also seeds training (initialisation, augmentation).
@@ -46,8 +48,10 @@ import numpy as np  # noqa: E402
 from pix2rep_bundle.io import atomic_path, write_text_atomic  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-MODES = ("scratch", "linear_probe", "finetune")
-PRETRAINED_MODES = ("linear_probe", "finetune")
+MODES = ("scratch", "linear_probe", "finetune", "mean_teacher_scratch", "mean_teacher_finetune")
+PRETRAINED_MODES = ("linear_probe", "finetune", "mean_teacher_finetune")
+# sweep mode -> train.yaml's --mode, for the Mean Teacher rows (--mean_teacher true)
+MEAN_TEACHER_MODES = {"mean_teacher_scratch": "scratch", "mean_teacher_finetune": "finetune"}
 STRUCTURES = ("RV", "MYO", "LV", "mean")
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
 RESULT_COLUMNS = ["mode", "k", "seed", *[f"dice_{s}" for s in STRUCTURES], *[f"hd95_{s}" for s in STRUCTURES],
@@ -95,6 +99,11 @@ def check_backbone(path: Path, common: Mapping[str, Any]) -> None:
     if pretrained != features:
         raise ValueError(f"{path}: pretrained with features={pretrained} but the sweep trains features={features}; "
                          "pass --pretrained_ckpt with a matching backbone or the matching --profile/--overrides")
+
+
+def mode_overrides(mode: str) -> dict[str, Any]:
+    """train.yaml overrides of a sweep mode: ``--mode`` and ``--mean_teacher``."""
+    return {"mode": MEAN_TEACHER_MODES.get(mode, mode), "mean_teacher": mode in MEAN_TEACHER_MODES}
 
 
 def train_and_evaluate(run_dir: Path, train: Mapping[str, Any], evaluate: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,7 +185,7 @@ def plot_dice_vs_k(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         ks = sorted(k for m, k in groups if m == mode)
         stats = [mean_std([r["dice_mean"] for r in groups[(mode, k)]]) for k in ks]
         means, stds = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-        ax.plot(ks, means, marker="o", label=mode)
+        ax.plot(ks, means, marker="o", label=mode, linestyle="--" if mode in MEAN_TEACHER_MODES else "-")
         ax.fill_between(ks, means - stds, means + stds, alpha=0.2)
     all_ks = sorted({k for _, k in groups})
     ax.set_xscale("log")
@@ -230,7 +239,7 @@ def main(
         output_dir: where the run folders and the results go (default ``<bundle_root>/runs/fewshot_sweep``).
         ks: numbers of labelled subjects (default 1, 2, 5, 10; --quick: 1, 2).
         seeds: label seeds, i.e. draws of the K subjects (default 0, 1, 2; --quick: 0, 1, 2).
-        modes: among scratch, linear_probe, finetune.
+        modes: among scratch, linear_probe, finetune, mean_teacher_scratch, mean_teacher_finetune (default: all).
         quick: a reduced CPU setting (fewer K and seeds, 6 epochs) unless those are given explicitly.
         bundle_root: the bundle's root (its cache/ holds the phantom and prepared data).
         profile, dataset_dir: passed to every config (``--profile``, ``--dataset_dir``).
@@ -273,7 +282,7 @@ def main(
                 label = f"[{len(rows) + 1}/{total}] {mode} K={k} seed={seed}"
                 if overwrite or not (run_dir / "eval" / "summary.json").is_file():
                     log(f"{label}: training and evaluation in {run_dir}")
-                    train_and_evaluate(run_dir, {**train, "mode": mode, "num_labeled_subjects": k,
+                    train_and_evaluate(run_dir, {**train, **mode_overrides(mode), "num_labeled_subjects": k,
                                                  "label_seed": seed, "seed": seed}, common)
                 else:
                     log(f"{label}: results exist in {run_dir}, reused")

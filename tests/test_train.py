@@ -212,13 +212,20 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         assert (out / name).is_file(), name
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["mode"], r["k"], r["seed"]) for r in rows] == [("scratch", "1", "0"), ("linear_probe", "1", "0"),
-                                                              ("finetune", "1", "0")]
+    assert [(r["mode"], r["k"], r["seed"]) for r in rows] == [
+        ("scratch", "1", "0"), ("linear_probe", "1", "0"), ("finetune", "1", "0"), ("mean_teacher_scratch", "1", "0"),
+        ("mean_teacher_finetune", "1", "0")]
     assert all(0.0 <= float(r["dice_mean"]) <= 1.0 for r in rows)
     table = (out / "results.md").read_text()
-    assert "| linear_probe | 1 | 1 |" in table and "±" in table
+    assert "| linear_probe | 1 | 1 |" in table and "| mean_teacher_finetune | 1 | 1 |" in table and "±" in table
+    for mode, mean_teacher in [("finetune", False), ("mean_teacher_scratch", True), ("mean_teacher_finetune", True)]:
+        settings = json.loads((out / f"{mode}_k1_seed0" / "run_info.json").read_text())["settings"]
+        assert settings["mean_teacher"] is mean_teacher and settings["mode"] == mode.split("_")[-1], mode
     assert (out / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pretraining skipped" in result.stdout
+    again = subprocess.run(cmd + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert again.returncode == 0 and "mean_teacher_scratch K=1 seed=0: results exist" in again.stdout, again.stdout[-2000:]
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
