@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 
 def find_in_chain(exc: BaseException | None, kind: type, pattern: str) -> bool:
@@ -22,3 +24,9 @@ def tiny_settings(root) -> dict:
     return {"bundle_root": str(root), "profile": "cpu_demo", "phantom_subjects": 10, "image_size": [48, 48],
             "spacing": [4.0, 4.0], "features": TINY_FEATURES, "projection_hidden": 8, "projection_dim": 8,
             "batch_size": 4}
+
+
+def acdc_dir() -> Path:
+    """Real ACDC training data: ``PIX2REP_ACDC_DIR``, else ``shared/data/ACDC/training`` beside the project."""
+    default = Path(__file__).resolve().parents[2] / "shared/data/ACDC/training"
+    return Path(os.environ.get("PIX2REP_ACDC_DIR", default))

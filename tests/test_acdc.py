@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import acdc_dir
 from pix2rep_bundle.data.acdc import (
     SubjectRecord,
     ensure_prepared,
@@ -379,13 +379,8 @@ def test_phantom_end_to_end(tmp_path):
         assert image[label == 3].mean() > image[label == 2].mean()
 
 
-def _acdc_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared/data/ACDC/training"
-    return Path(os.environ.get("PIX2REP_ACDC_DIR", default))
-
-
 def test_real_acdc_smoke(tmp_path):
-    acdc = _acdc_dir()
+    acdc = acdc_dir()
     if not (acdc / "patient001").is_dir():
         pytest.skip(f"ACDC training data not found at {acdc} (set PIX2REP_ACDC_DIR)")
     src = tmp_path / "acdc"

@@ -30,7 +30,6 @@ from pix2rep_bundle.mean_teacher import (
     check_mean_teacher,
     sigmoid_rampup,
 )
-from pix2rep_bundle.networks import Pix2RepNet, save_backbone
 from pix2rep_bundle.segmentation import load_segmentation_weights
 from pix2rep_bundle.transforms import paired_views
 
@@ -194,14 +193,6 @@ def test_unlabelled_slices_never_contribute_to_the_supervised_loss():
 
 
 # ---------------------------------------------------------------- configs/train.yaml
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("pretrained") / "pix2rep_backbone.pt"
-    save_backbone(Pix2RepNet(TINY_FEATURES, projection_hidden=4, projection_dim=4), path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, backbone) -> dict:

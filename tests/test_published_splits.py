@@ -4,13 +4,13 @@ few-shot selection follow them (a datalist built in memory; real ACDC when it is
 from __future__ import annotations
 
 import json
-import os
 import re
 from itertools import combinations
 from pathlib import Path
 
 import pytest
 
+from helpers import acdc_dir
 from pix2rep_bundle.data import published_splits as ps
 from pix2rep_bundle.data.acdc import SubjectRecord, _datalist, _parameters, prepare_dataset, subject_splits
 from pix2rep_bundle.data.datasets import labeled_entries, validation_entries
@@ -129,13 +129,8 @@ def test_docs_list_every_subject_of_every_split():
             assert re.search(rf"\| {k} \| c{c} \| {', '.join(labelled)} \| {', '.join(validation)} \|", text), (k, c)
 
 
-def _acdc_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared/data/ACDC/training"
-    return Path(os.environ.get("PIX2REP_ACDC_DIR", default))
-
-
 def test_real_acdc_prepares_with_the_published_split(tmp_path):
-    acdc = _acdc_dir()
+    acdc = acdc_dir()
     if not (acdc / "patient100").is_dir():
         pytest.skip(f"ACDC training data not found at {acdc} (set PIX2REP_ACDC_DIR)")
     path = prepare_dataset(acdc, tmp_path / "out", spacing=(4.0, 4.0), image_size=(48, 48), split="chaitanya2020",

@@ -33,14 +33,6 @@ def body_state(state: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("pretrained") / "pix2rep_backbone.pt"
-    save_backbone(Pix2RepNet(FEATURES, projection_hidden=4, projection_dim=4), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, backbone) -> dict:
     """Overrides for a few small phantom subjects at 48 x 48 (4 mm pixels), a tiny U-Net, 2 iterations."""
     root = tmp_path_factory.mktemp("bundle")
