@@ -60,11 +60,10 @@ def build(overrides: dict[str, Any]) -> ConfigParser:
 def fast_path(device: torch.device, amp: bool | None, channels_last: bool | None, compile: bool) -> dict[str, bool]:
     """The fast path's switches: augmentation on the device always; bf16 autocast where the device has bf16 units
     (GPUs; CPUs with AVX-512 BF16/AMX) unless ``amp`` says otherwise; channels-last on GPUs; compile when asked."""
-    if amp is None:
-        amp = device.type == "cuda" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if channels_last is None:
-        channels_last = device.type == "cuda"
-    return {"augment_on_device": True, "amp": bool(amp), "channels_last": bool(channels_last), "compile": bool(compile)}
+    amp = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported() if amp is None else amp
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    return {"augment_on_device": True, "amp": as_bool(amp, "amp"),
+            "channels_last": as_bool(channels_last, "channels_last"), "compile": as_bool(compile, "compile")}
 
 
 PLAIN = {"augment_on_device": False, "amp": False, "channels_last": False, "compile": False}
