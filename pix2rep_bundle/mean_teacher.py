@@ -270,6 +270,7 @@ def segmentation_trainer(mean_teacher: bool = False, teacher: nn.Module | None =
                               consistency_weight=consistency_weight, rampup_iterations=rampup_iterations, **kwargs)
 
 
-def rampup_iterations(epochs: float, iterations_per_epoch: int) -> int:
-    """A ramp-up given in epochs (may be fractional) as a number of iterations."""
-    return int(round(float(epochs) * int(iterations_per_epoch)))
+def rampup_iterations(epochs: float | None, iterations_per_epoch: int, total_epochs: int) -> int:
+    """A ramp-up given in epochs (may be fractional; None: a quarter of ``total_epochs``) as iterations."""
+    epochs = 0.25 * float(total_epochs) if epochs is None else float(epochs)
+    return int(round(epochs * int(iterations_per_epoch)))

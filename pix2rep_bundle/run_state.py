@@ -198,9 +198,8 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last", "augment_on_device", "compile",
                  "gather_negatives", "mean_teacher")
 } | {
-    name: (lambda v: _is_number(v) and v >= 0, "a number >= 0")
-    for name in ("consistency_weight", "consistency_rampup_epochs")
-} | {
+    "consistency_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "consistency_rampup_epochs": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
     "ema_decay": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "learning_rate": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "lr_head": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
