@@ -39,11 +39,11 @@ class ViewPair(NamedTuple):
     views: torch.Tensor
     to_source: torch.Tensor
 
-    def alignment(self, source_shape: Sequence[int]) -> Alignment:
-        """The :class:`~pix2rep_bundle.geometry.Alignment` of view 1 to view 2."""
+    def alignment(self) -> Alignment:
+        """The :class:`~pix2rep_bundle.geometry.Alignment` of view 1 to view 2 (views keep the source's shape)."""
         map_1, map_2 = self.to_source[0], self.to_source[1]
-        view_shape = tuple(self.views.shape[-2:])
-        return alignment_from_maps(torch.linalg.solve(map_2, map_1), map_1, source_shape, view_shape)
+        shape = tuple(self.views.shape[-2:])
+        return alignment_from_maps(torch.linalg.solve(map_2, map_1), map_1, shape, shape)
 
 
 # ------------------------------------------------------------------------------------------- spatial
@@ -282,4 +282,4 @@ class PrepareAugmentedPairs:
         inputs = pair.views.flatten(0, 1)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, pair.alignment(tuple(images.shape[-2:]))
+        return inputs, pair.alignment()

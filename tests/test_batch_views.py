@@ -72,7 +72,7 @@ def test_same_affines_give_the_same_views_and_the_same_alignment():
                                                   intensity=False)
     for k, key in enumerate(("view_1", "view_2")):
         assert torch.allclose(pair.views[k], batch[key].as_tensor(), atol=1e-5)
-    expected, got = alignment_from_batch(batch), pair.alignment((H, W))
+    expected, got = alignment_from_batch(batch), pair.alignment()
     assert torch.equal(expected.mask, got.mask) and 0.1 < float(got.mask.mean()) < 0.95
     assert torch.allclose(expected.grid, got.grid, atol=1e-6)
 
@@ -107,7 +107,7 @@ def test_a_known_shift_maps_each_pixel_where_it_should_in_both_directions():
     for maps, offset in ((torch.stack([shift, identity])[:, None], (3.0, -2.0)),
                          (torch.stack([identity, shift])[:, None], (-3.0, 2.0))):
         pair = augment.apply(images, maps, intensity=False)
-        alignment = pair.alignment((H, W))
+        alignment = pair.alignment()
         where = as_voxels(alignment.grid[0], (H, W))
         assert torch.allclose(where[..., 0], ii + offset[0], atol=1e-4)
         assert torch.allclose(where[..., 1], jj + offset[1], atol=1e-4)
@@ -150,7 +150,7 @@ def test_drawn_views_follow_the_distribution_of_the_monai_path():
     torch.manual_seed(0)
     images = torch.from_numpy(np.stack([smooth_image()] * count))
     pair = BatchPairedViews()(images)
-    fast_maps, fast_alignment = pair.to_source, pair.alignment((H, W))
+    fast_maps, fast_alignment = pair.to_source, pair.alignment()
 
     def stats(maps, alignment, views):
         det = torch.linalg.det(maps[..., :2, :2])
@@ -179,7 +179,7 @@ def test_a_few_training_steps_give_the_same_losses_on_both_paths():
         maps = recorded_maps(batch)
         inputs = {"plain": PrepareViewPairs()(batch, torch.device("cpu"))}
         pair = BatchPairedViews(**NO_INTENSITY).apply(batch["image"], maps, intensity=False)
-        inputs["fast"] = (pair.views.flatten(0, 1), pair.alignment((H, W)))
+        inputs["fast"] = (pair.views.flatten(0, 1), pair.alignment())
         for key in ("plain", "fast"):
             torch.manual_seed(step)  # the same pixel positions drawn by the loss
             value = loss(nets[key](inputs[key][0]), inputs[key][1])
@@ -231,7 +231,7 @@ def test_bf16_autocast_changes_the_losses_by_rounding_only():
     loss = StackedViewsLoss(Pix2RepLoss(num_samples=300))
     torch.manual_seed(0)
     pair = BatchPairedViews()(torch.from_numpy(np.stack([smooth_image()] * 4)))
-    inputs, alignment = pair.views.flatten(0, 1), pair.alignment((H, W))
+    inputs, alignment = pair.views.flatten(0, 1), pair.alignment()
     losses = {"fp32": [], "bf16": []}
     for step in range(3):
         for key in ("fp32", "bf16"):

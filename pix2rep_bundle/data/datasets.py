@@ -32,17 +32,25 @@ _FRAME = re.compile(r"_frame(\d+)")
 def load_datalist(datalist_path: str | os.PathLike, split: str) -> list[dict]:
     """The entries of pool ``split`` (``pretrain``, ``labeled``, ``validation`` or ``test``) with absolute
     ``image``/``label`` paths. DataError for a missing/unreadable file or an unknown split."""
-    datalist_path = Path(datalist_path)
+    return _pool(_read_datalist(datalist_path), datalist_path, split)
+
+
+def _read_datalist(datalist_path: str | os.PathLike) -> dict:
+    """The content of ``datalist.json``; DataError for a missing or unreadable file."""
     try:
-        datalist = json.loads(datalist_path.read_text())
+        return json.loads(Path(datalist_path).read_text())
     except FileNotFoundError:
         raise DataError(datalist_path, "datalist not found") from None
     except (OSError, ValueError) as err:
         raise DataError(datalist_path, f"cannot read datalist ({err})") from err
+
+
+def _pool(datalist: dict, datalist_path: str | os.PathLike, split: str) -> list[dict]:
+    """The entries of one pool of a read datalist, with paths made absolute; DataError for an unknown pool."""
     if split not in POOLS or not isinstance(datalist.get(split), list):
         available = [p for p in POOLS if isinstance(datalist.get(p), list)]
         raise DataError(datalist_path, f"unknown split {split!r} (available: {', '.join(available)})")
-    root = datalist_path.parent.resolve()
+    root = Path(datalist_path).parent.resolve()
     return [_absolute(entry, root) for entry in datalist[split]]
 
 
@@ -89,14 +97,6 @@ def select_labeled_subjects(entries: list[dict], num_subjects: int, seed: int) -
     return [entry for subject in chosen for entry in by_subject[subject]]
 
 
-def _read_split(datalist_path: str | os.PathLike) -> str:
-    """The ``split`` a datalist was prepared with (``random`` for datalists of earlier versions)."""
-    try:
-        return str(json.loads(Path(datalist_path).read_text()).get("split", "random"))
-    except (OSError, ValueError) as err:
-        raise DataError(datalist_path, f"cannot read datalist ({err})") from err
-
-
 def _of_subjects(entries: list[dict], subjects: list[str], pool: str, datalist_path) -> list[dict]:
     """The entries of ``subjects``; DataError naming any subject the pool lacks."""
     chosen = [e for e in entries if e.get("subject") in set(subjects)]
@@ -106,23 +106,31 @@ def _of_subjects(entries: list[dict], subjects: list[str], pool: str, datalist_p
     return chosen
 
 
+def _few_shot_pool(datalist_path: str | os.PathLike, pool: str, num_subjects: int,
+                   label_seed: int) -> tuple[list[dict], list[str] | None]:
+    """The entries of ``pool`` and, for splits with published combinations (chaitanya2020), the subjects of
+    combination ``c{label_seed + 1}`` in that pool (None otherwise). Datalists of earlier versions are ``random``."""
+    datalist = _read_datalist(datalist_path)
+    fixed = fixed_combination(str(datalist.get("split", "random")), num_subjects, label_seed)
+    subjects = None if fixed is None else fixed[0 if pool == "labeled" else 1]
+    return _pool(datalist, datalist_path, pool), subjects
+
+
 def labeled_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
     """The labelled training entries of a few-shot run: the published combination ``c{label_seed + 1}`` of K
     subjects for splits that have them (chaitanya2020), else K subjects drawn from ``label_seed``
     (:func:`select_labeled_subjects`)."""
-    entries = load_datalist(datalist_path, "labeled")
-    fixed = fixed_combination(_read_split(datalist_path), num_subjects, label_seed)
+    entries, fixed = _few_shot_pool(datalist_path, "labeled", num_subjects, label_seed)
     if fixed is None:
         return select_labeled_subjects(entries, num_subjects, label_seed)
-    return _of_subjects(entries, fixed[0], "labeled", datalist_path)
+    return _of_subjects(entries, fixed, "labeled", datalist_path)
 
 
 def validation_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
     """The validation entries of a few-shot run: the published combination's own validation subjects
     (chaitanya2020), else the whole validation pool. Never test subjects."""
-    entries = load_datalist(datalist_path, "validation")
-    fixed = fixed_combination(_read_split(datalist_path), num_subjects, label_seed)
-    return entries if fixed is None else _of_subjects(entries, fixed[1], "validation", datalist_path)
+    entries, fixed = _few_shot_pool(datalist_path, "validation", num_subjects, label_seed)
+    return entries if fixed is None else _of_subjects(entries, fixed, "validation", datalist_path)
 
 
 def _group_queues(by_subject: dict[str, list[dict]], rng: np.random.Generator) -> list[list[str]]:
