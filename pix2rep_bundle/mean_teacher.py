@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
-from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
+from pix2rep_bundle.engines import AutocastTrainer, as_float32
 from pix2rep_bundle.geometry import Alignment, warp
 from pix2rep_bundle.workflows import PrepareViewPairs
 
@@ -158,8 +155,9 @@ def _cycle(loader: Iterable) -> Iterator:
             raise ValueError("the unlabelled data loader gives no batch (empty training pool?)")
 
 
-class MeanTeacherTrainer(SupervisedTrainer):
-    """MONAI ``SupervisedTrainer`` training a student with a supervised loss plus a Mean Teacher consistency.
+class MeanTeacherTrainer(AutocastTrainer):
+    """A trainer (:class:`~pix2rep_bundle.engines.AutocastTrainer`) of a student with a supervised loss plus a Mean
+    Teacher consistency.
 
     Each iteration takes the labelled batch as usual (``prepare_batch``, ``inferer``, ``loss_function``: the
     supervised loss sees the labelled images and labels only), then the next batch of ``unlabeled_data_loader``
@@ -173,7 +171,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     ``engine.state.output`` holds ``image``, ``label``, ``pred``, ``loss`` (as in ``SupervisedTrainer``) and
     ``sup_loss``, ``consistency_loss`` (detached tensors) and ``consistency_weight`` (a float).
-    Gradient accumulation and ``compile`` are not supported.
+    Gradient accumulation and ``compile`` are not supported (as in ``AutocastTrainer``).
 
     Args:
         teacher: the teacher network (e.g. ``copy.deepcopy(network)`` with ``requires_grad`` off).
@@ -190,8 +188,6 @@ class MeanTeacherTrainer(SupervisedTrainer):
                  consistency_weight: float = 1.0, rampup_iterations: int = 0,
                  consistency_loss: Callable[..., torch.Tensor] | None = None,
                  unlabeled_prepare_batch: Callable | None = None, **kwargs: Any):
-        if kwargs.get("accumulation_steps", 1) != 1 or kwargs.get("compile", False):
-            raise ValueError("MeanTeacherTrainer supports neither accumulation_steps > 1 nor compile")
         if teacher is None or unlabeled_data_loader is None:
             raise ValueError("MeanTeacherTrainer needs a teacher network and an unlabelled data loader")
         if float(consistency_weight) < 0 or int(rampup_iterations) < 0:
@@ -217,55 +213,33 @@ class MeanTeacherTrainer(SupervisedTrainer):
             self._unlabeled = _cycle(self.unlabeled_data_loader)
         return next(self._unlabeled)
 
-    def _iteration(self, engine: MeanTeacherTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets, args, kwargs = (*batch, (), {}) if len(batch) == 2 else batch
-        views, alignment = engine.unlabeled_prepare_batch(engine.next_unlabeled_batch(), engine.state.device,
-                                                          engine.non_blocking)
+    def forward_loss(self, inputs: torch.Tensor, targets: Any, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The supervised loss of the labelled batch plus the weighted consistency on the next unlabelled view pairs
+        (forward passes under autocast, losses in float32)."""
+        sup_loss = super().forward_loss(inputs, targets, args, kwargs)
+        views, alignment = self.unlabeled_prepare_batch(self.next_unlabeled_batch(), self.state.device,
+                                                        self.non_blocking)
         view_1, view_2 = views.chunk(2, dim=0)
-        weight = engine.current_consistency_weight(engine.state.iteration)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
-
-        engine.network.train()
-        engine.teacher.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        use_scaler = engine.amp and engine.scaler is not None
-        with torch.autocast("cuda", **engine.amp_kwargs) if use_scaler else nullcontext():
-            pred = engine.inferer(inputs, engine.network, *args, **kwargs)
-            engine.state.output[Keys.PRED] = pred
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            sup_loss = engine.loss_function(pred, targets).mean()
-            student = engine.inferer(view_1, engine.network)
+        self.teacher.train()
+        with self.autocast():
+            student = self.inferer(view_1, self.network)
             with torch.no_grad():
-                teacher = engine.inferer(view_2, engine.teacher)
-            consistency = engine.consistency_loss(student, teacher, alignment)
-            loss = sup_loss + weight * consistency
-        engine.state.output.update({Keys.LOSS: loss, "sup_loss": sup_loss.detach(),
-                                    "consistency_loss": consistency.detach(), "consistency_weight": weight})
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if use_scaler:
-            engine.scaler.scale(loss).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+                teacher = self.inferer(view_2, self.teacher)
+        consistency = self.consistency_loss(as_float32(student), as_float32(teacher), alignment)
+        weight = self.current_consistency_weight(self.state.iteration)
+        self.state.output.update({"sup_loss": sup_loss.detach(), "consistency_loss": consistency.detach(),
+                                  "consistency_weight": weight})
+        return sup_loss + weight * consistency
 
 
 def segmentation_trainer(mean_teacher: bool = False, teacher: nn.Module | None = None,
                          unlabeled_data_loader: Iterable | None = None, ema_decay: float = 0.99,
                          consistency_weight: float = 1.0, rampup_iterations: int = 0,
-                         **kwargs: Any) -> SupervisedTrainer:
-    """The trainer of ``configs/train.yaml``: a :class:`MeanTeacherTrainer` when ``mean_teacher``, else MONAI's
-    ``SupervisedTrainer`` built from ``kwargs`` alone (the Mean Teacher arguments are then ignored)."""
+                         **kwargs: Any) -> AutocastTrainer:
+    """The trainer of ``configs/train.yaml``: a :class:`MeanTeacherTrainer` when ``mean_teacher``, else an
+    ``AutocastTrainer`` built from ``kwargs`` alone (the Mean Teacher arguments are then ignored)."""
     if not mean_teacher:
-        return SupervisedTrainer(**kwargs)
+        return AutocastTrainer(**kwargs)
     return MeanTeacherTrainer(teacher=teacher, unlabeled_data_loader=unlabeled_data_loader, ema_decay=ema_decay,
                               consistency_weight=consistency_weight, rampup_iterations=rampup_iterations, **kwargs)
 

@@ -1,17 +1,19 @@
-"""Pretraining speed, one line per figure: data pipeline alone, training step alone, end to end, peak memory and
-achieved TFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on one step).
+"""Pretraining speed, one line per figure, for the configs' own trainer and for a hand-written loop over the
+config's pieces (data pipeline alone, training step alone, end to end, peak memory and achieved TFLOP/s, FLOPs
+counted by ``torch.utils.flop_counter`` on one step).
 
 Everything is built by ``configs/pretrain.yaml`` itself (the real dataset, paired views, network, loss and
 optimiser), on the embedded phantom unless ``--dataset_dir`` is given:
 
-    python scripts/benchmark.py                                  # CPU, 128 x 128, batch 8
+    python scripts/benchmark.py                                  # CPU, the profile's image size, batch 8
     python scripts/benchmark.py --image_size 192 --batch_size 64 --profile paper   # a GPU
     python scripts/benchmark.py --quick                          # a few tiny steps (the CI smoke test)
 
-Two paths are measured in the same run, and the end-to-end ratio printed: ``plain`` (per-sample MONAI
-transforms in loader workers, fp32) and ``fast`` (the pretraining config's switches: ``augment_on_device``,
-bf16 ``amp`` where the device has bf16 units, ``channels_last`` on a GPU, ``--compile true`` if asked).
-``--paths fast`` measures one.
+Two paths are measured in the same run, and the ratios printed: ``plain`` (per-sample MONAI transforms in loader
+workers, fp32) and ``fast`` (the pretraining config's switches: ``augment_on_device``, bf16 ``amp`` where the device
+computes bf16 natively, ``channels_last`` on a GPU, ``--compile true`` if asked). ``--paths fast`` measures one.
+The figure that users get is the trainer's (``train#trainer.run()`` of the parsed config, its loader and handlers
+included); the hand-written loop splits it into data pipeline and step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +29,12 @@ from typing import Any
 
 import fire
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pix2rep_bundle.engines import bf16_is_fast  # noqa: E402
 from pix2rep_bundle.run_state import as_bool  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -58,9 +63,10 @@ def build(overrides: dict[str, Any]) -> ConfigParser:
 
 
 def fast_path(device: torch.device, amp: bool | None, channels_last: bool | None, compile: bool) -> dict[str, bool]:
-    """The fast path's switches: augmentation on the device always; bf16 autocast where the device has bf16 units
-    (GPUs; CPUs with AVX-512 BF16/AMX) unless ``amp`` says otherwise; channels-last on GPUs; compile when asked."""
-    amp = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported() if amp is None else amp
+    """The fast path's switches: augmentation on the device always; bf16 autocast where the device computes bf16
+    natively (:func:`~pix2rep_bundle.engines.bf16_is_fast`) unless ``amp`` says otherwise; channels-last on GPUs;
+    compile when asked."""
+    amp = bf16_is_fast(device) if amp is None else amp
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     return {"augment_on_device": True, "amp": as_bool(amp, "amp"),
             "channels_last": as_bool(channels_last, "channels_last"), "compile": as_bool(compile, "compile")}
@@ -136,7 +142,42 @@ def measure(parser: ConfigParser, dev: torch.device, steps: int, warmup: int, fl
     return figures
 
 
-def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, steps: int = 10, warmup: int = 2,
+def measure_engine(parser: ConfigParser, dev: torch.device, steps: int, warmup: int) -> float:
+    """The configs' own engine: ``train#trainer`` of the parsed config run for ``warmup + steps`` iterations (its
+    loader, ``prepare_batch``, autocast, loss, optimiser and iteration handlers included), timed by the trainer's
+    own events from the end of the warm-up to the last iteration. Its files go to a temporary ``output_dir``."""
+    batch_size = int(parser.get_parsed_content("batch_size"))
+    trainer = parser.get_parsed_content("train#trainer")
+    if trainer.state.epoch_length < warmup + steps:
+        raise ValueError(f"the dataset gives {trainer.state.epoch_length} batches per epoch; fewer --steps/--warmup "
+                         f"or a smaller --batch_size are needed (asked {warmup + steps})")
+    marks: dict[str, float] = {}
+
+    def mark(engine) -> None:
+        _sync(dev)
+        if engine.state.iteration == warmup:
+            marks["start"] = time.perf_counter()
+        elif engine.state.iteration == warmup + steps:
+            marks["end"] = time.perf_counter()
+            engine.terminate()
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, mark)
+    trainer.run()
+    rate = steps * batch_size / (marks["end"] - marks["start"])
+    print(f"  the config's trainer (train#trainer.run(), loader and handlers included): {rate:.1f} pairs/s", flush=True)
+    return rate
+
+
+def check_counts(**counts: Any) -> None:
+    """ValueError naming every count (None: a default) that is not a whole number >= 1."""
+    problems = [f"--{name} must be a whole number >= 1, got {value!r}" for name, value in counts.items()
+                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1)]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def main(device: str | None = None, image_size: int | None = None, batch_size: int = 8, steps: int = 10,
+         warmup: int = 2,
          profile: str = "cpu_demo", features: list[int] | None = None, num_workers: int | None = None,
          paths: str | Sequence[str] = ("plain", "fast"), amp: bool | None = None, channels_last: bool | None = None,
          compile: bool = False, dataset_dir: str | None = None, bundle_root: str = str(BUNDLE),
@@ -145,8 +186,8 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
 
     Args:
         device: ``cpu`` or ``cuda`` (default: cuda when available).
-        image_size, batch_size: view size (square) and view pairs per step.
-        steps, warmup: timed and untimed iterations of each measurement.
+        image_size, batch_size: view size (square; default: the profile's) and view pairs per step.
+        steps, warmup: timed and untimed (>= 1: compilation, allocator) iterations of each measurement.
         profile: network sizes of ``configs/pretrain.yaml`` (``cpu_demo`` or ``paper``); ``features`` overrides.
         num_workers: loader workers (default: the config's).
         paths: ``plain`` (per-sample MONAI transforms in loader workers, fp32) and/or ``fast``.
@@ -156,7 +197,12 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
     if quick:
         image_size, batch_size, steps, warmup = 48, 2, 2, 1
         features = features or [4, 4, 8, 8, 16, 8]
+    check_counts(image_size=image_size, batch_size=batch_size, steps=steps, warmup=warmup)
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise ValueError(f"--num_workers must be a whole number >= 0, got {num_workers!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if image_size is None:
+        image_size = int(build({"profile": profile}).get_parsed_content("image_size")[0])
     paths = [p.strip() for p in (paths.split(",") if isinstance(paths, str) else paths)]
     unknown = sorted(set(paths) - {"plain", "fast"})
     if unknown:
@@ -184,12 +230,20 @@ def main(device: str | None = None, image_size: int = 128, batch_size: int = 8, 
     for path in paths:
         print(f"{path} path: " + ", ".join(f"{k} {v}" for k, v in switches[path].items()), flush=True)
         torch.manual_seed(0)
+        print("  hand-written loop over the config's pieces:", flush=True)
         results[path] = measure(build(overrides | switches[path]), dev, steps, warmup, flops)
         flops = results[path]["gflops_per_step"] * 1e9
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory(prefix="pix2rep_benchmark_") as output_dir:
+            engine = build(overrides | switches[path] | {"output_dir": output_dir})
+            results[path]["trainer_pairs_per_s"] = measure_engine(engine, dev, steps, warmup)
+            engine.get_parsed_content("tensorboard_writer").close()
     if {"plain", "fast"} <= set(results):
-        ratio = results["fast"]["end_to_end_pairs_per_s"] / results["plain"]["end_to_end_pairs_per_s"]
-        results["fast_over_plain"] = ratio
-        print(f"fast / plain, end to end: {ratio:.2f}x", flush=True)
+        for key, what in (("end_to_end_pairs_per_s", "hand-written loop, end to end"),
+                          ("trainer_pairs_per_s", "the config's trainer")):
+            ratio = results["fast"][key] / results["plain"][key]
+            results["fast_over_plain" if key == "trainer_pairs_per_s" else "fast_over_plain_loop"] = ratio
+            print(f"fast / plain, {what}: {ratio:.2f}x", flush=True)
     return results
 
 

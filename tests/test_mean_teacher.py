@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.data import list_data_collate
-from monai.engines import SupervisedTrainer
+from pix2rep_bundle.engines import AutocastTrainer
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from torch import nn
@@ -219,7 +219,7 @@ def test_mean_teacher_off_builds_nothing_of_it(tiny, tmp_path):
     parser.update({**tiny, "mode": "scratch", "bundle_root": str(tmp_path / "bundle"),
                    "train#dataset#data": raw[:2], "validate#dataset#data": raw[2:]})
     assert parser.get_parsed_content("mean_teacher") is False
-    assert type(parser.get_parsed_content("train#trainer")) is SupervisedTrainer
+    assert type(parser.get_parsed_content("train#trainer")) is AutocastTrainer
     for key in ("teacher", "unlabeled#dataset", "unlabeled#dataloader"):
         assert parser.get_parsed_content(key) is None, key
     assert parser.get_parsed_content("evaluated_network") is parser.get_parsed_content("network")
