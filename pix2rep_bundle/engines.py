@@ -68,11 +68,34 @@ def _check_supported(kwargs: dict[str, Any], engine: str) -> None:
         raise ValueError(f"{engine} does not support accumulation_steps > 1")
 
 
+def _start_iteration(engine: Any, batchdata: Any) -> tuple[torch.Tensor, Any, tuple, dict]:
+    """``prepare_batch`` on the engine's device, ``state.output`` started with image and label; returns
+    ``(inputs, targets, args, kwargs)``."""
+    if batchdata is None:
+        raise ValueError("Must provide batch data for current iteration.")
+    batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+    inputs, targets, args, kwargs = (*batch, (), {}) if len(batch) == 2 else batch
+    engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+    return inputs, targets, args, kwargs
+
+
+class _Autocast:
+    """The mixed-precision context of an engine with ``amp``, ``amp_kwargs`` and ``state.device``."""
+
+    amp: bool
+    amp_kwargs: dict[str, Any]
+    state: Any
+
+    def autocast(self) -> AbstractContextManager:
+        """The mixed-precision context of this engine (nothing when ``amp`` is off)."""
+        return autocast_context(self.amp, self.state.device, self.amp_kwargs)
+
+
 def _uses_float16(amp: bool, device: torch.device, amp_kwargs: dict[str, Any]) -> bool:
     return amp and device.type == "cuda" and amp_kwargs.get("dtype", torch.float16) == torch.float16
 
 
-class AutocastTrainer(SupervisedTrainer):
+class AutocastTrainer(_Autocast, SupervisedTrainer):
     """``SupervisedTrainer`` whose ``amp`` autocasts on the engine's device type (CPU or CUDA), bf16 by default
     of the configs (``amp_kwargs={"dtype": torch.bfloat16}``).
 
@@ -85,17 +108,13 @@ class AutocastTrainer(SupervisedTrainer):
     def __init__(self, **kwargs: Any):
         _check_supported(kwargs, type(self).__name__)
         super().__init__(**kwargs)
-        autocast_context(self.amp, self.state.device, self.amp_kwargs)  # an unsupported device fails here, not later
+        self.autocast()  # an unsupported device type fails here, not at the first iteration
 
     def run(self) -> None:  # type: ignore[override]
         """Train (MONAI's ``Trainer.run``, whose CUDA ``GradScaler`` is replaced by one only for float16 on CUDA)."""
         float16 = _uses_float16(self.amp, self.state.device, self.amp_kwargs)
         self.scaler = torch.amp.GradScaler("cuda") if float16 else None
         Workflow.run(self)
-
-    def autocast(self) -> AbstractContextManager:
-        """The mixed-precision context of this engine (nothing when ``amp`` is off)."""
-        return autocast_context(self.amp, self.state.device, self.amp_kwargs)
 
     def forward_loss(self, inputs: torch.Tensor, targets: Any, args: tuple, kwargs: dict) -> torch.Tensor:
         """Forward pass (under :meth:`autocast`) and float32 loss of one batch: puts the float32 prediction in
@@ -107,11 +126,7 @@ class AutocastTrainer(SupervisedTrainer):
         return self.loss_function(pred, targets).mean()
 
     def _iteration(self, engine: AutocastTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets, args, kwargs = (*batch, (), {}) if len(batch) == 2 else batch
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        inputs, targets, args, kwargs = _start_iteration(engine, batchdata)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         loss = engine.forward_loss(inputs, targets, args, kwargs)
@@ -130,7 +145,7 @@ class AutocastTrainer(SupervisedTrainer):
         return engine.state.output
 
 
-class AutocastEvaluator(SupervisedEvaluator):
+class AutocastEvaluator(_Autocast, SupervisedEvaluator):
     """``SupervisedEvaluator`` whose ``amp`` autocasts on the engine's device type (CPU or CUDA).
 
     One iteration: ``prepare_batch``; the inferer in the evaluator's mode (``eval``, no gradients) under autocast,
@@ -141,18 +156,10 @@ class AutocastEvaluator(SupervisedEvaluator):
     def __init__(self, **kwargs: Any):
         _check_supported(kwargs, type(self).__name__)
         super().__init__(**kwargs)
-        autocast_context(self.amp, self.state.device, self.amp_kwargs)
-
-    def autocast(self) -> AbstractContextManager:
-        """The mixed-precision context of this engine (nothing when ``amp`` is off)."""
-        return autocast_context(self.amp, self.state.device, self.amp_kwargs)
+        self.autocast()  # an unsupported device type fails here, not at the first iteration
 
     def _iteration(self, engine: AutocastEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets, args, kwargs = (*batch, (), {}) if len(batch) == 2 else batch
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        inputs, targets, args, kwargs = _start_iteration(engine, batchdata)
         with engine.mode(engine.network), engine.autocast():
             pred = engine.inferer(inputs, engine.network, *args, **kwargs)
         engine.state.output[Keys.PRED] = as_float32(pred)

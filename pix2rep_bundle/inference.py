@@ -107,8 +107,84 @@ def split_volumes(datalist_path: str | os.PathLike, split: str = "test") -> list
     return entries
 
 
+def _output_stem(image: str | os.PathLike) -> str:
+    """The name ``SaveImaged`` derives from an input file: its base name without ``.nii``/``.nii.gz``."""
+    name = os.path.basename(os.fspath(image))
+    stem, ext = os.path.splitext(name)
+    return os.path.splitext(stem)[0] if ext == ".gz" else stem
+
+
+def inputs_root(entries: Sequence[Mapping[str, Any]]) -> str:
+    """The deepest folder holding every input image: outputs mirror the inputs' paths below it."""
+    folders = [os.path.dirname(os.path.abspath(os.fspath(e["image"]))) for e in entries]
+    return os.path.commonpath(folders) if folders else ""
+
+
+def output_paths(entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg",
+                 suffix: str = ".nii.gz") -> dict[str, str]:
+    """``{input image: segmentation path}`` as ``SaveImaged`` writes them (``data_root_dir`` = :func:`inputs_root`,
+    so ``in/a/sa.nii.gz`` and ``in/b/sa.nii.gz`` give ``out/a/sa_seg.nii.gz`` and ``out/b/sa_seg.nii.gz``).
+
+    DataError, before any work, when two inputs would give one output (``a.nii`` beside ``a.nii.gz``, or one file
+    listed twice) or an output would be an input file."""
+    root = inputs_root(entries)
+    inputs = {os.path.abspath(os.fspath(e["image"])) for e in entries}
+    planned: dict[str, str] = {}
+    for entry in entries:
+        image = os.path.abspath(os.fspath(entry["image"]))
+        name = _output_stem(image) + (f"_{postfix}" if postfix else "") + suffix
+        out = os.path.abspath(os.path.join(os.fspath(output_dir), os.path.relpath(os.path.dirname(image), root), name))
+        clash = next((i for i, o in planned.items() if o == out), None)
+        if clash is not None:
+            raise DataError(image, f"gives the same output as {clash} ({out}): rename one of them or segment them "
+                                   "in separate runs")
+        if out in inputs:
+            raise DataError(out, "would be overwritten by a segmentation (an input file): choose another "
+                                 "--output_dir or a non-empty --output_postfix")
+        planned[image] = out
+    return planned
+
+
+def check_outputs(entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg",
+                  overwrite: Any = False) -> str:
+    """Before any work: every input gets its own output (:func:`output_paths`), ``output_dir`` is not and does not
+    contain the inputs' folder, and it is a new, empty or bundle-made segmentation folder (else
+    ``--overwrite true``). A subfolder of the inputs' folder is fine. Returns ``output_dir``."""
+    from pix2rep_bundle.outputs import claim_output_dir
+    from pix2rep_bundle.run_state import as_bool
+
+    output_paths(entries, output_dir, postfix)
+    return claim_output_dir(output_dir, "segmentations", overwrite=as_bool(overwrite, "overwrite"),
+                            protected={"inputs' folder": inputs_root(entries)}, inside_allowed=("inputs' folder",))
+
+
+def copy_geometry(path: str | os.PathLike, source: str | os.PathLike) -> None:
+    """Rewrite the NIfTI ``path`` with the header of ``source`` (affine, qform/sform and their codes, pixdim,
+    units), keeping its own voxels and data type: the segmentation overlays the scan in any tool, whichever of
+    qform, sform or pixdim that tool reads."""
+    import nibabel as nib
+    import numpy as np
+
+    written, original = nib.load(os.fspath(path)), nib.load(os.fspath(source))
+    data = np.asanyarray(written.dataobj)
+    if data.shape[:3] != original.shape[:3]:
+        raise DataError(source, f"segmentation shape {data.shape} does not match the input's {original.shape}")
+    image = nib.Nifti1Image(data, None, header=original.header.copy())
+    image.set_data_dtype(data.dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    nib.save(image, os.fspath(path))
+
+
 class AtomicNibabelWriter(NibabelWriter):
-    """``NibabelWriter`` that writes to a temporary sibling then renames: no half-written segmentation."""
+    """``NibabelWriter`` that writes to a temporary sibling then renames (no half-written segmentation), with the
+    input's own header (:func:`copy_geometry`) when the input is a NIfTI file."""
+
+    source: str | None = None
+
+    def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options):
+        super().set_metadata(meta_dict, resample, **options)
+        source = (meta_dict or {}).get("filename_or_obj")
+        self.source = os.fspath(source) if source and _nifti_stem(os.path.basename(os.fspath(source))) else None
 
     def write(self, filename_or_obj, verbose: bool = False, **obj_kwargs):
         path = Path(filename_or_obj)
@@ -116,6 +192,8 @@ class AtomicNibabelWriter(NibabelWriter):
         suffix = path.name[len(stem):] if stem is not None else ".nii.gz"
         with atomic_path(path, suffix=suffix) as tmp:
             super().write(tmp, verbose=False, **obj_kwargs)
+            if self.source is not None:
+                copy_geometry(tmp, self.source)
 
 
 class InferenceProgress:

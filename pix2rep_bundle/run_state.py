@@ -125,32 +125,36 @@ def _versions() -> dict[str, str]:
             "ignite": ignite.__version__, "numpy": np.__version__, "pix2rep_bundle": __version__}
 
 
-def write_run_record(output_dir: str | os.PathLike, settings: Mapping[str, Any], bundle_root: str = ".") -> str:
+def write_run_record(output_dir: str | os.PathLike, settings: Mapping[str, Any], bundle_root: str = ".",
+                     started_before: list[dict[str, Any]] | None = None) -> str:
     """Write ``run_info.json`` into ``output_dir``: the given settings (seed, data, sizes, ...), the command
     line, the time, the device, the library versions and the bundle's git commit (``-dirty`` when the
-    working tree has changes; ``null`` outside a git checkout). Returns its path."""
+    working tree has changes; ``null`` outside a git checkout), and the earlier starts of a resumed run
+    (``started_before``). Returns its path."""
     path = os.path.join(os.fspath(output_dir), RUN_RECORD)
     record = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv else [],
-        "settings": {k: _plain(v) for k, v in settings.items()},
+        "settings": {k: plain_value(v) for k, v in settings.items()},
         "versions": _versions(),
         "git_commit": _git_commit(os.path.abspath(bundle_root)),
         "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
+    if started_before:
+        record["started_before"] = started_before
     write_json_atomic(path, record)
     return path
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A JSON-friendly form of a config value (devices and paths as strings)."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     return str(value)
 
 
@@ -192,11 +196,11 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
                  "val_interval", "save_interval", "log_interval", "early_stop_patience", "phantom_subjects",
                  "unlabeled_batch_size")
 } | {
-    name: (_is_int, "an integer") for name in ("seed", "data_seed", "label_seed")
+    name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0") for name in ("seed", "data_seed", "label_seed")
 } | {
     name: (_is_bool, "true or false")
     for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last", "augment_on_device", "compile",
-                 "gather_negatives", "mean_teacher")
+                 "gather_negatives", "mean_teacher", "overwrite")
 } | {
     "consistency_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "consistency_rampup_epochs": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
@@ -218,22 +222,3 @@ def check_settings(settings: Mapping[str, Any]) -> None:
                 if name in SETTING_KINDS and not SETTING_KINDS[name][0](value)]
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def ensure_writable(folder: str | os.PathLike) -> str:
-    """Create ``folder`` if needed and check that files can be written in it, before any long work.
-
-    DataError naming the folder otherwise (read-only, a file in the way, no permission).
-    """
-    import tempfile
-
-    from pix2rep_bundle.errors import DataError
-
-    folder = os.fspath(folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise DataError(folder, f"cannot write output here ({err.strerror or err})") from err
-    return folder

@@ -16,8 +16,10 @@ bundle's own configs (``monai.bundle.run`` in this process):
 2. for every K, label seed and mode: training (``configs/train.yaml``, run id ``run``) into
    ``<output_dir>/<mode>_k<K>_seed<S>/model.pt`` (``mean_teacher_scratch`` and ``mean_teacher_finetune`` are
    ``--mode scratch`` / ``--mode finetune`` with ``--mean_teacher true``), then 3D evaluation on the test subjects
-   (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A run whose ``summary.json``
-   exists is reused (``--overwrite true`` redoes it), so an interrupted sweep continues where it stopped.
+   (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A finished run is reused only when
+   its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256) equals the
+   new one, so an interrupted sweep continues where it stopped; results made with other settings stop the sweep
+   with the differences named (``--overwrite true`` redoes them).
    The label seed S also seeds training (initialisation, augmentation).
 3. ``<output_dir>/results.csv`` (one row per run), ``results.md`` (mode x K: mean +- std over seeds of the
    test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed) and
@@ -27,6 +29,7 @@ bundle's own configs (``monai.bundle.run`` in this process):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -45,7 +48,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pix2rep_bundle.io import atomic_path, write_text_atomic  # noqa: E402
+from pix2rep_bundle.errors import DataError  # noqa: E402
+from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from pix2rep_bundle.outputs import claim_output_dir  # noqa: E402
+from pix2rep_bundle.run_state import as_bool, plain_value  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODES = ("scratch", "linear_probe", "finetune", "mean_teacher_scratch", "mean_teacher_finetune")
@@ -53,6 +59,7 @@ PRETRAINED_MODES = ("linear_probe", "finetune", "mean_teacher_finetune")
 # sweep mode -> train.yaml's --mode, for the Mean Teacher rows (--mean_teacher true)
 MEAN_TEACHER_MODES = {"mean_teacher_scratch": "scratch", "mean_teacher_finetune": "finetune"}
 STRUCTURES = ("RV", "MYO", "LV", "mean")
+SWEEP_RECORD = "sweep_run.json"
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
 RESULT_COLUMNS = ["mode", "k", "seed", *[f"dice_{s}" for s in STRUCTURES], *[f"hd95_{s}" for s in STRUCTURES],
                   "num_volumes", "train_seconds", "eval_seconds", "run_dir"]
@@ -106,9 +113,38 @@ def mode_overrides(mode: str) -> dict[str, Any]:
     return {"mode": MEAN_TEACHER_MODES.get(mode, mode), "mean_teacher": mode in MEAN_TEACHER_MODES}
 
 
+def run_request(train: Mapping[str, Any], evaluate: Mapping[str, Any], backbone: Path | None) -> dict[str, Any]:
+    """What defines one run of the sweep: the train.yaml and evaluate.yaml overrides, and the backbone's content
+    (its SHA-256) for the modes that load it. Kept in ``<run_dir>/sweep_run.json``."""
+    request: dict[str, Any] = {"train": plain_value(dict(train)), "evaluate": plain_value(dict(evaluate))}
+    if backbone is not None:
+        request["backbone_sha256"] = hashlib.sha256(backbone.read_bytes()).hexdigest()
+    return request
+
+
+def finished_run(run_dir: Path, request: Mapping[str, Any]) -> list[str] | None:
+    """None when ``run_dir`` has no results; else the differences between its recorded request and ``request``
+    (empty: the same run, its results can be reused). A run without a record counts as different."""
+    if not (run_dir / "eval" / "summary.json").is_file():
+        return None
+    try:
+        recorded = json.loads((run_dir / SWEEP_RECORD).read_text())
+    except (OSError, ValueError):
+        return [f"no {SWEEP_RECORD} to compare with"]
+    differences = []
+    for part in ("train", "evaluate"):
+        old, new = recorded.get(part, {}), request[part]
+        differences += [f"{k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
+                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if recorded.get("backbone_sha256") != request.get("backbone_sha256"):
+        differences.append("the pretrained backbone's content")
+    return differences
+
+
 def train_and_evaluate(run_dir: Path, train: Mapping[str, Any], evaluate: Mapping[str, Any]) -> dict[str, Any]:
-    """Train into ``run_dir``, evaluate its ``model.pt`` into ``run_dir/eval``; return the summary and times."""
-    train_seconds = run_config("train.yaml", "run", {**train, "output_dir": str(run_dir)})
+    """Train into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it), evaluate its
+    ``model.pt`` into ``run_dir/eval``; return the times."""
+    train_seconds = run_config("train.yaml", "run", {**train, "output_dir": str(run_dir), "overwrite": True})
     eval_seconds = run_config("evaluate.yaml", "run", {**evaluate, "ckpt_path": str(run_dir / "model.pt"),
                                                        "output_dir": str(run_dir / "eval")})
     timing = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
@@ -248,7 +284,7 @@ def main(
         pretrained_ckpt: an existing backbone (skips pretraining); default the bundle's models/pretrain/ one.
         overrides: further overrides for every config, e.g. ``{"features": [8, 8, 16, 32, 64, 16]}``.
         train_overrides, pretrain_overrides: further overrides of train.yaml / pretrain.yaml only.
-        overwrite: redo runs whose results exist.
+        overwrite: redo runs whose results exist; write into an output folder the bundle did not make.
     """
     ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
@@ -260,6 +296,7 @@ def main(
         epochs = QUICK["epochs"]
     root = Path(bundle_root).resolve()
     out = Path(output_dir).resolve() if output_dir else root / "runs" / "fewshot_sweep"
+    overwrite = as_bool(overwrite, "overwrite")
 
     common = {"bundle_root": str(root), **dict(overrides or {})}
     common.update({k: v for k, v in {"profile": profile, "dataset_dir": dataset_dir}.items() if v is not None})
@@ -274,18 +311,26 @@ def main(
 
     train = {**common, **{k: v for k, v in train_settings.items() if v is not None}, **dict(train_overrides or {}),
              "pretrained_ckpt": str(backbone)}
+    claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
     total, rows, start = len(ks) * len(seeds) * len(modes), [], time.perf_counter()
     for k in ks:
         for seed in seeds:
             for mode in modes:
                 run_dir = out / f"{mode}_k{k}_seed{seed}"
                 label = f"[{len(rows) + 1}/{total}] {mode} K={k} seed={seed}"
-                if overwrite or not (run_dir / "eval" / "summary.json").is_file():
+                run_train = {**train, **mode_overrides(mode), "num_labeled_subjects": k, "label_seed": seed,
+                             "seed": seed}
+                request = run_request(run_train, common, backbone if mode in PRETRAINED_MODES else None)
+                differences = finished_run(run_dir, request)
+                if differences and not overwrite:
+                    raise DataError(run_dir, "holds results of a run with other settings (" + "; ".join(differences)
+                                    + "): choose another --output_dir, or --overwrite true to redo it")
+                if overwrite or differences is None or differences:
                     log(f"{label}: training and evaluation in {run_dir}")
-                    train_and_evaluate(run_dir, {**train, **mode_overrides(mode), "num_labeled_subjects": k,
-                                                 "label_seed": seed, "seed": seed}, common)
+                    train_and_evaluate(run_dir, run_train, common)
+                    write_json_atomic(run_dir / SWEEP_RECORD, request)
                 else:
-                    log(f"{label}: results exist in {run_dir}, reused")
+                    log(f"{label}: results of the same settings exist in {run_dir}, reused")
                 rows.append(result_row(mode, k, seed, run_dir))
                 log(f"{label}: test Dice mean {rows[-1]['dice_mean']:.3f} "
                     f"({time.perf_counter() - start:.0f} s elapsed)")

@@ -100,7 +100,7 @@ def _world_centroid(img, mask_value: int) -> np.ndarray:
 
 def test_scan_reads_info_and_frames(tmp_path):
     write_subject(tmp_path, "patient002", "RV", ed=2, es=9, cine_frames=10)
-    write_subject(tmp_path, "patient001", "HCM")
+    write_subject(tmp_path, "patient001", "HCM", seed=1)
     (tmp_path / "notes.txt").write_text("ignored")
     records = scan_acdc(tmp_path)
     assert [r.subject for r in records] == ["patient001", "patient002"]

@@ -20,6 +20,7 @@ from torch import nn
 from helpers import find_in_chain
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import inference_data, split_volumes, volumes_in_folder
+from pix2rep_bundle.outputs import MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = str(REPO / "configs" / "inference.yaml")
@@ -149,10 +150,13 @@ def test_default_inputs_are_the_original_test_volumes_and_outputs_align_with_the
     datalist = next((tmp_path / "cache" / "prepared").glob("*/datalist.json"))
     entries = split_volumes(datalist, "test")
     assert entries and all(Path(e["image"]).is_file() and Path(e["label"]).is_file() for e in entries)
-    written = sorted(p.name for p in (tmp_path / "seg").iterdir())
-    assert written == sorted(Path(e["image"]).name.replace(".nii.gz", "_seg.nii.gz") for e in entries)
+    # one subject folder per input subject, mirrored below the output folder
+    relative = {e["image"]: Path(e["subject"]) / Path(e["image"]).name.replace(".nii.gz", "_seg.nii.gz")
+                for e in entries}
+    written = sorted(str(p.relative_to(tmp_path / "seg")) for p in (tmp_path / "seg").rglob("*_seg.nii.gz"))
+    assert written == sorted(str(r) for r in relative.values())
     for entry in entries:
-        seg = nib.load(str(tmp_path / "seg" / Path(entry["image"]).name.replace(".nii.gz", "_seg.nii.gz")))
+        seg = nib.load(str(tmp_path / "seg" / relative[entry["image"]]))
         img = nib.load(entry["image"])
         assert seg.shape == img.shape
         np.testing.assert_allclose(seg.affine, img.affine, atol=1e-4)
@@ -190,7 +194,8 @@ def test_each_bad_input_stops_with_the_file_named_and_writes_nothing(tmp_path):
         with pytest.raises(Exception) as info:
             infer({"inputs": [str(path)], "output_dir": str(out), "ckpt_path": "unused"}, LabelFromIntensity())
         assert find_in_chain(info.value, DataError, re.escape(path.name) + ".*" + problem), f"{case}: {info.value}"
-        assert not out.exists() or not any(out.iterdir()), f"{case}: output left behind"
+        # nothing but the marker that makes it the bundle's segmentation folder
+        assert not out.exists() or {p.name for p in out.iterdir()} <= {MARKER}, f"{case}: output left behind"
 
 
 # ---------------------------------------------------------------- CLI, Model Zoo checks, TorchScript

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.data import list_data_collate
 from pix2rep_bundle.engines import AutocastTrainer
@@ -231,7 +231,8 @@ def test_mean_teacher_off_builds_nothing_of_it(tiny, tmp_path):
 
 def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tmp_path):
     out = tmp_path / "mt"
-    workflow = train_workflow({**tiny, "mode": "finetune", "mean_teacher": "true", "output_dir": str(out)})
+    workflow = train_workflow({**tiny, "mode": "finetune", "mean_teacher": "true", "output_dir": str(out),
+                               "epochs": 2})
     parser = workflow.parser
     trainer, student, teacher = (parser.get_parsed_content(k) for k in ("train#trainer", "network", "teacher"))
     assert isinstance(trainer, MeanTeacherTrainer) and teacher is not student
@@ -250,6 +251,7 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
     held_out = {e["subject"] for split in ("validation", "test") for e in load_datalist(datalist, split)}
     assert not {v["subject"] for v in pool.volumes} & held_out
 
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())  # stopped early
     workflow.run()
     workflow.finalize()
     assert trainer.state.iteration == 2 and trainer.ema_update.step == 2

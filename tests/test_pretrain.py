@@ -42,7 +42,7 @@ def run_pretrain(overrides: dict) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("loss", ["infonce", "barlow"])
 def test_the_configured_pieces_fit_a_batch(tiny, loss):
     """Network, prepare_batch and loss as the config wires them: the loss falls on a fixed batch of pairs."""
-    config = parser({**tiny, "loss": loss, "learning_rate": 3e-3})
+    config = parser({**tiny, "loss": loss, "learning_rate": 3e-3, "augment_on_device": False})  # the MONAI path
     torch.manual_seed(0)
     batch = next(iter(config.get_parsed_content("train#dataloader")))
     network = config.get_parsed_content("network")
@@ -88,12 +88,15 @@ def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path)
 
     first = torch.load(out / "checkpoint.pt", weights_only=True)
     assert first["trainer"]["iteration"] == first["trainer"]["epoch_length"] > 0 and set(first) >= {"network", "optimizer", "lr_scheduler"}
-    resumed = run_pretrain({**tiny, "epochs": 2, "output_dir": out, "loss": "barlow", "resume": True})
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "training continues from" in resumed.stdout + resumed.stderr
-    second = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert second["trainer"]["max_epochs"] == 2
-    assert second["trainer"]["iteration"] == 2 * first["trainer"]["iteration"]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # the finished run is kept: a rerun is refused, and so is a resume that changes the schedule
+    rerun = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow"})
+    assert rerun.returncode != 0 and "holds another run" in rerun.stderr and "--resume true" in rerun.stderr
+    longer = run_pretrain({**tiny, "epochs": 2, "output_dir": out, "loss": "barlow", "resume": True})
+    assert longer.returncode != 0 and "--epochs: 1 -> 2" in longer.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    fresh = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow", "overwrite": True})
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
 
 
 def test_validation_views_are_the_same_at_every_evaluation(tiny):

@@ -217,7 +217,14 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     assert "pretraining skipped" in result.stdout
     again = subprocess.run(cmd + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300,
                            cwd=tmp_path)
-    assert again.returncode == 0 and "mean_teacher_scratch K=1 seed=0: results exist" in again.stdout, again.stdout[-2000:]
+    assert again.returncode == 0 and "mean_teacher_scratch K=1 seed=0: results of the same settings exist" \
+        in again.stdout, again.stdout[-2000:]
+    before = (out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_bytes()
+    changed = subprocess.run([("2" if a == "1" and cmd[i - 1] == "--epochs" else a) for i, a in enumerate(cmd)]
+                             + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+    assert changed.returncode != 0 and "holds results of a run with other settings (epochs: 1 -> 2" in changed.stderr
+    assert (out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_bytes() == before
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
@@ -252,7 +259,9 @@ def test_raw_image_label_entries_are_prepared_on_the_fly_and_bad_labels_are_name
     workflow = train_workflow(overrides)
     assert workflow.parser.get_parsed_content("raw_volumes") is True
     dataset = workflow.parser.get_parsed_content("train#dataset")
-    assert dataset[0]["image"].shape == (1, 48, 48) and 0.0 <= dataset[0]["image"].min() <= dataset[0]["image"].max() <= 1.0
+    assert dataset[0]["image"].shape == (1, 48, 48)
+    prepared = np.asarray(dataset.volumes[0]["image"])  # before the random intensity augmentation of training
+    assert 0.0 <= prepared.min() <= prepared.max() <= 1.0 and prepared.max() > 0.5
     workflow.run()
     assert (tmp_path / "out" / "model.pt").is_file()
 

@@ -29,7 +29,8 @@ import numpy as np
 
 from pix2rep_bundle.data.published_splits import check_split, labelled_phases, named_pools
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.io import atomic_directory, write_json_atomic
+from pix2rep_bundle.io import write_json_atomic
+from pix2rep_bundle.outputs import check_replaceable, refuse_overlap, replaced_directory
 
 DATALIST_NAME = "datalist.json"
 VOLUMES_DIR = "volumes"
@@ -92,13 +93,49 @@ def _int_field(info: dict[str, str], key: str, path: Path, required: bool = True
 
 
 def _frame_files(folder: Path) -> dict[int, tuple[Path, Path | None]]:
-    """Map frame number -> (image, label or None) from the ``*_frameYY[_gt].nii[.gz]`` files of ``folder``."""
-    images, labels = {}, {}
+    """Map frame number -> (image, label or None) from the ``<subject>_frameYY[_gt].nii[.gz]`` files of ``folder``.
+
+    DataError naming the files when one could belong to another subject (its name does not start with the folder's)
+    or two files could be the same frame (``frame01.nii`` beside ``frame01.nii.gz``, ``frame1`` beside ``frame01``).
+    """
+    images: dict[int, Path] = {}
+    labels: dict[int, Path] = {}
     for path in sorted(folder.iterdir()):
         match = _FRAME_FILE.match(path.name)
-        if match and path.is_file():
-            (labels if match["gt"] else images)[int(match["frame"])] = path
+        if not (match and path.is_file()):
+            continue
+        if match["subject"] != folder.name:
+            raise DataError(path, f"named for subject {match['subject']!r} but lies in folder {folder.name!r}: "
+                                  "which subject is it? Move or rename it")
+        found = labels if match["gt"] else images
+        frame = int(match["frame"])
+        if frame in found:
+            raise DataError(path, f"is frame {frame} of {folder.name}, and so is {found[frame].name}: keep one of them")
+        found[frame] = path
     return {frame: (image, labels.get(frame)) for frame, image in sorted(images.items())}
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_distinct_subjects(subjects: list[SubjectRecord]) -> None:
+    """DataError when two subject folders hold the same ED image (e.g. ``patient002_copy`` beside ``patient002``):
+    one subject under two names could land in training and in test at once."""
+    seen: dict[str, SubjectRecord] = {}
+    for record in subjects:
+        image = record.frames[record.ed_frame][0]
+        digest = _file_digest(image)
+        if digest in seen:
+            first = seen[digest]
+            raise DataError(record.folder, f"holds the same ED image as {first.folder} ({image.name} and "
+                                           f"{first.frames[first.ed_frame][0].name} are identical): one subject under "
+                                           "two names; remove the copy")
+        seen[digest] = record
 
 
 def _cine_file(folder: Path, subject: str) -> Path | None:
@@ -133,7 +170,8 @@ def scan_subject(folder: Path) -> SubjectRecord:
 
 
 def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
-    """All ``patient*`` subjects of an ACDC-layout folder, sorted by name, each checked for its ED/ES files."""
+    """All ``patient*`` subjects of an ACDC-layout folder, sorted by name, each checked for its ED/ES files, no two
+    the same (:func:`check_distinct_subjects`)."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.exists():
         raise DataError(dataset_dir, "dataset folder not found")
@@ -142,7 +180,9 @@ def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
     folders = sorted(p for p in dataset_dir.iterdir() if p.is_dir() and p.name.startswith("patient"))
     if not folders:
         raise DataError(dataset_dir, "no patientXXX subfolders (expected the ACDC layout)")
-    return [scan_subject(folder) for folder in folders]
+    subjects = [scan_subject(folder) for folder in folders]
+    check_distinct_subjects(subjects)
+    return subjects
 
 
 # ---------------------------------------------------------------------------------------------- splits
@@ -439,6 +479,8 @@ def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
     from pix2rep_bundle.data.preprocessing import crop_size, in_plane_pixdim
 
     in_plane_pixdim(spacing), crop_size(image_size)  # validate before any work
+    refuse_overlap(output_dir, {"dataset folder": dataset_dir})
+    check_replaceable(output_dir, "prepared")
     start = time.perf_counter()
     subjects = scan_acdc(dataset_dir)
     params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split)
@@ -449,7 +491,7 @@ def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
           f"(spacing {params['spacing']} mm, size {params['image_size']})", flush=True)
     labeled: dict[str, list[dict]] = {}
     cine: dict[str, list[dict]] = {}
-    with atomic_directory(output_dir) as tmp:
+    with replaced_directory(output_dir, "prepared") as tmp:
         (tmp / VOLUMES_DIR).mkdir()
         jobs = [(r, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]),
                  include_cine and r.subject in train) for r in subjects]
@@ -523,6 +565,8 @@ def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
     fingerprint = source_fingerprint(subjects, include_cine)
     if _matches(datalist_path, params, fingerprint):
         return datalist_path
+    refuse_overlap(output_dir, {"dataset folder": dataset_dir})  # before the lock file is made beside it
+    check_replaceable(output_dir, "prepared")
     with _FileLock(output_dir.parent / f".{output_dir.name}.lock"):
         if _matches(datalist_path, params, fingerprint):
             return datalist_path

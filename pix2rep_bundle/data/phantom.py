@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.io import atomic_directory, atomic_path, write_json_atomic
+from pix2rep_bundle.io import atomic_path, write_json_atomic
+from pix2rep_bundle.outputs import check_replaceable, replaced_directory
 
 GROUPS: tuple[str, ...] = ("NOR", "MINF", "DCM", "HCM", "RV")
 LABELS: dict[str, int] = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
@@ -693,7 +694,7 @@ def write_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: int
     ids = list(range(int(first_id), int(first_id) + int(num_subjects)))
     start = time.perf_counter()
     print(f"phantom: generating {num_subjects} subjects (seed {seed}) into {out_dir}", flush=True)
-    with atomic_directory(out_dir) as tmp:
+    with replaced_directory(out_dir, "phantom") as tmp:
         jobs = [(i, int(seed), bool(with_cine), str(tmp)) for i in ids]
         summaries = []
         for done, summary in enumerate(_run_jobs(jobs, num_workers), start=1):
@@ -750,19 +751,17 @@ def ensure_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: in
                    with_cine: bool = False) -> Path:
     """Return ``out_dir`` after making sure it holds the phantom with these parameters (generated if not).
 
-    A folder that exists, is not empty and has no ``phantom.json`` is not the phantom's: it is left alone
-    and a DataError is raised. Concurrent callers (e.g. several ranks) are serialised by a lock file.
+    A folder that exists, is not empty and was not made as a phantom by the bundle is left alone and a DataError
+    is raised (:func:`pix2rep_bundle.outputs.check_replaceable`). Concurrent callers (e.g. several ranks) are serialised by a lock file.
     """
     out_dir = Path(out_dir)
     if phantom_matches(out_dir, num_subjects, seed, 1, with_cine):
         return out_dir
+    check_replaceable(out_dir, "phantom")  # before the lock file is made beside it
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out_dir.parent / f".{out_dir.name}.lock"):
         if phantom_matches(out_dir, num_subjects, seed, 1, with_cine):
             return out_dir
-        if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-            raise DataError(out_dir, "folder exists and is not a generated phantom (no phantom.json); "
-                                     "refusing to overwrite it")
         write_phantom(out_dir, num_subjects=num_subjects, seed=seed, with_cine=with_cine)
     return out_dir
 
