@@ -151,7 +151,7 @@ def check_outputs(entries: Sequence[Mapping[str, Any]], output_dir: str | os.Pat
     contain the inputs' folder, and it is a new, empty or bundle-made segmentation folder (else
     ``--overwrite true``). A subfolder of the inputs' folder is fine. Returns ``output_dir``."""
     from pix2rep_bundle.outputs import claim_output_dir
-    from pix2rep_bundle.run_state import as_bool
+    from pix2rep_bundle.settings import as_bool
 
     output_paths(entries, output_dir, postfix)
     return claim_output_dir(output_dir, "segmentations", overwrite=as_bool(overwrite, "overwrite"),

@@ -39,7 +39,7 @@ def check_mean_teacher(mode: str, mean_teacher: Any, distributed: bool = False) 
     Mean Teacher trains the whole student, so it combines with ``scratch`` and ``finetune`` but not with the
     frozen body of ``linear_probe``; it runs in a single process (``configs/multi_gpu_train.yaml`` refuses it).
     """
-    from pix2rep_bundle.run_state import as_bool
+    from pix2rep_bundle.settings import as_bool
 
     on = as_bool(mean_teacher, "mean_teacher")
     if on and mode in UNSUPPORTED_MODES:

@@ -30,7 +30,8 @@ from typing import Any
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.outputs import claim_output_dir
-from pix2rep_bundle.run_state import RUN_RECORD, as_bool, plain_value, write_run_record
+from pix2rep_bundle.run_state import RUN_RECORD, plain_value, write_run_record
+from pix2rep_bundle.settings import as_bool
 
 logger = logging.getLogger(__name__)
 

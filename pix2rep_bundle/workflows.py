@@ -7,14 +7,13 @@ The trainer is MONAI's own. Pix2Rep enters through three small callables:
   role of the "label";
 - :class:`StackedViewsLoss` (``loss_function``) splits the projected feature maps back into the two views
   and applies a dense Pix2Rep loss;
-- handlers: atomic checkpoints for resuming, the backbone saver, and a throughput logger.
+- handlers: a throughput logger and :class:`FixedViews` (reproducible validation); the checkpoint and network
+  savers are in :mod:`pix2rep_bundle.checkpoints`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,13 +21,9 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
-from monai.handlers import CheckpointLoader
 from torch import nn
 
 from pix2rep_bundle.geometry import Alignment, alignment_from_batch
-from pix2rep_bundle.io import torch_save_atomic
-from pix2rep_bundle.networks import save_backbone
-from pix2rep_bundle.run_state import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -73,101 +68,6 @@ class StackedViewsLoss(nn.Module):
 def stacked_batch_size(alignment: Alignment) -> int:
     """Number of view pairs in a batch (for ``ignite.metrics.Loss``)."""
     return alignment.grid.shape[0]
-
-
-class AtomicCheckpointSaver:
-    """Every ``interval`` epochs and at the end of training, write the state of ``save_dict`` atomically.
-
-    The file holds ``{name: obj.state_dict()}`` for every entry (network, optimizer, scheduler, trainer, ...),
-    the layout MONAI's ``CheckpointLoader`` reads back to resume. It is written to a temporary file that is
-    renamed over ``path``, so an interrupted run never leaves a corrupt checkpoint.
-    """
-
-    def __init__(self, path: str, save_dict: Mapping[str, Any], interval: int = 1):
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1, got {interval}")
-        self.path = path
-        self.save_dict = dict(save_dict)
-        self.interval = interval
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
-        torch_save_atomic(state, self.path)
-        logger.info(f"epoch {engine.state.epoch}: checkpoint written to {self.path}")
-
-
-class BestSaver:
-    """Write a network to ``path`` atomically, keeping the best value of an evaluator metric.
-
-    With ``metric_name`` it is attached to the evaluator and saves when the metric improves: lower with
-    ``mode="min"`` (e.g. a validation loss), higher with ``mode="max"`` (e.g. a validation Dice). Without,
-    it saves whenever it is called (attached to the trainer's ``COMPLETED``). Its best value is part of a
-    resumable checkpoint (``state_dict``). Subclasses choose what is written (:meth:`save`).
-    """
-
-    what = "network"
-
-    def __init__(self, network: nn.Module, path: str, metric_name: str | None = None, mode: str = "min"):
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        self.network = network
-        self.path = path
-        self.metric_name = metric_name
-        self.mode = mode
-        self.best = math.inf if mode == "min" else -math.inf
-
-    def save(self, network: nn.Module) -> None:
-        raise NotImplementedError
-
-    def attach(self, engine: Engine) -> None:
-        event = Events.EPOCH_COMPLETED if self.metric_name else Events.COMPLETED
-        engine.add_event_handler(event, self)
-
-    def _improved(self, value: float) -> bool:
-        return value < self.best if self.mode == "min" else value > self.best
-
-    def __call__(self, engine: Engine) -> None:
-        network = self.network.module if hasattr(self.network, "module") else self.network
-        if self.metric_name is None:
-            self.save(network)
-            logger.info(f"{self.what} written to {self.path}")
-            return
-        value = float(engine.state.metrics[self.metric_name])
-        if not math.isfinite(value):
-            logger.warning(f"{self.metric_name} is {value}: {self.what} not saved")
-            return
-        if self._improved(value):
-            self.best = value
-            self.save(network)
-            logger.info(f"{self.metric_name} improved to {value:.4f}: {self.what} written to {self.path}")
-
-    def state_dict(self) -> dict:
-        return {"best": self.best}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best = float(state["best"])
-
-
-class BackboneSaver(BestSaver):
-    """Write the Pix2Rep backbone (no projection head) in the format the segmentation configs load."""
-
-    what = "backbone"
-
-    def save(self, network: nn.Module) -> None:
-        save_backbone(network, self.path)
-
-
-class ModelSaver(BestSaver):
-    """Write the network's plain state dict (``models/model.pt``, what MONAI Label and evaluate load)."""
-
-    what = "model"
-
-    def save(self, network: nn.Module) -> None:
-        torch_save_atomic(network.state_dict(), self.path)
 
 
 class ThroughputLogger:
@@ -221,10 +121,14 @@ class ThroughputLogger:
 
 
 class FixedViews:
-    """Draw the same random views at every run of an evaluator, so validation losses are comparable.
+    """Make every run of an evaluator draw the same random numbers, so validation losses are comparable, and leave
+    the training's random draws as they were.
 
-    At the evaluator's ``STARTED`` it re-seeds the random transforms of the dataloader's dataset (used as is
-    with ``num_workers=0``) and the dataloader's ``generator`` (from which the worker seeds derive otherwise).
+    At the evaluator's ``STARTED`` it re-seeds the random transforms of the dataloader's dataset (used as is with
+    ``num_workers=0``) and the dataloader's ``generator`` (from which the worker seeds derive otherwise), saves the
+    global torch random state (CPU and CUDA) and seeds it with ``seed`` (the InfoNCE positions of the validation loss
+    are drawn from it); at ``COMPLETED`` it puts the saved state back. The same network thus gets the same
+    validation loss every time, and training draws the same numbers whether or not validation ran in between.
     """
 
     def __init__(self, dataloader: torch.utils.data.DataLoader, seed: int = 0):
@@ -233,14 +137,29 @@ class FixedViews:
                              "when num_workers > 0")
         self.dataloader = dataloader
         self.seed = int(seed)
+        self._saved: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.COMPLETED, self.restore)
 
     def __call__(self, engine: Engine | None = None) -> None:
         set_rnd(self.dataloader.dataset, seed=self.seed)
         if self.dataloader.generator is not None:
             self.dataloader.generator.manual_seed(self.seed)
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        self._saved = (torch.get_rng_state(), cuda)
+        torch.manual_seed(self.seed)
+
+    def restore(self, engine: Engine | None = None) -> None:
+        """Put back the global torch random state saved when the evaluator started."""
+        if self._saved is None:
+            return
+        cpu, cuda = self._saved
+        torch.set_rng_state(cpu)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+        self._saved = None
 
 
 class NoSummaryWriter:
@@ -248,25 +167,3 @@ class NoSummaryWriter:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
-
-
-def resume_from(loader: CheckpointLoader, trainer: Engine, resume: bool) -> bool:
-    """Attach ``loader`` to ``trainer`` when ``resume`` is asked for and its checkpoint exists.
-
-    Returns whether training resumes; ``resume`` without a checkpoint starts afresh, with a log line saying so.
-    """
-    if not as_bool(resume, "resume"):
-        return False
-    if not os.path.isfile(loader.load_path):
-        logger.warning(f"--resume: no checkpoint at {loader.load_path}, training starts from scratch")
-        return False
-    loader.attach(trainer)
-    logger.info(f"--resume: training continues from {loader.load_path}")
-    return True
-
-
-def choose(options: Mapping[str, Any], name: str, what: str) -> Any:
-    """``options[name]``, or a ValueError listing the valid names (e.g. for ``--loss``)."""
-    if name not in options:
-        raise ValueError(f"unknown {what} '{name}': choose one of {sorted(options)}")
-    return options[name]

@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pix2rep_bundle.engines import bf16_is_fast  # noqa: E402
-from pix2rep_bundle.run_state import as_bool  # noqa: E402
+from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1]
 

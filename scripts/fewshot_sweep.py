@@ -51,7 +51,8 @@ import numpy as np  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
 from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pix2rep_bundle.outputs import claim_output_dir  # noqa: E402
-from pix2rep_bundle.run_state import as_bool, plain_value  # noqa: E402
+from pix2rep_bundle.run_state import plain_value  # noqa: E402
+from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODES = ("scratch", "linear_probe", "finetune", "mean_teacher_scratch", "mean_teacher_finetune")

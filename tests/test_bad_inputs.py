@@ -180,7 +180,7 @@ def test_a_volume_smaller_than_the_crop_is_padded_in_preparation(tmp_path):
 
 
 def test_boolean_settings_read_true_and_false_words():
-    from pix2rep_bundle.run_state import as_bool, check_settings
+    from pix2rep_bundle.settings import as_bool, check_settings
 
     assert as_bool("true") is True and as_bool("False") is False and as_bool(True) is True
     check_settings({"resume": "false", "amp": True, "early_stopping": "yes"})

@@ -24,7 +24,7 @@ from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
 from pix2rep_bundle.outputs import MARKER, claim_output_dir, folder_kind
 from pix2rep_bundle.run_guard import LOCK_NAME, RunLock, differing_settings, start_run
-from test_acdc import write_dataset, write_subject
+from test_acdc import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING, SIZE = (1.5, 1.5), (32, 32)

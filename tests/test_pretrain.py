@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
+from monai.utils import set_determinism
 
 from helpers import TINY_FEATURES, tiny_settings
 from pix2rep_bundle.networks import load_pretrained_backbone, read_backbone
@@ -108,3 +110,28 @@ def test_validation_views_are_the_same_at_every_evaluation(tiny):
     next(iter(dataloader))  # the random state moves on ...
     fixed()  # ... and is put back
     assert torch.equal(next(iter(dataloader))["view_1"], first)
+
+
+def test_validation_draws_its_own_random_numbers(tiny):
+    """The same network gives the same validation loss twice, and training draws the same numbers whether or not
+    validation ran in between (the fast path's views and the InfoNCE positions come from the global torch RNG)."""
+    config = parser(tiny | {"augment_on_device": True})
+    evaluator = config.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    first = evaluator.state.metrics["val_loss"]
+    torch.rand(5)  # the global state moves on between evaluations
+    evaluator.run()
+    assert evaluator.state.metrics["val_loss"] == first
+
+    losses = {}
+    for val_interval in (1, 100):
+        set_determinism(seed=0)
+        trainer = parser(tiny | {"augment_on_device": True, "epochs": 2, "val_interval": val_interval,
+                                 "output_dir": str(Path(tiny["bundle_root"]) / f"v{val_interval}")}
+                         ).get_parsed_content("train#trainer")
+        recorded = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: recorded.append(float(e.state.output["loss"].detach())))
+        trainer.run()
+        losses[val_interval] = recorded
+    set_determinism(seed=None)
+    assert losses[1] == losses[100]

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from pix2rep_bundle.networks import Pix2RepNet, read_backbone
-from pix2rep_bundle.workflows import AtomicCheckpointSaver, BackboneSaver, StackedViewsLoss, choose
+from pix2rep_bundle.checkpoints import AtomicCheckpointSaver, BackboneSaver
+from pix2rep_bundle.settings import choose
+from pix2rep_bundle.workflows import StackedViewsLoss
 
 
 def _engine(epoch: int = 1, metrics: dict | None = None) -> SimpleNamespace:

@@ -1,0 +1,135 @@
+"""Files a training run keeps: resumable checkpoints written atomically, the best (or last) network, and resuming.
+
+- :class:`AtomicCheckpointSaver`: the whole training state every ``interval`` epochs, for ``--resume true``;
+- :class:`BestSaver`, :class:`BackboneSaver` (the Pix2Rep backbone, ``pix2rep_backbone.pt``) and
+  :class:`ModelSaver` (the segmentation network, ``model.pt``): the network with the best validation metric;
+- :func:`resume_from`: attach MONAI's ``CheckpointLoader`` when a run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
+from torch import nn
+
+from pix2rep_bundle.io import torch_save_atomic
+from pix2rep_bundle.networks import save_backbone
+from pix2rep_bundle.settings import as_bool
+
+logger = logging.getLogger(__name__)
+
+
+class AtomicCheckpointSaver:
+    """Every ``interval`` epochs and at the end of training, write the state of ``save_dict`` atomically.
+
+    The file holds ``{name: obj.state_dict()}`` for every entry (network, optimizer, scheduler, trainer, ...),
+    the layout MONAI's ``CheckpointLoader`` reads back to resume. It is written to a temporary file that is
+    renamed over ``path``, so an interrupted run never leaves a corrupt checkpoint.
+    """
+
+    def __init__(self, path: str, save_dict: Mapping[str, Any], interval: int = 1):
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        self.path = path
+        self.save_dict = dict(save_dict)
+        self.interval = interval
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        torch_save_atomic(state, self.path)
+        logger.info(f"epoch {engine.state.epoch}: checkpoint written to {self.path}")
+
+
+class BestSaver:
+    """Write a network to ``path`` atomically, keeping the best value of an evaluator metric.
+
+    With ``metric_name`` it is attached to the evaluator and saves when the metric improves: lower with
+    ``mode="min"`` (e.g. a validation loss), higher with ``mode="max"`` (e.g. a validation Dice). Without,
+    it saves whenever it is called (attached to the trainer's ``COMPLETED``). Its best value is part of a
+    resumable checkpoint (``state_dict``). Subclasses choose what is written (:meth:`save`).
+    """
+
+    what = "network"
+
+    def __init__(self, network: nn.Module, path: str, metric_name: str | None = None, mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.network = network
+        self.path = path
+        self.metric_name = metric_name
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def save(self, network: nn.Module) -> None:
+        raise NotImplementedError
+
+    def attach(self, engine: Engine) -> None:
+        event = Events.EPOCH_COMPLETED if self.metric_name else Events.COMPLETED
+        engine.add_event_handler(event, self)
+
+    def _improved(self, value: float) -> bool:
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def __call__(self, engine: Engine) -> None:
+        network = self.network.module if hasattr(self.network, "module") else self.network
+        if self.metric_name is None:
+            self.save(network)
+            logger.info(f"{self.what} written to {self.path}")
+            return
+        value = float(engine.state.metrics[self.metric_name])
+        if not math.isfinite(value):
+            logger.warning(f"{self.metric_name} is {value}: {self.what} not saved")
+            return
+        if self._improved(value):
+            self.best = value
+            self.save(network)
+            logger.info(f"{self.metric_name} improved to {value:.4f}: {self.what} written to {self.path}")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state["best"])
+
+
+class BackboneSaver(BestSaver):
+    """Write the Pix2Rep backbone (no projection head) in the format the segmentation configs load."""
+
+    what = "backbone"
+
+    def save(self, network: nn.Module) -> None:
+        save_backbone(network, self.path)
+
+
+class ModelSaver(BestSaver):
+    """Write the network's plain state dict (``models/model.pt``, what MONAI Label and evaluate load)."""
+
+    what = "model"
+
+    def save(self, network: nn.Module) -> None:
+        torch_save_atomic(network.state_dict(), self.path)
+
+
+def resume_from(loader: CheckpointLoader, trainer: Engine, resume: bool) -> bool:
+    """Attach ``loader`` to ``trainer`` when ``resume`` is asked for and its checkpoint exists.
+
+    Returns whether training resumes; ``resume`` without a checkpoint starts afresh, with a log line saying so.
+    """
+    if not as_bool(resume, "resume"):
+        return False
+    if not os.path.isfile(loader.load_path):
+        logger.warning(f"--resume: no checkpoint at {loader.load_path}, training starts from scratch")
+        return False
+    loader.attach(trainer)
+    logger.info(f"--resume: training continues from {loader.load_path}")
+    return True
