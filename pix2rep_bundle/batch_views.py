@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pix2rep_bundle.geometry import Alignment, alignment_from_maps, sampling_grid, warp
-from pix2rep_bundle.transforms import _check_scale_range
+from pix2rep_bundle.view_settings import ViewSettings
 
 BIAS_FIELD_DEGREE = 3  # MONAI RandBiasField's default
 BLUR_TRUNCATED = 4.0  # MONAI GaussianFilter's default (kernel radius in sigmas)
@@ -150,48 +150,26 @@ def blur(images: torch.Tensor, sigma_rows: torch.Tensor, sigma_cols: torch.Tenso
 class BatchPairedViews:
     """Draw and apply two independent augmentations to a batch of source slices on its device.
 
-    Takes the parameters of :func:`pix2rep_bundle.transforms.paired_views` (same names, meanings and
-    defaults), so one settings dict configures either path. Call with ``(B, 1, H, W)`` images in ``[0, 1]``;
+    Takes the :class:`~pix2rep_bundle.view_settings.ViewSettings` that :func:`pix2rep_bundle.transforms.paired_views`
+    takes (a ViewSettings or a dict of its fields, plus keyword overrides), so one settings dict configures either
+    path. Call with ``(B, 1, H, W)`` images in ``[0, 1]``;
     returns a :class:`ViewPair`. Randomness comes from torch's global generator of the batch's device
     (seeded by ``monai.utils.set_determinism``).
     """
 
-    def __init__(
-        self,
-        rotate_degrees: float = 90.0,
-        scale_range: Sequence[float] | None = (0.33, 0.95),
-        zoom_offset: bool = True,
-        translate_fraction: float = 0.0,
-        flip_prob: float = 0.5,
-        invert_prob: float = 0.35,
-        gamma_prob: float = 0.9,
-        log_gamma_range: float = 0.05,
-        contrast_prob: float = 0.0,
-        contrast_range: float = 0.1,
-        brightness_range: float = 0.1,
-        bias_field_prob: float = 0.75,
-        bias_field_coeff: float = 0.9,
-        blur_prob: float = 0.5,
-        blur_sigma: Sequence[float] = (0.0, 1.3),
-        noise_prob: float = 0.3,
-        noise_std: float = 0.5,
-        spatial_mode: str = "bilinear",
-    ):
-        _check_scale_range(scale_range)
-        self.rotate_radians = math.radians(rotate_degrees)
-        self.scale_range = None if scale_range is None else (float(scale_range[0]), float(scale_range[1]))
-        self.zoom_offset = bool(zoom_offset)
-        self.translate_fraction = float(translate_fraction)
-        self.flip_prob = float(flip_prob)
-        self.invert_prob, self.gamma_prob = float(invert_prob), float(gamma_prob)
-        self.log_gamma_range = float(log_gamma_range)
-        self.contrast_prob, self.contrast_range = float(contrast_prob), float(contrast_range)
-        self.brightness_range = float(brightness_range)
-        self.bias_field_prob, self.bias_field_coeff = float(bias_field_prob), float(bias_field_coeff)
-        self.blur_prob, self.blur_sigma = float(blur_prob), (float(blur_sigma[0]), float(blur_sigma[1]))
+    def __init__(self, settings: ViewSettings | Mapping[str, Any] | None = None, **overrides: Any):
+        self.settings = v = ViewSettings.of(settings, **overrides)
+        self.rotate_radians = math.radians(v.rotate_degrees)
+        self.scale_range, self.zoom_offset, self.translate_fraction = v.scale_range, v.zoom_offset, v.translate_fraction
+        self.flip_prob = v.flip_prob
+        self.invert_prob, self.gamma_prob, self.log_gamma_range = v.invert_prob, v.gamma_prob, v.log_gamma_range
+        self.contrast_prob, self.contrast_range = v.contrast_prob, v.contrast_range
+        self.brightness_range = v.brightness_range
+        self.bias_field_prob, self.bias_field_coeff = v.bias_field_prob, v.bias_field_coeff
+        self.blur_prob, self.blur_sigma = v.blur_prob, v.blur_sigma
         self.blur_radius = int(max(self.blur_sigma[1] * BLUR_TRUNCATED, 0.5) + 0.5)
-        self.noise_prob, self.noise_std = float(noise_prob), float(noise_std)
-        self.spatial_mode = spatial_mode
+        self.noise_prob, self.noise_std = v.noise_prob, v.noise_std
+        self.spatial_mode = v.spatial_mode
 
     # -------------------------------------------------------------------------------------- drawing
     def draw_to_source(self, batch: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:

@@ -34,6 +34,7 @@ from monai.transforms import (
 from monai.transforms.spatial.array import RandAffineGrid
 
 from pix2rep_bundle.geometry import SOURCE_AFFINE_KEY, SOURCE_SHAPE_KEY
+from pix2rep_bundle.view_settings import ViewSettings, check_scale_range
 
 
 # ------------------------------------------------------------------------------ spatial: similarity
@@ -93,20 +94,12 @@ class RandSimilarityd(RandAffined):
     def __init__(self, keys: KeysCollection, rotate_degrees: float = 90.0,
                  scale_range: Sequence[float] | None = (0.33, 0.95), zoom_offset: bool = True,
                  translate_fraction: float = 0.0, mode: str = "bilinear", allow_missing_keys: bool = False):
-        _check_scale_range(scale_range)
+        check_scale_range(scale_range)
         rotate_range = (math.radians(rotate_degrees),) if rotate_degrees else None
         super().__init__(keys, prob=1.0, rotate_range=rotate_range, mode=mode, padding_mode="zeros",
                          allow_missing_keys=allow_missing_keys)
         self.rand_affine.rand_affine_grid = _SimilarityGrid(
             rotate_range, scale_range, zoom_offset, translate_fraction, device=self.rand_affine.rand_affine_grid.device)
-
-
-def _check_scale_range(scale_range: Sequence[float] | None) -> None:
-    """ValueError unless ``scale_range`` is None or ``0 < s_min <= s_max``."""
-    if scale_range is None:
-        return
-    if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
-        raise ValueError(f"scale_range must be (s_min, s_max) with 0 < s_min <= s_max, got {scale_range}")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -169,25 +162,9 @@ def intensity_transforms(key: str, invert_prob: float, gamma_prob: float, log_ga
 def paired_views(
     image_key: str = "image",
     view_keys: Sequence[str] = ("view_1", "view_2"),
-    rotate_degrees: float = 90.0,
-    scale_range: Sequence[float] | None = (0.33, 0.95),
-    zoom_offset: bool = True,
-    translate_fraction: float = 0.0,
-    flip_prob: float = 0.5,
-    invert_prob: float = 0.35,
-    gamma_prob: float = 0.9,
-    log_gamma_range: float = 0.05,
-    contrast_prob: float = 0.0,
-    contrast_range: float = 0.1,
-    brightness_range: float = 0.1,
-    bias_field_prob: float = 0.75,
-    bias_field_coeff: float = 0.9,
-    blur_prob: float = 0.5,
-    blur_sigma: Sequence[float] = (0.0, 1.3),
-    noise_prob: float = 0.3,
-    noise_std: float = 0.5,
-    spatial_mode: str = "bilinear",
     keep_image: bool = False,
+    settings: ViewSettings | Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> Compose:
     """Eager MONAI pipeline turning ``{"image": (1, H, W) float32 in [0, 1], ...}`` into two views.
 
@@ -196,6 +173,10 @@ def paired_views(
     the source image, needed for the validity mask), the item's other entries (subject, frame, ...), and
     ``image_key`` only when ``keep_image``. Collated by ``monai.data.list_data_collate``/``DataLoader``,
     ``batch[view_key]`` is a ``(B, 1, H, W)`` MetaTensor with a ``(B, 4, 4)`` affine.
+
+    The views are drawn as ``settings`` (a :class:`~pix2rep_bundle.view_settings.ViewSettings`, a dict of its
+    fields, or None: the reference settings) with the keyword ``overrides``, e.g. ``paired_views(**view_settings)``
+    or ``paired_views(rotate_degrees=45)``; :class:`~pix2rep_bundle.batch_views.BatchPairedViews` takes the same.
 
     Spatial (drawn independently per view; defaults are the reference settings):
         ``flip_prob``: flip along each axis independently with this probability (0: none).
@@ -214,7 +195,7 @@ def paired_views(
 
     The pipeline is eager (never lazy: lazy 2D pipelines with skipped flips crash in MONAI 1.6).
     """
-    _check_scale_range(scale_range)
+    v = ViewSettings.of(settings, **overrides)
     view_keys = tuple(view_keys)
     if len(view_keys) != 2:
         raise ValueError(f"view_keys must name two views, got {view_keys}")
@@ -224,11 +205,11 @@ def paired_views(
         CopyItemsd(keys=image_key, times=2, names=list(view_keys)),
     ]
     for key in view_keys:
-        transforms += spatial_transforms(key, rotate_degrees, scale_range, zoom_offset, translate_fraction,
-                                         flip_prob, spatial_mode)
-        transforms += intensity_transforms(key, invert_prob, gamma_prob, log_gamma_range, contrast_prob,
-                                           contrast_range, brightness_range, bias_field_prob, bias_field_coeff,
-                                           blur_prob, blur_sigma, noise_prob, noise_std)
+        transforms += spatial_transforms(key, v.rotate_degrees, v.scale_range, v.zoom_offset, v.translate_fraction,
+                                         v.flip_prob, v.spatial_mode)
+        transforms += intensity_transforms(key, v.invert_prob, v.gamma_prob, v.log_gamma_range, v.contrast_prob,
+                                           v.contrast_range, v.brightness_range, v.bias_field_prob, v.bias_field_coeff,
+                                           v.blur_prob, v.blur_sigma, v.noise_prob, v.noise_std)
     if not keep_image:
         transforms.append(DeleteItemsd(keys=image_key))
     return Compose(transforms, lazy=False)

@@ -23,6 +23,7 @@ from pix2rep_bundle.geometry import _as_batched_3x3, alignment_from_batch
 from pix2rep_bundle.losses import Pix2RepLoss
 from pix2rep_bundle.networks import Pix2RepNet, compile_network
 from pix2rep_bundle.transforms import paired_views
+from pix2rep_bundle.view_settings import ViewSettings
 from pix2rep_bundle.workflows import PrepareViewPairs, StackedViewsLoss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,11 +56,19 @@ def as_voxels(grid: torch.Tensor, shape) -> torch.Tensor:
     return torch.stack([((grid[..., 1] + 1) * h - 1) / 2, ((grid[..., 0] + 1) * w - 1) / 2], dim=-1)
 
 
-def test_parameters_and_defaults_are_those_of_paired_views():
-    fast = inspect.signature(BatchPairedViews).parameters
-    plain = inspect.signature(paired_views).parameters
-    shared = {name: p.default for name, p in plain.items() if name not in ("image_key", "view_keys", "keep_image")}
-    assert {name: p.default for name, p in fast.items()} == shared
+def test_both_paths_take_one_view_settings():
+    """The view parameters exist once (ViewSettings): both paths take it, defaults included, and refuse an unknown
+    name."""
+    assert list(inspect.signature(BatchPairedViews).parameters) == ["settings", "overrides"]
+    assert BatchPairedViews().settings == ViewSettings()
+    custom = {"rotate_degrees": 45, "noise_prob": 0, "scale_range": [0.5, 0.9]}
+    assert BatchPairedViews(**custom).settings == ViewSettings.of(custom) == ViewSettings.of(None, **custom)
+    assert ViewSettings.of(custom).scale_range == (0.5, 0.9) and ViewSettings.of(custom).rotate_degrees == 45.0
+    for make in (paired_views, BatchPairedViews):
+        with pytest.raises(ValueError, match="unknown view setting.*'rotation'"):
+            make(rotation=30)
+        with pytest.raises(ValueError, match="scale_range"):
+            make(scale_range=(0.9, 0.5))
 
 
 def test_same_affines_give_the_same_views_and_the_same_alignment():
