@@ -12,8 +12,8 @@ on aligned pixels of the shared field of view only (:class:`ConsistencyLoss`).
 - :class:`EMAUpdate`: Ignite handler, ``teacher <- a teacher + (1 - a) student`` after every iteration;
 - :func:`sigmoid_rampup`: the ramp-up of the consistency weight;
 - :class:`ConsistencyLoss`: masked mean squared error between aligned class probabilities;
-- :class:`MeanTeacherTrainer`: MONAI ``SupervisedTrainer`` whose iteration adds the consistency term;
-- :func:`segmentation_trainer`: the trainer of ``configs/train.yaml``, Mean Teacher or plain supervised.
+- :class:`MeanTeacherTrainer`: an ``AutocastTrainer`` whose loss adds the consistency term; ``configs/mean_teacher.yaml``
+  makes it the trainer of ``configs/train.yaml``.
 """
 
 from __future__ import annotations
@@ -33,21 +33,22 @@ from pix2rep_bundle.workflows import PrepareViewPairs
 UNSUPPORTED_MODES = ("linear_probe",)
 
 
-def check_mean_teacher(mode: str, mean_teacher: Any, distributed: bool = False) -> bool:
+def check_mean_teacher(mode: str, mean_teacher: Any = True, distributed: bool = False) -> bool:
     """Whether Mean Teacher is on; ValueError for the combinations it does not support.
 
     Mean Teacher trains the whole student, so it combines with ``scratch`` and ``finetune`` but not with the
-    frozen body of ``linear_probe``; it runs in a single process (``configs/multi_gpu_train.yaml`` refuses it).
+    frozen body of ``linear_probe``; it runs in a single process (with ``configs/multi_gpu_train.yaml`` it is
+    refused). ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
     """
     from pix2rep_bundle.settings import as_bool
 
     on = as_bool(mean_teacher, "mean_teacher")
     if on and mode in UNSUPPORTED_MODES:
-        raise ValueError(f"--mean_teacher true does not combine with --mode {mode} (a frozen body): "
+        raise ValueError(f"Mean Teacher (configs/mean_teacher.yaml) does not combine with --mode {mode} (a frozen body): "
                          "use --mode finetune (student and teacher start from the Pix2Rep backbone) or --mode scratch")
     if on and distributed:
-        raise ValueError("--mean_teacher true is not supported with configs/multi_gpu_train.yaml: "
-                         "train it in one process with configs/train.yaml")
+        raise ValueError("Mean Teacher (configs/mean_teacher.yaml) is not supported with configs/multi_gpu_train.yaml: "
+                         "train it in one process, merged over configs/train.yaml")
     return on
 
 
@@ -230,18 +231,6 @@ class MeanTeacherTrainer(AutocastTrainer):
         self.state.output.update({"sup_loss": sup_loss.detach(), "consistency_loss": consistency.detach(),
                                   "consistency_weight": weight})
         return sup_loss + weight * consistency
-
-
-def segmentation_trainer(mean_teacher: bool = False, teacher: nn.Module | None = None,
-                         unlabeled_data_loader: Iterable | None = None, ema_decay: float = 0.99,
-                         consistency_weight: float = 1.0, rampup_iterations: int = 0,
-                         **kwargs: Any) -> AutocastTrainer:
-    """The trainer of ``configs/train.yaml``: a :class:`MeanTeacherTrainer` when ``mean_teacher``, else an
-    ``AutocastTrainer`` built from ``kwargs`` alone (the Mean Teacher arguments are then ignored)."""
-    if not mean_teacher:
-        return AutocastTrainer(**kwargs)
-    return MeanTeacherTrainer(teacher=teacher, unlabeled_data_loader=unlabeled_data_loader, ema_decay=ema_decay,
-                              consistency_weight=consistency_weight, rampup_iterations=rampup_iterations, **kwargs)
 
 
 def rampup_iterations(epochs: float | None, iterations_per_epoch: int, total_epochs: int) -> int:

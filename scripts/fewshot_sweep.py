@@ -15,7 +15,8 @@ bundle's own configs (``monai.bundle.run`` in this process):
    bundle's ``models/pretrain/pix2rep_backbone.pt``, or ``--pretrained_ckpt``);
 2. for every K, label seed and mode: training (``configs/train.yaml``, run id ``run``) into
    ``<output_dir>/<mode>_k<K>_seed<S>/model.pt`` (``mean_teacher_scratch`` and ``mean_teacher_finetune`` are
-   ``--mode scratch`` / ``--mode finetune`` with ``--mean_teacher true``), then 3D evaluation on the test subjects
+   ``--mode scratch`` / ``--mode finetune`` with ``configs/mean_teacher.yaml`` merged over train.yaml), then 3D
+   evaluation on the test subjects
    (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A finished run is reused only when
    its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256) equals the
    new one, so an interrupted sweep continues where it stopped; results made with other settings stop the sweep
@@ -57,7 +58,7 @@ from pix2rep_bundle.settings import as_bool  # noqa: E402
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 MODES = ("scratch", "linear_probe", "finetune", "mean_teacher_scratch", "mean_teacher_finetune")
 PRETRAINED_MODES = ("linear_probe", "finetune", "mean_teacher_finetune")
-# sweep mode -> train.yaml's --mode, for the Mean Teacher rows (--mean_teacher true)
+# sweep mode -> train.yaml's --mode, for the Mean Teacher rows (configs/mean_teacher.yaml merged over train.yaml)
 MEAN_TEACHER_MODES = {"mean_teacher_scratch": "scratch", "mean_teacher_finetune": "finetune"}
 STRUCTURES = ("RV", "MYO", "LV", "mean")
 SWEEP_RECORD = "sweep_run.json"
@@ -71,12 +72,14 @@ def log(message: str) -> None:
     print(f"[fewshot_sweep {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_config(config: str, run_id: str, overrides: Mapping[str, Any]) -> float:
-    """Run one bundle config in this process with ``overrides``; return the wall time in seconds."""
+def run_config(config: str | Sequence[str], run_id: str, overrides: Mapping[str, Any]) -> float:
+    """Run one bundle config (or several merged, left to right) in this process with ``overrides``; return the wall
+    time in seconds."""
     from monai.bundle import run
 
     start = time.perf_counter()
-    run(run_id, config_file=str(CONFIG_DIR / config), **dict(overrides))
+    files = [str(CONFIG_DIR / c) for c in ([config] if isinstance(config, str) else config)]
+    run(run_id, config_file=files[0] if len(files) == 1 else files, **dict(overrides))
     return time.perf_counter() - start
 
 
@@ -110,14 +113,22 @@ def check_backbone(path: Path, common: Mapping[str, Any]) -> None:
 
 
 def mode_overrides(mode: str) -> dict[str, Any]:
-    """train.yaml overrides of a sweep mode: ``--mode`` and ``--mean_teacher``."""
-    return {"mode": MEAN_TEACHER_MODES.get(mode, mode), "mean_teacher": mode in MEAN_TEACHER_MODES}
+    """train.yaml's ``--mode`` of a sweep mode."""
+    return {"mode": MEAN_TEACHER_MODES.get(mode, mode)}
 
 
-def run_request(train: Mapping[str, Any], evaluate: Mapping[str, Any], backbone: Path | None) -> dict[str, Any]:
-    """What defines one run of the sweep: the train.yaml and evaluate.yaml overrides, and the backbone's content
-    (its SHA-256) for the modes that load it. Kept in ``<run_dir>/sweep_run.json``."""
-    request: dict[str, Any] = {"train": plain_value(dict(train)), "evaluate": plain_value(dict(evaluate))}
+def train_configs(mode: str) -> list[str]:
+    """The training configs of a sweep mode: train.yaml, with configs/mean_teacher.yaml merged over it for the
+    Mean Teacher rows."""
+    return ["train.yaml", "mean_teacher.yaml"] if mode in MEAN_TEACHER_MODES else ["train.yaml"]
+
+
+def run_request(configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any],
+                backbone: Path | None) -> dict[str, Any]:
+    """What defines one run of the sweep: the training configs and their overrides, evaluate.yaml's overrides, and
+    the backbone's content (its SHA-256) for the modes that load it. Kept in ``<run_dir>/sweep_run.json``."""
+    request: dict[str, Any] = {"train": plain_value(dict(train) | {"configs": list(configs)}),
+                               "evaluate": plain_value(dict(evaluate))}
     if backbone is not None:
         request["backbone_sha256"] = hashlib.sha256(backbone.read_bytes()).hexdigest()
     return request
@@ -142,10 +153,11 @@ def finished_run(run_dir: Path, request: Mapping[str, Any]) -> list[str] | None:
     return differences
 
 
-def train_and_evaluate(run_dir: Path, train: Mapping[str, Any], evaluate: Mapping[str, Any]) -> dict[str, Any]:
-    """Train into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it), evaluate its
-    ``model.pt`` into ``run_dir/eval``; return the times."""
-    train_seconds = run_config("train.yaml", "run", {**train, "output_dir": str(run_dir), "overwrite": True})
+def train_and_evaluate(run_dir: Path, configs: Sequence[str], train: Mapping[str, Any],
+                       evaluate: Mapping[str, Any]) -> dict[str, Any]:
+    """Train with ``configs`` into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it),
+    evaluate its ``model.pt`` into ``run_dir/eval``; return the times."""
+    train_seconds = run_config(configs, "run", {**train, "output_dir": str(run_dir), "overwrite": True})
     eval_seconds = run_config("evaluate.yaml", "run", {**evaluate, "ckpt_path": str(run_dir / "model.pt"),
                                                        "output_dir": str(run_dir / "eval")})
     timing = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
@@ -321,14 +333,15 @@ def main(
                 label = f"[{len(rows) + 1}/{total}] {mode} K={k} seed={seed}"
                 run_train = {**train, **mode_overrides(mode), "num_labeled_subjects": k, "label_seed": seed,
                              "seed": seed}
-                request = run_request(run_train, common, backbone if mode in PRETRAINED_MODES else None)
+                request = run_request(train_configs(mode), run_train, common,
+                                      backbone if mode in PRETRAINED_MODES else None)
                 differences = finished_run(run_dir, request)
                 if differences and not overwrite:
                     raise DataError(run_dir, "holds results of a run with other settings (" + "; ".join(differences)
                                     + "): choose another --output_dir, or --overwrite true to redo it")
                 if overwrite or differences is None or differences:
                     log(f"{label}: training and evaluation in {run_dir}")
-                    train_and_evaluate(run_dir, run_train, common)
+                    train_and_evaluate(run_dir, train_configs(mode), run_train, common)
                     write_json_atomic(run_dir / SWEEP_RECORD, request)
                 else:
                     log(f"{label}: results of the same settings exist in {run_dir}, reused")

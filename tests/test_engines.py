@@ -27,9 +27,9 @@ def tiny(tmp_path_factory) -> dict:
     return tiny_settings(tmp_path_factory.mktemp("bundle")) | {"num_workers": 0}
 
 
-def parsed(config: str, overrides: dict) -> ConfigParser:
+def parsed(config: str | list[str], overrides: dict) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / config))
+    parser.read_config([str(REPO / "configs" / c) for c in ([config] if isinstance(config, str) else config)])
     parser.update(overrides)
     return parser
 
@@ -73,11 +73,11 @@ def test_pretraining_engines_compute_in_bf16_with_amp(tiny, amp, augment_on_devi
 @pytest.mark.parametrize("mean_teacher", ["true", "false"])
 def test_segmentation_engines_compute_in_bf16_with_amp(tiny, amp, mean_teacher):
     overrides = tiny | {"mode": "scratch", "epochs": 1, "iterations_per_epoch": 2, "amp": amp,
-                        "mean_teacher": mean_teacher, "output_dir": str(Path(tiny["bundle_root"]) / f"seg_{amp}")}
-    parser = parsed("train.yaml", overrides)
+                        "output_dir": str(Path(tiny["bundle_root"]) / f"seg_{amp}")}
+    parser = parsed(["train.yaml", "mean_teacher.yaml"] if mean_teacher == "true" else "train.yaml", overrides)
     trainer = parser.get_parsed_content("train#trainer")
     student = DtypeRecorder(parser.get_parsed_content("network"))
-    evaluated = parser.get_parsed_content("evaluated_network")
+    evaluated = parser.get_parsed_content("validate#evaluator").network
     validated = DtypeRecorder(evaluated) if evaluated is not parser.get_parsed_content("network") else student
     losses = record_losses(trainer)
     trainer.run()

@@ -35,6 +35,7 @@ from pix2rep_bundle.transforms import paired_views
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "configs" / "train.yaml")
+MEAN_TEACHER = [TRAIN, str(REPO / "configs" / "mean_teacher.yaml")]  # the override merged over train.yaml
 
 
 def unet() -> BasicUNet:
@@ -200,15 +201,15 @@ def tiny(tmp_path_factory, backbone) -> dict:
             "val_batch_size": 64, "num_workers": 0, "pretrained_ckpt": str(backbone)}
 
 
-def train_workflow(overrides: dict) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", run_id="run", **overrides)
+def train_workflow(overrides: dict, config_file: str | list[str] = TRAIN) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type="train", run_id="run", **overrides)
     workflow.initialize()
     return workflow
 
 
-def test_mean_teacher_off_builds_nothing_of_it(tiny, tmp_path):
-    """Off (the default), the trainer is MONAI's SupervisedTrainer and nothing of Mean Teacher is built or prepared:
-    with MONAI Label's raw {"image", "label"} entries, no data is generated or prepared under the bundle."""
+def test_train_yaml_alone_builds_nothing_of_it(tiny, tmp_path):
+    """train.yaml alone (what MONAI Label reads) has no Mean Teacher item: its trainer is the plain AutocastTrainer,
+    and with MONAI Label's raw {"image", "label"} entries no data is generated or prepared under the bundle."""
     from pix2rep_bundle.data.phantom import write_phantom
 
     write_phantom(tmp_path / "raw", num_subjects=2, seed=3)
@@ -218,12 +219,11 @@ def test_mean_teacher_off_builds_nothing_of_it(tiny, tmp_path):
     parser.read_config(TRAIN)
     parser.update({**tiny, "mode": "scratch", "bundle_root": str(tmp_path / "bundle"),
                    "train#dataset#data": raw[:2], "validate#dataset#data": raw[2:]})
-    assert parser.get_parsed_content("mean_teacher") is False
     assert type(parser.get_parsed_content("train#trainer")) is AutocastTrainer
-    for key in ("teacher", "unlabeled#dataset", "unlabeled#dataloader"):
-        assert parser.get_parsed_content(key) is None, key
-    assert parser.get_parsed_content("evaluated_network") is parser.get_parsed_content("network")
-    assert parser.get_parsed_content("mean_teacher_state") == {}
+    assert not {"teacher", "unlabeled", "ema_decay", "consistency_weight", "mean_teacher_terms"} & set(parser.config)
+    assert "teacher" not in Path(TRAIN).read_text().lower()
+    assert parser.get_parsed_content("validate#evaluator").network is parser.get_parsed_content("network")
+    assert set(parser.get_parsed_content("training_state")) == {"network", "optimizer", "trainer", "best_model", "rng"}
     assert len(parser.get_parsed_content("train#handlers")) == 3
     parser.get_parsed_content("checkpoint_saver")
     assert not (tmp_path / "bundle" / "cache").exists()
@@ -231,8 +231,7 @@ def test_mean_teacher_off_builds_nothing_of_it(tiny, tmp_path):
 
 def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tmp_path):
     out = tmp_path / "mt"
-    workflow = train_workflow({**tiny, "mode": "finetune", "mean_teacher": "true", "output_dir": str(out),
-                               "epochs": 2})
+    workflow = train_workflow({**tiny, "mode": "finetune", "output_dir": str(out), "epochs": 2}, MEAN_TEACHER)
     parser = workflow.parser
     trainer, student, teacher = (parser.get_parsed_content(k) for k in ("train#trainer", "network", "teacher"))
     assert isinstance(trainer, MeanTeacherTrainer) and teacher is not student
@@ -262,10 +261,11 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
     state = torch.load(out / "train_state" / "checkpoint.pt", weights_only=True)
     assert {"network", "teacher", "ema_update"} <= set(state) and state["ema_update"] == {"step": 2}
     record = json.loads((out / "run_info.json").read_text())["settings"]
-    assert record["mean_teacher"] == "true" and record["ema_decay"] == 0.99 and record["unlabeled_batch_size"] == 4
+    assert record["mean_teacher"] is True and record["ema_decay"] == 0.99 and record["unlabeled_batch_size"] == 4
+    assert len(parser.get_parsed_content("train#handlers")) == 5  # train.yaml's 3 and the two terms
 
-    resumed = train_workflow({**tiny, "mode": "finetune", "mean_teacher": "true", "output_dir": str(out),
-                              "epochs": 2, "resume": True})
+    resumed = train_workflow({**tiny, "mode": "finetune", "output_dir": str(out), "epochs": 2, "resume": True},
+                             MEAN_TEACHER)
     resumed.run()
     trainer = resumed.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 4 and trainer.ema_update.step == 4
@@ -273,13 +273,13 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
 
 def test_mean_teacher_refuses_the_linear_probe_and_several_processes(tiny, tmp_path):
     with pytest.raises(Exception) as info:
-        run("run", config_file=TRAIN, **{**tiny, "mode": "linear_probe", "mean_teacher": True,
-                                        "output_dir": str(tmp_path / "out")})
+        run("run", config_file=MEAN_TEACHER, **{**tiny, "mode": "linear_probe", "output_dir": str(tmp_path / "out")})
     assert find_in_chain(info.value, ValueError, "does not combine with --mode linear_probe")
     assert not (tmp_path / "out").exists(), "refused before any work"
     with pytest.raises(ValueError, match="multi_gpu_train.yaml"):
         check_mean_teacher("finetune", True, distributed=True)
-    multi = ConfigParser()
-    multi.read_config([TRAIN, str(REPO / "configs" / "multi_gpu_train.yaml")])
-    assert "$check_mean_teacher(@mode, @mean_teacher, distributed=True)" in multi["initialize"]
+    multi = ConfigParser()  # the three merged: multi_gpu_train.yaml's initialize runs the variant's checks
+    multi.read_config([TRAIN, str(REPO / "configs" / "multi_gpu_train.yaml"), MEAN_TEACHER[1]])
+    assert "$@variant_checks" in multi["initialize"]
+    assert any("check_mean_teacher" in check for check in multi["variant_checks"])
     assert check_mean_teacher("linear_probe", "false") is False
