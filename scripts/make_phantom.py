@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
 
-from pix2rep_bundle.data.phantom import draw_preview, write_phantom  # noqa: E402
+from phantom_preview import draw_preview  # noqa: E402  (scripts/phantom_preview.py)
+from pix2rep_bundle.data.phantom import write_phantom  # noqa: E402
 
 
 def main(out_dir: str = "cache/phantom", num_subjects: int = 100, seed: int = 0, first_id: int = 1,

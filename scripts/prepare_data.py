@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
 
-from pix2rep_bundle.data.acdc import ensure_prepared, prepare_dataset, summarize  # noqa: E402
+from pix2rep_bundle.data.acdc import ensure_prepared, prepare_dataset  # noqa: E402
+from pix2rep_bundle.data.datasets import summarize_datalist  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def prepare(dataset_dir: str, output_dir: str = "cache/prepared", spacing: tuple
     datalist = run(dataset_dir, output_dir, spacing=tuple(spacing), image_size=tuple(image_size), seed=seed,
                    val_fraction=val_fraction, test_fraction=test_fraction, include_cine=include_cine,
                    num_workers=num_workers)
-    print_summary(summarize(datalist), datalist, time.perf_counter() - start)
+    print_summary(summarize_datalist(datalist), datalist, time.perf_counter() - start)
 
 
 def print_summary(summary: dict, datalist: Path, seconds: float) -> None:

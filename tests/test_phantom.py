@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from pix2rep_bundle.data import phantom
-from pix2rep_bundle.data.phantom import (GROUPS, LABELS, MARKER, PhantomSubject, cycle_states, draw_preview,
-                                         ensure_phantom, group_of, make_subject, read_info, write_phantom,
-                                         write_subject)
+from pix2rep_bundle.data.phantom import writing  # noqa: F401  (phantom.writing below)
+from pix2rep_bundle.data.phantom import (GROUPS, LABELS, MARKER, PhantomSubject, cycle_states, ensure_phantom,
+                                         group_of, make_subject, read_info, write_phantom, write_subject)
 from pix2rep_bundle.errors import DataError
+
+_spec = importlib.util.spec_from_file_location(
+    "phantom_preview", Path(__file__).resolve().parents[1] / "scripts" / "phantom_preview.py")
+_preview = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_preview)
+draw_preview = _preview.draw_preview  # the preview figure lives in scripts/
 
 RV, MYO, LV = LABELS["RV"], LABELS["MYO"], LABELS["LV"]
 
@@ -242,7 +250,7 @@ def test_ensure_phantom_refuses_foreign_folder(tmp_path):
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = []
-    real = phantom.write_subject
+    real = phantom.writing.write_subject
 
     def flaky(subject, out_dir):
         calls.append(subject.subject_id)
@@ -250,7 +258,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(subject, out_dir)
 
-    monkeypatch.setattr(phantom, "write_subject", flaky)
+    monkeypatch.setattr(phantom.writing, "write_subject", flaky)  # the writer write_phantom calls
     with pytest.raises(RuntimeError):
         write_phantom(tmp_path / "ph", num_subjects=3, seed=0)
     assert not (tmp_path / "ph").exists()

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from monai.data import MetaTensor, list_data_collate
 
-from pix2rep_bundle.data.acdc import SubjectRecord, split_subjects
+from pix2rep_bundle.data.acdc import SubjectRecord
+from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.data.preprocessing import volume_preprocessing
 from pix2rep_bundle.geometry import alignment_from_batch, warp
 from pix2rep_bundle.transforms import paired_views

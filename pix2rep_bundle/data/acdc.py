@@ -1,4 +1,5 @@
-"""ACDC-layout datasets: scan and validate the folder, split by subject, prepare volumes and a datalist.
+"""ACDC-layout datasets: scan and validate the folder, prepare volumes and a datalist (splits:
+:mod:`pix2rep_bundle.data.splits`; checks of each volume: :mod:`pix2rep_bundle.data.volume_checks`).
 
 Layout: ``dataset_dir/patientXXX/patientXXX_frameYY.nii.gz`` (image), ``..._frameYY_gt.nii.gz`` (labels:
 0 background, 1 RV, 2 MYO, 3 LV), ``Info.cfg`` (``ED``, ``ES``, ``Group``, ``NbFrame``, ...) and optionally
@@ -15,19 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import time
-from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pix2rep_bundle.data.published_splits import check_split, labelled_phases, named_pools
+from pix2rep_bundle.data.info_cfg import read_info_cfg
+from pix2rep_bundle.data.jobs import FileLock, run_jobs
+from pix2rep_bundle.data.published_splits import check_split, labelled_phases
+from pix2rep_bundle.data.splits import subject_splits
+from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import write_json_atomic
 from pix2rep_bundle.outputs import check_replaceable, refuse_overlap, replaced_directory
@@ -35,8 +37,6 @@ from pix2rep_bundle.outputs import check_replaceable, refuse_overlap, replaced_d
 DATALIST_NAME = "datalist.json"
 VOLUMES_DIR = "volumes"
 DATALIST_VERSION = 1
-LABEL_VALUES = (0, 1, 2, 3)
-AFFINE_TOL = 1e-3
 UNKNOWN_GROUP = "unknown"
 _FRAME_FILE = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)(?P<gt>_gt)?\.nii(\.gz)?$")
 
@@ -63,22 +63,6 @@ class SubjectRecord:
 
 
 # ---------------------------------------------------------------------------------------------- scanning
-
-def read_info_cfg(path: Path) -> dict[str, str]:
-    """Parse ``Info.cfg`` (``key: value`` lines) into a dict of strings."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise DataError(path, "Info.cfg not found (every patientXXX folder needs one with ED and ES)") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(path, f"cannot read Info.cfg ({err})") from err
-    info = {}
-    for line in lines:
-        if ":" in line:
-            key, value = line.split(":", 1)
-            info[key.strip()] = value.strip()
-    return info
-
 
 def _int_field(info: dict[str, str], key: str, path: Path, required: bool = True) -> int | None:
     """An integer field of ``Info.cfg``; DataError when required and missing, or not an integer."""
@@ -185,120 +169,6 @@ def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
     return subjects
 
 
-# ---------------------------------------------------------------------------------------------- splits
-
-def _round(x: float) -> int:
-    """Round half up (Python's ``round`` rounds half to even)."""
-    return int(np.floor(x + 0.5))
-
-
-def _split_count(total: int, fraction: float) -> int:
-    """Subjects for a held-out split: ``fraction`` of ``total``, at least one when ``fraction`` > 0."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"split fractions must be in [0, 1), got {fraction}")
-    return max(1, _round(total * fraction)) if fraction > 0 else 0
-
-
-def _allocate(sizes: dict[str, int], total: int, rng: np.random.Generator) -> dict[str, int]:
-    """Share ``total`` among groups in proportion to ``sizes`` (largest remainder, seeded tie-break)."""
-    n = sum(sizes.values())
-    groups = sorted(sizes)
-    quota = {g: total * sizes[g] / n for g in groups}
-    counts = {g: min(sizes[g], int(np.floor(quota[g]))) for g in groups}
-    noise = rng.random(len(groups))
-    order = sorted(range(len(groups)), key=lambda i: (-(quota[groups[i]] - counts[groups[i]]), noise[i]))
-    remaining = total - sum(counts.values())
-    while remaining > 0:
-        for i in order:
-            g = groups[i]
-            if remaining > 0 and counts[g] < sizes[g]:
-                counts[g] += 1
-                remaining -= 1
-    return counts
-
-
-def split_subjects(subjects: list[SubjectRecord], seed: int = 0, val_fraction: float = 0.1,
-                   test_fraction: float = 0.2) -> dict[str, list[str]]:
-    """Disjoint ``train``/``validation``/``test`` subject ids, stratified by pathology group, from ``seed``.
-
-    The test and validation sizes are ``fraction * N`` rounded (at least one subject when the fraction is
-    positive), shared among groups in proportion to their sizes; the result depends only on the subjects
-    and ``seed``, not on their order.
-    """
-    by_group: dict[str, list[str]] = defaultdict(list)
-    for record in sorted(subjects, key=lambda r: r.subject):
-        by_group[record.group].append(record.subject)
-    total = sum(len(v) for v in by_group.values())
-    n_test, n_val = _split_count(total, test_fraction), _split_count(total, val_fraction)
-    if total - n_test - n_val < 1:
-        raise ValueError(f"{total} subjects cannot give {n_test} test, {n_val} validation and >= 1 training")
-    rng = np.random.default_rng(seed)
-    shuffled = {g: [ids[i] for i in rng.permutation(len(ids))] for g, ids in sorted(by_group.items())}
-    test_counts = _allocate({g: len(v) for g, v in shuffled.items()}, n_test, rng)
-    rest = {g: v[test_counts[g]:] for g, v in shuffled.items()}
-    val_counts = _allocate({g: len(v) for g, v in rest.items() if v}, n_val, rng)
-    splits = {"train": [], "validation": [], "test": []}
-    for g, ids in shuffled.items():
-        splits["test"] += ids[:test_counts[g]]
-        splits["validation"] += rest[g][:val_counts.get(g, 0)]
-        splits["train"] += rest[g][val_counts.get(g, 0):]
-    return {name: sorted(ids) for name, ids in splits.items()}
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-def load_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Load a NIfTI volume as float32 data and its affine (voxel sizes repaired from the header).
-
-    DataError, naming the file, when it is missing, not NIfTI, truncated or corrupt, not ``ndim``-D, or holds
-    NaN/inf voxels.
-    """
-    import nibabel as nib
-
-    from pix2rep_bundle.data.preprocessing import repair_affine
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # nibabel raises many types for bad files
-        raise DataError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DataError(path, f"not a NIfTI file (read as {type(img).__name__})")
-    if len(img.shape) != ndim:
-        raise DataError(path, f"expected a {ndim}D volume, got shape {tuple(img.shape)}")
-    try:
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
-        raise DataError(path, f"truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
-    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise DataError(path, f"{bad} NaN/inf voxels")
-    affine = repair_affine(img.affine, img.header.get_zooms()[:3])
-    return data, affine
-
-
-def check_label(label: np.ndarray, path: Path) -> None:
-    """DataError when a label map holds values other than 0..3."""
-    values = np.unique(label)
-    bad = values[~np.isin(values, LABEL_VALUES)]
-    if bad.size:
-        shown = ", ".join(f"{v:g}" for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-        raise DataError(path, f"label values outside 0..3: {shown}")
-
-
-def check_pair(image: np.ndarray, image_affine: np.ndarray, label: np.ndarray, label_affine: np.ndarray,
-               image_path: Path, label_path: Path) -> None:
-    """DataError (naming the label file) when the label does not match its image in shape or geometry."""
-    if image.shape != label.shape:
-        raise DataError(label_path, f"shape {label.shape} differs from image {image_path.name} shape {image.shape}")
-    if not np.allclose(image_affine, label_affine, rtol=0, atol=AFFINE_TOL):
-        raise DataError(label_path, f"affine differs from image {image_path.name} beyond {AFFINE_TOL} "
-                                    f"(label {np.round(label_affine, 4).tolist()}, "
-                                    f"image {np.round(image_affine, 4).tolist()})")
-
-
 # ---------------------------------------------------------------------------------------------- preparation
 
 def _meta_tensor(data: np.ndarray, affine: np.ndarray, path: Path):
@@ -385,28 +255,6 @@ def _prepare_subject(job: tuple[SubjectRecord, str, tuple, tuple, bool]) -> tupl
     return labeled, cine
 
 
-def _single_threaded_worker() -> None:
-    """Process-pool initialiser: one torch thread per worker (the workers already run in parallel)."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _run_jobs(jobs: list, num_workers: int):
-    """Yield the per-subject results in order, in this process or in a process pool.
-
-    The pool spawns fresh interpreters: forking a process whose torch/OpenMP threads have run can deadlock.
-    """
-    if num_workers and num_workers > 0 and len(jobs) > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=int(num_workers), mp_context=context,
-                                 initializer=_single_threaded_worker) as pool:
-            yield from pool.map(_prepare_subject, jobs)
-        return
-    for job in jobs:
-        yield _prepare_subject(job)
-
-
 def _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine,
                 split: str = "random") -> dict:
     """The recorded parameters of a preparation (what a reused datalist must match)."""
@@ -414,22 +262,6 @@ def _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fract
             "image_size": [int(s) for s in image_size], "seed": int(seed), "val_fraction": float(val_fraction),
             "test_fraction": float(test_fraction), "include_cine": bool(include_cine), "split": check_split(split),
             "version": DATALIST_VERSION}
-
-
-def subject_splits(subjects: list[SubjectRecord], split: str, seed: int, val_fraction: float, test_fraction: float,
-                   dataset_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """``train``/``validation``/``test`` (and ``pretrain``, the unlabelled pool) subject ids: drawn from ``seed``
-    (``split="random"``; ``pretrain`` is ``train``) or a published split (all its subjects must be present)."""
-    if check_split(split) == "random":
-        splits = split_subjects(subjects, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
-        return {**splits, "pretrain": list(splits["train"])}
-    pools = named_pools(split)
-    present = {r.subject for r in subjects}
-    missing = sorted({s for ids in pools.values() for s in ids} - present)
-    if missing:
-        raise DataError(dataset_dir, f"split {split} needs ACDC subjects that are not here: {', '.join(missing[:8])}"
-                                     f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)")
-    return pools
 
 
 def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str:
@@ -496,7 +328,7 @@ def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
         jobs = [(r, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]),
                  include_cine and r.subject in train) for r in subjects]
         step = max(1, len(jobs) // 10)
-        for done, (record, (lab, cin)) in enumerate(zip(subjects, _run_jobs(jobs, num_workers)), start=1):
+        for done, (record, (lab, cin)) in enumerate(zip(subjects, run_jobs(_prepare_subject, jobs, num_workers)), start=1):
             labeled[record.subject], cine[record.subject] = lab, cin
             if done % step == 0 or done == len(jobs):
                 print(f"prepare: {done}/{len(jobs)} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
@@ -531,27 +363,6 @@ def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
     return all((root / path).is_file() for path in paths)
 
 
-class _FileLock:
-    """Exclusive advisory lock on a file (POSIX ``fcntl``; a no-op where unavailable)."""
-
-    def __init__(self, path: Path):
-        self.path, self.handle = path, None
-
-    def __enter__(self) -> "_FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a")
-        try:
-            import fcntl
-
-            fcntl.flock(self.handle, fcntl.LOCK_EX)
-        except ImportError:
-            pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.close()
-
-
 def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
                     seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -567,27 +378,9 @@ def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
         return datalist_path
     refuse_overlap(output_dir, {"dataset folder": dataset_dir})  # before the lock file is made beside it
     check_replaceable(output_dir, "prepared")
-    with _FileLock(output_dir.parent / f".{output_dir.name}.lock"):
+    with FileLock(output_dir.parent / f".{output_dir.name}.lock"):
         if _matches(datalist_path, params, fingerprint):
             return datalist_path
         return prepare_dataset(dataset_dir, output_dir, spacing=spacing, image_size=image_size, seed=seed,
                                val_fraction=val_fraction, test_fraction=test_fraction,
                                include_cine=include_cine, num_workers=num_workers, split=split)
-
-
-def summarize(datalist_path: str | os.PathLike) -> dict:
-    """Counts of a datalist: subjects per split and group, volumes and 2D slices per pool."""
-    import nibabel as nib
-
-    datalist_path = Path(datalist_path)
-    datalist = json.loads(datalist_path.read_text())
-    groups = datalist["groups"]
-    summary: dict[str, Any] = {"subjects": {}, "volumes": {}, "slices": {}}
-    for split, ids in datalist["splits"].items():
-        summary["subjects"][split] = dict(sorted(Counter(groups[s] for s in ids).items()), total=len(ids))
-    for pool in ("pretrain", "labeled", "validation", "test"):
-        entries = datalist[pool]
-        summary["volumes"][pool] = len(entries)
-        summary["slices"][pool] = sum(int(nib.load(str(datalist_path.parent / e["image"])).shape[-1])
-                                      for e in entries)
-    return summary

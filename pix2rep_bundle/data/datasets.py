@@ -11,7 +11,7 @@ import json
 import os
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pix2rep_bundle.data.acdc import check_label
 from pix2rep_bundle.data.published_splits import fixed_combination
+from pix2rep_bundle.data.volume_checks import check_label
 from pix2rep_bundle.errors import DataError
 
 POOLS = ("pretrain", "labeled", "validation", "test")
@@ -276,3 +276,21 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {key: volume[key][k][None].copy() for key in self.keys if key in volume}
         item.update(subject=volume["subject"], frame=volume["frame"], slice_index=k, num_slices=volume["num_slices"])
         return self.transform(item) if self.transform is not None else item
+
+
+def summarize_datalist(datalist_path: str | os.PathLike) -> dict:
+    """Counts of a datalist: subjects per split and group, volumes and 2D slices per pool."""
+    import nibabel as nib
+
+    datalist_path = Path(datalist_path)
+    datalist = json.loads(datalist_path.read_text())
+    groups = datalist["groups"]
+    summary: dict[str, Any] = {"subjects": {}, "volumes": {}, "slices": {}}
+    for split, ids in datalist["splits"].items():
+        summary["subjects"][split] = dict(sorted(Counter(groups[s] for s in ids).items()), total=len(ids))
+    for pool in ("pretrain", "labeled", "validation", "test"):
+        entries = datalist[pool]
+        summary["volumes"][pool] = len(entries)
+        summary["slices"][pool] = sum(int(nib.load(str(datalist_path.parent / e["image"])).shape[-1])
+                                      for e in entries)
+    return summary

@@ -99,7 +99,7 @@ def named_pools(split: str) -> dict[str, list[str]]:
     if split == "semi_70_10_20":
         return {"pretrain": _names(SEMI_70_10_20_TRAIN), "train": _names(SEMI_70_10_20_TRAIN),
                 "validation": _names(SEMI_70_10_20_VALIDATION), "test": _names(SEMI_70_10_20_TEST)}
-    raise ValueError("the 'random' split is drawn from a seed, not named (pix2rep_bundle.data.acdc.split_subjects)")
+    raise ValueError("the 'random' split is drawn from a seed, not named (pix2rep_bundle.data.splits.split_subjects)")
 
 
 def labelled_phases(split: str) -> tuple[str, ...]:
