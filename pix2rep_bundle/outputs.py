@@ -103,15 +103,21 @@ def refuse_overlap(path: str | os.PathLike, protected: Mapping[str, str | os.Pat
                                   "there; choose another output folder")
 
 
+def _refuse_a_file_in_the_way(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DataError(folder, "a file is in the way of this output folder; it is left untouched")
+
+
 def check_replaceable(folder: str | os.PathLike, kind: str) -> None:
     """DataError unless ``folder`` may be replaced wholesale by a new ``kind`` folder: it does not exist, is empty,
     or is a bundle-made ``kind`` folder."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise DataError(folder, "a file is in the way of this output folder; it is left untouched")
-    if is_empty(folder) or folder_kind(folder) == kind:
+    _refuse_a_file_in_the_way(folder)
+    if is_empty(folder):
         return
     found = folder_kind(folder)
+    if found == kind:
+        return
     what = f"a bundle-made '{found}' folder" if found else f"not made by the bundle (no {MARKER})"
     raise DataError(folder, f"exists, is not empty and is {what}: it is left untouched. Choose a new or empty "
                             f"folder for the {kind} output (or remove this one yourself)")
@@ -134,16 +140,15 @@ def claim_output_dir(folder: str | os.PathLike, kind: str, overwrite: bool = Fal
     """Make ``folder`` the output folder of a ``kind`` job and mark it; returns it.
 
     Taken when it does not exist, is empty (or holds only bundle-made folders) or is already a bundle-made ``kind``
-    folder; a non-empty folder that is not (the user's own files, or another kind of output) only with ``overwrite`` (the job then writes its own files
-    beside what is there and deletes nothing). Never a ``protected`` folder (:func:`refuse_overlap`). Checks that
+    folder; a non-empty folder that is not (the user's own files, or another kind of output) only with
+    ``overwrite`` (the job then writes its own files beside what is there and deletes nothing). Never a ``protected`` folder (:func:`refuse_overlap`). Checks that
     files can be written there, before any long work.
     """
     import tempfile
 
     refuse_overlap(folder, protected or {}, inside_allowed)
     path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise DataError(folder, "a file is in the way of this output folder")
+    _refuse_a_file_in_the_way(path)
     found = None if is_empty(path) else folder_kind(path)
     if not _holds_only_bundle_folders(path) and found != kind:
         what = f"holds a '{found}' output of the bundle" if found else f"was not made by the bundle (no {MARKER})"
