@@ -48,6 +48,7 @@ class ViewPair(NamedTuple):
 
 # ------------------------------------------------------------------------------------------- spatial
 
+
 def flip_maps(flips: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``(B, 3, 3)`` voxel maps of flips: ``flips`` ``(B, 2)`` bool per axis; axis ``k`` maps ``i -> n_k - 1 - i``."""
     out = torch.eye(3, dtype=torch.float64, device=flips.device).repeat(flips.shape[0], 1, 1)
@@ -58,8 +59,9 @@ def flip_maps(flips: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return out
 
 
-def similarity_maps(angles: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor,
-                    shape: Sequence[int]) -> torch.Tensor:
+def similarity_maps(
+    angles: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor, shape: Sequence[int]
+) -> torch.Tensor:
     """``(B, 3, 3)`` voxel maps ``C R (s x + t) C^-1`` from view to source, MONAI ``RandAffine``'s convention.
 
     ``angles`` ``(B,)`` radians, ``scales`` ``(B,)``, ``shifts`` ``(B, 2)`` in pixels; ``C`` moves the origin to
@@ -86,6 +88,7 @@ def resample(images: torch.Tensor, to_source: torch.Tensor, mode: str = "bilinea
 
 
 # ----------------------------------------------------------------------------------------- intensity
+
 
 def _chosen(probability: float, batch: int, device: torch.device) -> torch.Tensor:
     """``(B, 1, 1, 1)`` bool: which samples a transform of this probability applies to."""
@@ -147,6 +150,7 @@ def blur(images: torch.Tensor, sigma_rows: torch.Tensor, sigma_cols: torch.Tenso
 
 # ------------------------------------------------------------------------------------------- the pair
 
+
 class BatchPairedViews:
     """Draw and apply two independent augmentations to a batch of source slices on its device.
 
@@ -199,8 +203,9 @@ class BatchPairedViews:
             c, b = self.contrast_range, self.brightness_range
             factor = 1.0 + _uniform(-c, c, batch, device)
             views = torch.where(_chosen(self.contrast_prob, batch, device), views * factor, views)
-            views = torch.where(_chosen(self.contrast_prob, batch, device), views + _uniform(-b, b, batch, device),
-                                views)
+            views = torch.where(
+                _chosen(self.contrast_prob, batch, device), views + _uniform(-b, b, batch, device), views
+            )
         if self.bias_field_prob:
             terms = (BIAS_FIELD_DEGREE + 1) * (BIAS_FIELD_DEGREE + 2) // 2
             k = self.bias_field_coeff
@@ -251,8 +256,13 @@ class PrepareAugmentedPairs:
         self.image_key = image_key
         self.channels_last = channels_last
 
-    def __call__(self, batchdata: Mapping[str, Any], device: str | torch.device | None = None,
-                 non_blocking: bool = False, **kwargs: Any) -> tuple[torch.Tensor, Alignment]:
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, Alignment]:
         images = batchdata[self.image_key]
         images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
         images = images.to(device=device, non_blocking=non_blocking)

@@ -22,15 +22,16 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.engines.workflow import Workflow
 from monai.engines.utils import IterationEvents
+from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 
 __all__ = ["autocast_context", "bf16_is_fast", "as_float32", "AutocastTrainer", "AutocastEvaluator"]
 
 
-def autocast_context(enabled: bool, device: torch.device | str, amp_kwargs: dict[str, Any] | None = None
-                     ) -> AbstractContextManager:
+def autocast_context(
+    enabled: bool, device: torch.device | str, amp_kwargs: dict[str, Any] | None = None
+) -> AbstractContextManager:
     """``torch.autocast(device.type, **amp_kwargs)`` when ``enabled``, else a context that does nothing.
 
     ValueError when the device type has no autocast (e.g. ``mps`` on older torch), naming it."""
@@ -62,8 +63,10 @@ def as_float32(tensor: torch.Tensor) -> torch.Tensor:
 
 def _check_supported(kwargs: dict[str, Any], engine: str) -> None:
     if kwargs.get("compile", False):
-        raise ValueError(f"{engine} does not take compile=True: compile the network itself "
-                         "(pix2rep_bundle.networks.compile_network, --compile true in configs/pretrain.yaml)")
+        raise ValueError(
+            f"{engine} does not take compile=True: compile the network itself "
+            "(pix2rep_bundle.networks.compile_network, --compile true in configs/pretrain.yaml)"
+        )
     if kwargs.get("accumulation_steps", 1) != 1:
         raise ValueError(f"{engine} does not support accumulation_steps > 1")
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 import os
 
 
-class DataError(ValueError):
+class PathError(ValueError):
+    """A problem with one file or folder; reads ``<path>: <problem>`` (and survives pickling, e.g. from workers)."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(os.fspath(path), problem)
+        self.path = os.fspath(path)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+class DataError(PathError):
     """A data file or folder that cannot be used, with the path and what is wrong with it."""
 
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
-
-class CheckpointError(ValueError):
+class CheckpointError(PathError):
     """A checkpoint that is missing or does not fit the network it is loaded into."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")

@@ -48,8 +48,12 @@ def metric_columns() -> list[str]:
 
 
 @torch.no_grad()
-def predict_volume(network: nn.Module, volume: torch.Tensor | np.ndarray, batch_size: int = 16,
-                   device: str | torch.device | None = None) -> torch.Tensor:
+def predict_volume(
+    network: nn.Module,
+    volume: torch.Tensor | np.ndarray,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
     """Segment a volume slice by slice with a 2D network.
 
     Args:
@@ -80,8 +84,9 @@ def _one_hot(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     return one_hot(labels[None, None], num_classes=NUM_CLASSES)
 
 
-def volume_metrics(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray,
-                   spacing: Sequence[float]) -> dict[str, float]:
+def volume_metrics(
+    pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray, spacing: Sequence[float]
+) -> dict[str, float]:
     """Dice and HD95 (mm) per structure and their mean, for two (H, W, S) label volumes.
 
     Empty structures follow the module's rules (both empty: Dice 1, HD95 0; one empty: Dice 0, HD95 nan);
@@ -101,7 +106,7 @@ def volume_metrics(pred: torch.Tensor | np.ndarray, label: torch.Tensor | np.nda
         if in_pred and in_label:
             with warnings.catch_warnings():  # MONAI 1.6 passes a deprecated argument to itself
                 warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-                hd = hd_metric(pred_oh[:, c:c + 1], label_oh[:, c:c + 1], spacing=[float(s) for s in spacing])
+                hd = hd_metric(pred_oh[:, c : c + 1], label_oh[:, c : c + 1], spacing=[float(s) for s in spacing])
             out[f"hd95_{name}"] = float(hd.item())
         else:
             out[f"hd95_{name}"] = 0.0 if in_pred == in_label else math.nan
@@ -118,8 +123,13 @@ def voxel_spacing(image: MetaTensor) -> list[float]:
     return [float(v) for v in torch.linalg.norm(affine[:3, :3], dim=0)]
 
 
-def evaluate_volumes(network: nn.Module, entries: Iterable[Mapping[str, Any]], batch_size: int = 16,
-                     device: str | torch.device | None = None, log: Any = print) -> list[dict[str, Any]]:
+def evaluate_volumes(
+    network: nn.Module,
+    entries: Iterable[Mapping[str, Any]],
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    log: Any = print,
+) -> list[dict[str, Any]]:
     """Segment and score every volume of ``entries`` (datalist entries with ``image`` and ``label`` paths).
 
     Returns one row per volume: the entry's ``subject``, ``frame``, ``phase``, ``group``, ``image`` and the
@@ -134,9 +144,11 @@ def evaluate_volumes(network: nn.Module, entries: Iterable[Mapping[str, Any]], b
         row = {k: entry.get(k, "") for k in INFO_COLUMNS} | metrics
         rows.append(row)
         if log is not None:
-            log(f"{row['subject']} {row['phase'] or row['frame']}: Dice RV {row['dice_RV']:.3f} "
+            log(
+                f"{row['subject']} {row['phase'] or row['frame']}: Dice RV {row['dice_RV']:.3f} "
                 f"MYO {row['dice_MYO']:.3f} LV {row['dice_LV']:.3f} mean {row['dice_mean']:.3f}, "
-                f"HD95 mean {row['hd95_mean']:.1f} mm")
+                f"HD95 mean {row['hd95_mean']:.1f} mm"
+            )
     return rows
 
 
@@ -168,8 +180,12 @@ def rows_to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike,
-                 extra: Mapping[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
+def write_report(
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    extra: Mapping[str, Any] | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
     """Write ``metrics.csv`` and ``summary.json`` into ``output_dir`` atomically; return the summary.
 
     Args:
@@ -187,6 +203,9 @@ def write_report(rows: Sequence[Mapping[str, Any]], output_dir: str | os.PathLik
         overall = summary["overall"]
         parts = [f"{s} {overall[f'dice_{s}']['mean']:.3f}" for s in (*STRUCTURES, "mean")]
         hd95 = overall["hd95_mean"]["mean"]
-        log(f"{len(rows)} volumes, Dice " + ", ".join(parts) +
-            f"; HD95 mean {'n/a' if hd95 is None else f'{hd95:.1f} mm'}; report in {output_dir}")
+        log(
+            f"{len(rows)} volumes, Dice "
+            + ", ".join(parts)
+            + f"; HD95 mean {'n/a' if hd95 is None else f'{hd95:.1f} mm'}; report in {output_dir}"
+        )
     return summary

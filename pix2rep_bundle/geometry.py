@@ -45,6 +45,7 @@ class Alignment(NamedTuple):
 
 # ------------------------------------------------------------------------------------------------ maps
 
+
 def _as_batched_3x3(affine: Any) -> torch.Tensor:
     """A MONAI affine (``(4, 4)``, ``(3, 3)`` or batched) as a float64 ``(B, 3, 3)`` map on the 2 spatial axes."""
     affine = torch.as_tensor(affine)
@@ -70,16 +71,21 @@ def voxel_map(affine_from: Any, affine_to: Any) -> torch.Tensor:
     return torch.linalg.solve(a_to, a_from)
 
 
-def pixel_scaling(feature_shape: Sequence[int], image_shape: Sequence[int], dtype=torch.float64,
-                  device: torch.device | str | None = None) -> torch.Tensor:
+def pixel_scaling(
+    feature_shape: Sequence[int],
+    image_shape: Sequence[int],
+    dtype=torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``(3, 3)`` map from voxel coordinates of a feature map to those of the image it was computed from.
 
     Pixel-area convention (that of pooling and strided convolutions): feature pixel ``k`` of a map ``r`` times
     coarser covers image pixels ``[r k, r k + r)``, so it sits at image coordinate ``r (k + 0.5) - 0.5``.
     """
     r_i, r_j = (image_shape[0] / feature_shape[0], image_shape[1] / feature_shape[1])
-    return torch.tensor([[r_i, 0.0, 0.5 * r_i - 0.5], [0.0, r_j, 0.5 * r_j - 0.5], [0.0, 0.0, 1.0]],
-                        dtype=dtype, device=device)
+    return torch.tensor(
+        [[r_i, 0.0, 0.5 * r_i - 0.5], [0.0, r_j, 0.5 * r_j - 0.5], [0.0, 0.0, 1.0]], dtype=dtype, device=device
+    )
 
 
 def _normaliser(shape: torch.Tensor) -> torch.Tensor:
@@ -93,17 +99,20 @@ def _normaliser(shape: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _normalised_grid(voxel_maps: torch.Tensor, from_shapes: torch.Tensor, to_shapes: torch.Tensor,
-                     size: Sequence[int]) -> torch.Tensor:
+def _normalised_grid(
+    voxel_maps: torch.Tensor, from_shapes: torch.Tensor, to_shapes: torch.Tensor, size: Sequence[int]
+) -> torch.Tensor:
     """``(B, H, W, 2)`` float32 ``grid_sample`` grid of ``(B, 3, 3)`` voxel maps from maps of shapes ``from_shapes``
     (``(B, 2)``, each ``size``) to maps of shapes ``to_shapes`` (``F.affine_grid`` on the conjugated map)."""
     theta = _normaliser(to_shapes) @ voxel_maps @ torch.linalg.inv(_normaliser(from_shapes))
-    return F.affine_grid(theta[:, :2].float(), [theta.shape[0], 1, int(size[0]), int(size[1])],
-                         align_corners=ALIGN_CORNERS)
+    return F.affine_grid(
+        theta[:, :2].float(), [theta.shape[0], 1, int(size[0]), int(size[1])], align_corners=ALIGN_CORNERS
+    )
 
 
-def sampling_grid(voxel_maps: torch.Tensor, from_shapes: torch.Tensor, to_shapes: torch.Tensor,
-                  size: Sequence[int]) -> torch.Tensor:
+def sampling_grid(
+    voxel_maps: torch.Tensor, from_shapes: torch.Tensor, to_shapes: torch.Tensor, size: Sequence[int]
+) -> torch.Tensor:
     """``(B, H, W, 2)`` ``grid_sample`` grid sampling maps of shapes ``to_shapes`` ``(B, 2)`` at ``voxel_maps``
     ``(B, 3, 3)`` of the pixels of maps of shape ``size`` (``from_shapes``): :func:`warp` with it gives
     ``out(v) = in(M v)``. Computed in float64, returned float32, autocast off."""
@@ -121,11 +130,13 @@ def _inside(grid: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
 def warp(features: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Sample ``features`` ``(B, C, h, w)`` at ``grid`` ``(B, H, W, 2)``: ``(B, C, H, W)`` in the grid's frame
     (``align_corners=False``, zeros outside)."""
-    return F.grid_sample(features, grid.to(features.dtype), mode=mode, padding_mode="zeros",
-                         align_corners=ALIGN_CORNERS)
+    return F.grid_sample(
+        features, grid.to(features.dtype), mode=mode, padding_mode="zeros", align_corners=ALIGN_CORNERS
+    )
 
 
 # ------------------------------------------------------------------------------------------- alignment
+
 
 def _shape_tensor(shape: Any, batch: int, device: torch.device) -> torch.Tensor:
     """A shape ``(H, W)`` or per-sample shapes ``(B, 2)`` as a float64 ``(B, 2)`` tensor."""
@@ -138,8 +149,9 @@ def _shape_tensor(shape: Any, batch: int, device: torch.device) -> torch.Tensor:
     return shape
 
 
-def alignment_from_maps(map_1_to_2: torch.Tensor, map_1_to_source: torch.Tensor, source_shape: Any,
-                        view_shape: Sequence[int]) -> Alignment:
+def alignment_from_maps(
+    map_1_to_2: torch.Tensor, map_1_to_source: torch.Tensor, source_shape: Any, view_shape: Sequence[int]
+) -> Alignment:
     """Grid and validity mask in the frame of view 1 from batched homogeneous voxel maps.
 
     Args:
@@ -157,8 +169,9 @@ def alignment_from_maps(map_1_to_2: torch.Tensor, map_1_to_source: torch.Tensor,
         return _alignment(map_1_to_2, map_1_to_source, source_shape, view_shape)
 
 
-def _alignment(map_1_to_2: torch.Tensor, map_1_to_source: Any, source_shape: Any,
-               view_shape: Sequence[int]) -> Alignment:
+def _alignment(
+    map_1_to_2: torch.Tensor, map_1_to_source: Any, source_shape: Any, view_shape: Sequence[int]
+) -> Alignment:
     """:func:`alignment_from_maps` with autocast off."""
     map_1_to_source = torch.as_tensor(map_1_to_source, dtype=torch.float64, device=map_1_to_2.device)
     batch, device = map_1_to_2.shape[0], map_1_to_2.device
@@ -189,13 +202,19 @@ def _source_geometry(batch: Mapping[str, Any], source_key: str) -> tuple[Any, An
         return batch[SOURCE_AFFINE_KEY], batch[SOURCE_SHAPE_KEY]
     if source_key in batch and hasattr(batch[source_key], "affine"):
         return batch[source_key].affine, tuple(batch[source_key].shape[-2:])
-    raise ValueError(f"batch has neither {SOURCE_AFFINE_KEY!r}/{SOURCE_SHAPE_KEY!r} nor a {source_key!r} MetaTensor: "
-                     "the source geometry is needed for the validity mask")
+    raise ValueError(
+        f"batch has neither {SOURCE_AFFINE_KEY!r}/{SOURCE_SHAPE_KEY!r} nor a {source_key!r} MetaTensor: "
+        "the source geometry is needed for the validity mask"
+    )
 
 
-def alignment_from_batch(batch: Mapping[str, Any], view_keys: Sequence[str] = ("view_1", "view_2"),
-                         feature_shape: Sequence[int] | None = None, source_key: str = "image",
-                         device: torch.device | str | None = None) -> Alignment:
+def alignment_from_batch(
+    batch: Mapping[str, Any],
+    view_keys: Sequence[str] = ("view_1", "view_2"),
+    feature_shape: Sequence[int] | None = None,
+    source_key: str = "image",
+    device: torch.device | str | None = None,
+) -> Alignment:
     """The :class:`Alignment` of a collated batch made by :func:`pix2rep_bundle.transforms.paired_views`.
 
     Reads the views' recorded affines (``batch[view_key].affine``, ``(B, 4, 4)``) and the source geometry

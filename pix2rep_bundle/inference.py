@@ -40,8 +40,12 @@ def volumes_in_folder(folder: str | os.PathLike) -> list[str]:
     found = []
     for path in sorted(folder.rglob("*")):
         stem = _nifti_stem(path.name)
-        if path.is_file() and stem is not None and not stem.endswith(SKIPPED_SUFFIXES) \
-                and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+        if (
+            path.is_file()
+            and stem is not None
+            and not stem.endswith(SKIPPED_SUFFIXES)
+            and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        ):
             found.append(str(path))
     if not found:
         raise DataError(folder, "no NIfTI volume (*.nii, *.nii.gz) in this folder")
@@ -120,8 +124,9 @@ def inputs_root(entries: Sequence[Mapping[str, Any]]) -> str:
     return os.path.commonpath(folders) if folders else ""
 
 
-def output_paths(entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg",
-                 suffix: str = ".nii.gz") -> dict[str, str]:
+def output_paths(
+    entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg", suffix: str = ".nii.gz"
+) -> dict[str, str]:
     """``{input image: segmentation path}`` as ``SaveImaged`` writes them (``data_root_dir`` = :func:`inputs_root`,
     so ``in/a/sa.nii.gz`` and ``in/b/sa.nii.gz`` give ``out/a/sa_seg.nii.gz`` and ``out/b/sa_seg.nii.gz``).
 
@@ -136,17 +141,23 @@ def output_paths(entries: Sequence[Mapping[str, Any]], output_dir: str | os.Path
         out = os.path.abspath(os.path.join(os.fspath(output_dir), os.path.relpath(os.path.dirname(image), root), name))
         clash = next((i for i, o in planned.items() if o == out), None)
         if clash is not None:
-            raise DataError(image, f"gives the same output as {clash} ({out}): rename one of them or segment them "
-                                   "in separate runs")
+            raise DataError(
+                image,
+                f"gives the same output as {clash} ({out}): rename one of them or segment them " "in separate runs",
+            )
         if out in inputs:
-            raise DataError(out, "would be overwritten by a segmentation (an input file): choose another "
-                                 "--output_dir or a non-empty --output_postfix")
+            raise DataError(
+                out,
+                "would be overwritten by a segmentation (an input file): choose another "
+                "--output_dir or a non-empty --output_postfix",
+            )
         planned[image] = out
     return planned
 
 
-def check_outputs(entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg",
-                  overwrite: Any = False) -> str:
+def check_outputs(
+    entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg", overwrite: Any = False
+) -> str:
     """Before any work: every input gets its own output (:func:`output_paths`), ``output_dir`` is not and does not
     contain the inputs' folder, and it is a new, empty or bundle-made segmentation folder (else
     ``--overwrite true``). A subfolder of the inputs' folder is fine. Returns ``output_dir``."""
@@ -154,8 +165,13 @@ def check_outputs(entries: Sequence[Mapping[str, Any]], output_dir: str | os.Pat
     from pix2rep_bundle.settings import as_bool
 
     output_paths(entries, output_dir, postfix)
-    return claim_output_dir(output_dir, "segmentations", overwrite=as_bool(overwrite, "overwrite"),
-                            protected={"inputs' folder": inputs_root(entries)}, inside_allowed=("inputs' folder",))
+    return claim_output_dir(
+        output_dir,
+        "segmentations",
+        overwrite=as_bool(overwrite, "overwrite"),
+        protected={"inputs' folder": inputs_root(entries)},
+        inside_allowed=("inputs' folder",),
+    )
 
 
 def copy_geometry(path: str | os.PathLike, source: str | os.PathLike) -> None:
@@ -189,7 +205,7 @@ class AtomicNibabelWriter(NibabelWriter):
     def write(self, filename_or_obj, verbose: bool = False, **obj_kwargs):
         path = Path(filename_or_obj)
         stem = _nifti_stem(path.name)
-        suffix = path.name[len(stem):] if stem is not None else ".nii.gz"
+        suffix = path.name[len(stem) :] if stem is not None else ".nii.gz"
         with atomic_path(path, suffix=suffix) as tmp:
             super().write(tmp, verbose=False, **obj_kwargs)
             if self.source is not None:
@@ -225,5 +241,7 @@ class InferenceProgress:
     def _completed(self, engine) -> None:
         count = engine.state.iteration
         seconds = time.perf_counter() - self.start
-        self.log(f"infer: {count} volume(s) in {seconds:.1f} s ({seconds / max(count, 1):.2f} s per volume), "
-                 f"segmentations *_{self.postfix}.nii.gz in {self.output_dir}")
+        self.log(
+            f"infer: {count} volume(s) in {seconds:.1f} s ({seconds / max(count, 1):.2f} s per volume), "
+            f"segmentations *_{self.postfix}.nii.gz in {self.output_dir}"
+        )

@@ -24,15 +24,20 @@ _NO_OVERLAP = "the two views do not overlap: the alignment mask has no valid pix
 
 # ------------------------------------------------------------------------------------------ sampling
 
+
 def _check_inputs(features_1: torch.Tensor, features_2: torch.Tensor, alignment: Alignment) -> None:
     """ValueError unless both feature maps are ``(B, D, H, W)`` on the alignment's ``(B, H, W)`` grid."""
     if features_1.ndim != 4 or features_1.shape != features_2.shape:
-        raise ValueError(f"expected two (B, D, H, W) feature maps of one shape, got {tuple(features_1.shape)} "
-                         f"and {tuple(features_2.shape)}")
+        raise ValueError(
+            f"expected two (B, D, H, W) feature maps of one shape, got {tuple(features_1.shape)} "
+            f"and {tuple(features_2.shape)}"
+        )
     b, _, h, w = features_1.shape
     if tuple(alignment.grid.shape) != (b, h, w, 2) or tuple(alignment.mask.shape) != (b, 1, h, w):
-        raise ValueError(f"alignment (grid {tuple(alignment.grid.shape)}, mask {tuple(alignment.mask.shape)}) does not "
-                         f"fit features {tuple(features_1.shape)}: compute it with feature_shape=({h}, {w})")
+        raise ValueError(
+            f"alignment (grid {tuple(alignment.grid.shape)}, mask {tuple(alignment.mask.shape)}) does not "
+            f"fit features {tuple(features_1.shape)}: compute it with feature_shape=({h}, {w})"
+        )
 
 
 def valid_positions(mask: torch.Tensor, num_samples: int | None = None, per_image: bool = False) -> torch.Tensor:
@@ -66,8 +71,9 @@ def _sample_points(features: torch.Tensor, grid: torch.Tensor, positions: torch.
     slot = torch.arange(positions.numel(), device=positions.device) - starts[image]
     points = grid.new_zeros((b, int(counts.max()), 1, 2))
     points[image, slot, 0] = grid.reshape(-1, 2)[positions]
-    sampled = F.grid_sample(features, points.to(features.dtype), mode="bilinear", padding_mode="zeros",
-                            align_corners=ALIGN_CORNERS)
+    sampled = F.grid_sample(
+        features, points.to(features.dtype), mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS
+    )
     return sampled[image, :, slot, 0]
 
 
@@ -77,8 +83,13 @@ def _pixels(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return features.flatten(2)[positions // (h * w), :, positions % (h * w)]
 
 
-def aligned_rows(features_1: torch.Tensor, features_2: torch.Tensor, alignment: Alignment,
-                 num_samples: int | None = None, per_image: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def aligned_rows(
+    features_1: torch.Tensor,
+    features_2: torch.Tensor,
+    alignment: Alignment,
+    num_samples: int | None = None,
+    per_image: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 ``(N, D)`` rows of aligned features: view 1 at valid pixels, view 2 at their aligned locations."""
     _check_inputs(features_1, features_2, alignment)
     positions = valid_positions(alignment.mask, num_samples, per_image)
@@ -109,6 +120,7 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- losses
+
 
 def nt_xent(rows_1: torch.Tensor, rows_2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent over ``2N`` rows: row ``k`` of view 1 and row ``k`` of view 2 are positives, every other row of
@@ -142,8 +154,13 @@ class Pix2RepLoss(nn.Module):
     one process with the whole batch would; otherwise each process contrasts its own ``2 N`` rows only.
     """
 
-    def __init__(self, num_samples: int = 1000, temperature: float = 0.53, samples_per_image: bool = False,
-                 gather_negatives: bool = False):
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        temperature: float = 0.53,
+        samples_per_image: bool = False,
+        gather_negatives: bool = False,
+    ):
         super().__init__()
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -186,6 +203,7 @@ class Pix2RepBarlowTwinsLoss(nn.Module):
         with torch.autocast(device_type=features_1.device.type, enabled=False):
             rows_1, rows_2 = aligned_rows(features_1, features_2, alignment, self.max_samples)
             if rows_1.shape[0] < 2:
-                raise ValueError("the two views overlap in a single pixel: "
-                                 "Barlow Twins needs at least 2 aligned pixels")
+                raise ValueError(
+                    "the two views overlap in a single pixel: " "Barlow Twins needs at least 2 aligned pixels"
+                )
             return self.barlow_twins(rows_1, rows_2)

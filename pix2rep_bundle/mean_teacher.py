@@ -44,11 +44,15 @@ def check_mean_teacher(mode: str, mean_teacher: Any = True, distributed: bool = 
 
     on = as_bool(mean_teacher, "mean_teacher")
     if on and mode in UNSUPPORTED_MODES:
-        raise ValueError(f"Mean Teacher (configs/mean_teacher.yaml) does not combine with --mode {mode} (a frozen body): "
-                         "use --mode finetune (student and teacher start from the Pix2Rep backbone) or --mode scratch")
+        raise ValueError(
+            f"Mean Teacher (configs/mean_teacher.yaml) does not combine with --mode {mode} (a frozen body): "
+            "use --mode finetune (student and teacher start from the Pix2Rep backbone) or --mode scratch"
+        )
     if on and distributed:
-        raise ValueError("Mean Teacher (configs/mean_teacher.yaml) is not supported with configs/multi_gpu_train.yaml: "
-                         "train it in one process, merged over configs/train.yaml")
+        raise ValueError(
+            "Mean Teacher (configs/mean_teacher.yaml) is not supported with configs/multi_gpu_train.yaml: "
+            "train it in one process, merged over configs/train.yaml"
+        )
     return on
 
 
@@ -129,8 +133,10 @@ class ConsistencyLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, alignment: Alignment) -> torch.Tensor:
         if student_logits.shape != teacher_logits.shape or student_logits.ndim != 4:
-            raise ValueError(f"expected two (B, C, H, W) outputs of one shape, got {tuple(student_logits.shape)} "
-                             f"and {tuple(teacher_logits.shape)}")
+            raise ValueError(
+                f"expected two (B, C, H, W) outputs of one shape, got {tuple(student_logits.shape)} "
+                f"and {tuple(teacher_logits.shape)}"
+            )
         b, c, h, w = student_logits.shape
         if tuple(alignment.mask.shape) != (b, 1, h, w):
             raise ValueError(f"alignment mask {tuple(alignment.mask.shape)} does not fit outputs {(b, c, h, w)}")
@@ -185,22 +191,33 @@ class MeanTeacherTrainer(AutocastTrainer):
         kwargs: ``SupervisedTrainer`` arguments (``network`` is the student).
     """
 
-    def __init__(self, teacher: nn.Module, unlabeled_data_loader: Iterable, ema_decay: float = 0.99,
-                 consistency_weight: float = 1.0, rampup_iterations: int = 0,
-                 consistency_loss: Callable[..., torch.Tensor] | None = None,
-                 unlabeled_prepare_batch: Callable | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        unlabeled_data_loader: Iterable,
+        ema_decay: float = 0.99,
+        consistency_weight: float = 1.0,
+        rampup_iterations: int = 0,
+        consistency_loss: Callable[..., torch.Tensor] | None = None,
+        unlabeled_prepare_batch: Callable | None = None,
+        **kwargs: Any,
+    ):
         if teacher is None or unlabeled_data_loader is None:
             raise ValueError("MeanTeacherTrainer needs a teacher network and an unlabelled data loader")
         if float(consistency_weight) < 0 or int(rampup_iterations) < 0:
-            raise ValueError(f"consistency_weight and rampup_iterations must be >= 0, got {consistency_weight} and "
-                             f"{rampup_iterations}")
+            raise ValueError(
+                f"consistency_weight and rampup_iterations must be >= 0, got {consistency_weight} and "
+                f"{rampup_iterations}"
+            )
         super().__init__(**kwargs)
         self.teacher = teacher
         self.unlabeled_data_loader = unlabeled_data_loader
         self.consistency_weight = float(consistency_weight)
         self.rampup_iterations = int(rampup_iterations)
         self.consistency_loss = ConsistencyLoss() if consistency_loss is None else consistency_loss
-        self.unlabeled_prepare_batch = PrepareViewPairs() if unlabeled_prepare_batch is None else unlabeled_prepare_batch
+        self.unlabeled_prepare_batch = (
+            PrepareViewPairs() if unlabeled_prepare_batch is None else unlabeled_prepare_batch
+        )
         self.ema_update = EMAUpdate(self.network, teacher, ema_decay)
         self.ema_update.attach(self)
         self._unlabeled: Iterator | None = None
@@ -218,8 +235,9 @@ class MeanTeacherTrainer(AutocastTrainer):
         """The supervised loss of the labelled batch plus the weighted consistency on the next unlabelled view pairs
         (forward passes under autocast, losses in float32)."""
         sup_loss = super().forward_loss(inputs, targets, args, kwargs)
-        views, alignment = self.unlabeled_prepare_batch(self.next_unlabeled_batch(), self.state.device,
-                                                        self.non_blocking)
+        views, alignment = self.unlabeled_prepare_batch(
+            self.next_unlabeled_batch(), self.state.device, self.non_blocking
+        )
         view_1, view_2 = views.chunk(2, dim=0)
         self.teacher.train()
         with self.autocast():
@@ -228,8 +246,9 @@ class MeanTeacherTrainer(AutocastTrainer):
                 teacher = self.inferer(view_2, self.teacher)
         consistency = self.consistency_loss(as_float32(student), as_float32(teacher), alignment)
         weight = self.current_consistency_weight(self.state.iteration)
-        self.state.output.update({"sup_loss": sup_loss.detach(), "consistency_loss": consistency.detach(),
-                                  "consistency_weight": weight})
+        self.state.output.update(
+            {"sup_loss": sup_loss.detach(), "consistency_loss": consistency.detach(), "consistency_weight": weight}
+        )
         return sup_loss + weight * consistency
 
 

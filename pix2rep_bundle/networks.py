@@ -10,7 +10,7 @@ that network with everything but ``final_conv`` frozen, and the pretrained weigh
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.networks.nets import BasicUNet
@@ -81,6 +81,42 @@ class Pix2RepNet(nn.Module):
         return self.projection(self.backbone(x))
 
 
+# the six BasicUNet feature widths, each read from the output channels of one convolution of its state dict
+FEATURE_TENSORS = (
+    "conv_0.conv_0.conv.weight",
+    "down_1.convs.conv_0.conv.weight",
+    "down_2.convs.conv_0.conv.weight",
+    "down_3.convs.conv_0.conv.weight",
+    "down_4.convs.conv_0.conv.weight",
+    "upcat_1.convs.conv_1.conv.weight",
+)
+
+
+def unet_features(state: Mapping[str, torch.Tensor]) -> list[int] | None:
+    """The ``features`` of the ``BasicUNet`` whose (backbone or full) state dict is ``state``; None if it is not one."""
+    try:
+        return [int(state[name].shape[0]) for name in FEATURE_TENSORS]
+    except (KeyError, AttributeError, IndexError):
+        return None
+
+
+def describe_network(state: Mapping[str, torch.Tensor]) -> str:
+    """Words for the network a state dict holds, e.g. ``a BasicUNet with features=[16, 16, 32, 64, 128, 32]``."""
+    features = unet_features(state)
+    return f"a BasicUNet with features={features}" if features else "not a BasicUNet"
+
+
+def network_mismatch(
+    path: str | os.PathLike, held: Mapping[str, torch.Tensor], network: nn.Module, detail: str
+) -> CheckpointError:
+    """The error for a checkpoint that does not fit ``network``, naming both networks (e.g. another --profile)."""
+    return CheckpointError(
+        path,
+        f"holds {describe_network(held)}, but the config's network is "
+        f"{describe_network(network.state_dict())} (another --profile or --features?): {detail}",
+    )
+
+
 def backbone_checkpoint(net: Pix2RepNet) -> dict:
     """The downstream part of a pretrained network, as a plain dict (loadable with ``weights_only=True``)."""
     return {
@@ -99,8 +135,11 @@ def save_backbone(net: Pix2RepNet, path: str | os.PathLike) -> None:
 def read_backbone(path: str | os.PathLike) -> dict:
     """Load a backbone checkpoint written by :func:`save_backbone`, with clear errors."""
     if not os.path.isfile(path):
-        raise CheckpointError(path, "pretrained checkpoint not found (run the pretrain config first, or pass "
-                                    "--pretrained_ckpt with an existing file)")
+        raise CheckpointError(
+            path,
+            "pretrained checkpoint not found (run the pretrain config first, or pass "
+            "--pretrained_ckpt with an existing file)",
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
@@ -121,12 +160,14 @@ def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.
     target = network.state_dict()
     for name, tensor in source.items():
         if name not in target:
-            raise CheckpointError(path, f"tensor '{name}' has no counterpart in the network")
+            raise network_mismatch(path, source, network, f"tensor '{name}' has no counterpart in the network")
         if target[name].shape != tensor.shape:
-            raise CheckpointError(
+            raise network_mismatch(
                 path,
-                f"tensor '{name}' has shape {tuple(tensor.shape)} but the network expects "
-                f"{tuple(target[name].shape)}; the checkpoint was pretrained with features={ckpt['features']}",
+                source,
+                network,
+                f"tensor '{name}' has shape {tuple(tensor.shape)} but the "
+                f"network expects {tuple(target[name].shape)}",
             )
     _, updated, _ = copy_model_state(network, source, exclude_vars=HEAD_NAME)
     if len(updated) != len(source):

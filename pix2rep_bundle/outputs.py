@@ -30,8 +30,11 @@ logger = logging.getLogger(__name__)
 MARKER = ".pix2rep_bundle.json"
 PLACEHOLDERS = (".gitkeep",)  # files that leave a folder "empty" (a repository keeps models/ with one)
 # folders made before the marker existed, recognised by a file only the bundle writes: kind -> (file, JSON key)
-LEGACY_MARKERS = {"phantom": ("phantom.json", "generator"), "prepared": ("datalist.json", "source_fingerprint"),
-                  "run": ("run_info.json", "settings")}
+LEGACY_MARKERS = {
+    "phantom": ("phantom.json", "generator"),
+    "prepared": ("datalist.json", "source_fingerprint"),
+    "run": ("run_info.json", "settings"),
+}
 
 
 def is_empty(folder: str | os.PathLike) -> bool:
@@ -50,8 +53,9 @@ def _holds_only_bundle_folders(folder: Path) -> bool:
         return True
     if not folder.is_dir() or (folder / MARKER).exists():
         return False
-    return all(entry.name in PLACEHOLDERS or (entry.is_dir() and folder_kind(entry) is not None)
-               for entry in folder.iterdir())
+    return all(
+        entry.name in PLACEHOLDERS or (entry.is_dir() and folder_kind(entry) is not None) for entry in folder.iterdir()
+    )
 
 
 def folder_kind(folder: str | os.PathLike) -> str | None:
@@ -73,8 +77,14 @@ def folder_kind(folder: str | os.PathLike) -> str | None:
 def write_marker(folder: str | os.PathLike, kind: str) -> Path:
     """Mark ``folder`` as a bundle-made folder of ``kind``."""
     path = Path(folder) / MARKER
-    write_json_atomic(path, {"kind": kind, "made_by": "pix2rep_bundle",
-                             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    write_json_atomic(
+        path,
+        {
+            "kind": kind,
+            "made_by": "pix2rep_bundle",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     return path
 
 
@@ -88,8 +98,9 @@ def _relation(path: Path, other: Path) -> str | None:
     return None
 
 
-def refuse_overlap(path: str | os.PathLike, protected: Mapping[str, str | os.PathLike | None],
-                   inside_allowed: tuple[str, ...] = ()) -> None:
+def refuse_overlap(
+    path: str | os.PathLike, protected: Mapping[str, str | os.PathLike | None], inside_allowed: tuple[str, ...] = ()
+) -> None:
     """DataError when ``path`` is, contains or lies inside one of the ``protected`` folders (``{what: folder}``,
     e.g. ``{"dataset folder": dataset_dir}``; None entries are skipped). For the ``what`` in ``inside_allowed``, a
     subfolder is fine (e.g. segmentations in ``scans/seg/``: the outputs are checked file by file)."""
@@ -99,8 +110,11 @@ def refuse_overlap(path: str | os.PathLike, protected: Mapping[str, str | os.Pat
             continue
         relation = _relation(resolved, Path(folder).resolve())
         if relation is not None and not (relation == "is inside" and what in inside_allowed):
-            raise DataError(path, f"this output folder {relation} the {what} ({folder}): the bundle never writes "
-                                  "there; choose another output folder")
+            raise DataError(
+                path,
+                f"this output folder {relation} the {what} ({folder}): the bundle never writes "
+                "there; choose another output folder",
+            )
 
 
 def _refuse_a_file_in_the_way(folder: Path) -> None:
@@ -119,8 +133,11 @@ def check_replaceable(folder: str | os.PathLike, kind: str) -> None:
     if found == kind:
         return
     what = f"a bundle-made '{found}' folder" if found else f"not made by the bundle (no {MARKER})"
-    raise DataError(folder, f"exists, is not empty and is {what}: it is left untouched. Choose a new or empty "
-                            f"folder for the {kind} output (or remove this one yourself)")
+    raise DataError(
+        folder,
+        f"exists, is not empty and is {what}: it is left untouched. Choose a new or empty "
+        f"folder for the {kind} output (or remove this one yourself)",
+    )
 
 
 @contextlib.contextmanager
@@ -134,14 +151,19 @@ def replaced_directory(folder: str | os.PathLike, kind: str) -> Iterator[Path]:
         check_replaceable(folder, kind)
 
 
-def claim_output_dir(folder: str | os.PathLike, kind: str, overwrite: bool = False,
-                     protected: Mapping[str, str | os.PathLike | None] | None = None,
-                     inside_allowed: tuple[str, ...] = ()) -> str:
+def claim_output_dir(
+    folder: str | os.PathLike,
+    kind: str,
+    overwrite: bool = False,
+    protected: Mapping[str, str | os.PathLike | None] | None = None,
+    inside_allowed: tuple[str, ...] = (),
+) -> str:
     """Make ``folder`` the output folder of a ``kind`` job and mark it; returns it.
 
     Taken when it does not exist, is empty (or holds only bundle-made folders) or is already a bundle-made ``kind``
     folder; a non-empty folder that is not (the user's own files, or another kind of output) only with
-    ``overwrite`` (the job then writes its own files beside what is there and deletes nothing). Never a ``protected`` folder (:func:`refuse_overlap`). Checks that
+    ``overwrite`` (the job then writes its own files beside what is there and deletes nothing). Never a
+    ``protected`` folder (:func:`refuse_overlap`). Checks that
     files can be written there, before any long work.
     """
     import tempfile
@@ -153,9 +175,12 @@ def claim_output_dir(folder: str | os.PathLike, kind: str, overwrite: bool = Fal
     if not _holds_only_bundle_folders(path) and found != kind:
         what = f"holds a '{found}' output of the bundle" if found else f"was not made by the bundle (no {MARKER})"
         if not overwrite:
-            raise DataError(folder, f"is not empty and {what}: choose a new or empty output folder, or pass "
-                                    "--overwrite true to write into it (files of the same names are replaced, "
-                                    "nothing else is deleted)")
+            raise DataError(
+                folder,
+                f"is not empty and {what}: choose a new or empty output folder, or pass "
+                "--overwrite true to write into it (files of the same names are replaced, "
+                "nothing else is deleted)",
+            )
         logger.warning(f"--overwrite true: writing into {folder}, which {what}")
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -38,8 +38,20 @@ logger = logging.getLogger(__name__)
 RUN_KIND = "run"  # the marker kind of a training run's output folder (models/ is one, see models/.pix2rep_bundle.json)
 LOCK_NAME = ".run.lock"
 # settings that change how fast a run goes, not what it computes: a resumed run may change them
-SPEED_SETTINGS = frozenset({"resume", "overwrite", "amp", "channels_last", "compile", "augment_on_device",
-                            "num_workers", "device", "log_interval", "save_interval"})
+SPEED_SETTINGS = frozenset(
+    {
+        "resume",
+        "overwrite",
+        "amp",
+        "channels_last",
+        "compile",
+        "augment_on_device",
+        "num_workers",
+        "device",
+        "log_interval",
+        "save_interval",
+    }
+)
 
 
 def _process_alive(pid: int) -> bool:
@@ -81,9 +93,12 @@ class RunLock:
                     self.path.unlink(missing_ok=True)
                     continue
                 where = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
-                raise DataError(self.path.parent, f"another run ({where}) is writing into this folder: wait for it "
-                                                  f"to end or choose another --output_dir (if no such run exists, "
-                                                  f"remove {self.path})")
+                raise DataError(
+                    self.path.parent,
+                    f"another run ({where}) is writing into this folder: wait for it "
+                    f"to end or choose another --output_dir (if no such run exists, "
+                    f"remove {self.path})",
+                ) from None
             with os.fdopen(fd, "w") as handle:
                 json.dump(me, handle)
             self.held = True
@@ -101,8 +116,11 @@ def differing_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) 
     """``--name: recorded -> current`` for every run-defining setting that differs (speed settings excepted)."""
     names = sorted((set(recorded) | set(current)) - SPEED_SETTINGS)
     current = {k: plain_value(v) for k, v in current.items()}
-    return [f"--{n}: {recorded.get(n, '(not set)')!r} -> {current.get(n, '(not set)')!r}" for n in names
-            if recorded.get(n) != current.get(n)]
+    return [
+        f"--{n}: {recorded.get(n, '(not set)')!r} -> {current.get(n, '(not set)')!r}"
+        for n in names
+        if recorded.get(n) != current.get(n)
+    ]
 
 
 def _recorded(output_dir: Path) -> dict[str, Any]:
@@ -112,9 +130,16 @@ def _recorded(output_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def start_run(output_dir: str | os.PathLike, checkpoint_path: str | os.PathLike, settings: Mapping[str, Any],
-              resume: Any = False, overwrite: Any = False, dataset_dir: str | os.PathLike | None = None,
-              bundle_root: str = ".", write_record: bool = True) -> str:
+def start_run(
+    output_dir: str | os.PathLike,
+    checkpoint_path: str | os.PathLike,
+    settings: Mapping[str, Any],
+    resume: Any = False,
+    overwrite: Any = False,
+    dataset_dir: str | os.PathLike | None = None,
+    bundle_root: str = ".",
+    write_record: bool = True,
+) -> str:
     """Claim ``output_dir`` for a training run (pretraining or few-shot) and record it; see the module docstring.
 
     Returns the path of ``run_info.json``. ``write_record=False`` checks and locks without writing the record
@@ -131,28 +156,45 @@ def start_run(output_dir: str | os.PathLike, checkpoint_path: str | os.PathLike,
         raise
 
 
-def _check_and_record(folder: Path, checkpoint: Path, settings: Mapping[str, Any], resume: bool, overwrite: bool,
-                      bundle_root: str, write_record: bool) -> str:
+def _check_and_record(
+    folder: Path,
+    checkpoint: Path,
+    settings: Mapping[str, Any],
+    resume: bool,
+    overwrite: bool,
+    bundle_root: str,
+    write_record: bool,
+) -> str:
     record = _recorded(folder)
     if checkpoint.is_file():
         if resume and record.get("settings"):
             differences = differing_settings(record["settings"], settings)
             if differences:
-                raise DataError(folder, "--resume true with settings that differ from the run being resumed ("
-                                        + "; ".join(differences) + "): resume with its settings, or start a new run "
-                                        "in another --output_dir")
+                raise DataError(
+                    folder,
+                    "--resume true with settings that differ from the run being resumed ("
+                    + "; ".join(differences)
+                    + "): resume with its settings, or start a new run "
+                    "in another --output_dir",
+                )
         elif resume:
             logger.warning(f"--resume: {folder / RUN_RECORD} is missing, the settings cannot be compared")
         elif overwrite:
             logger.warning(f"--overwrite true: a new run replaces the files of the earlier run in {folder}")
         else:
-            raise DataError(folder, f"holds another run (its checkpoint {checkpoint}): continue it with --resume true, "
-                                    "start afresh over it with --overwrite true (its files are replaced), or choose "
-                                    "another --output_dir")
+            raise DataError(
+                folder,
+                f"holds another run (its checkpoint {checkpoint}): continue it with --resume true, "
+                "start afresh over it with --overwrite true (its files are replaced), or choose "
+                "another --output_dir",
+            )
     if not write_record:
         return str(folder / RUN_RECORD)
-    history = (record.get("started_before", []) + [{k: record.get(k) for k in ("started", "command", "git_commit")}]
-               if resume and record else [])
+    history = (
+        record.get("started_before", []) + [{k: record.get(k) for k in ("started", "command", "git_commit")}]
+        if resume and record
+        else []
+    )
     return write_run_record(folder, settings, bundle_root, started_before=history)
 
 
@@ -163,7 +205,10 @@ def require_batches(loader: Any, what: str) -> int:
     if count == 0:
         dataset = getattr(loader, "dataset", None)
         size = f"{len(dataset)} slices" if dataset is not None else "no slices"
-        raise DataError(what, f"the {what} data give no batch ({size}, --batch_size {loader.batch_size}"
-                              f"{', incomplete batches dropped' if getattr(loader, 'drop_last', False) else ''}): "
-                              "lower --batch_size or add data")
+        raise DataError(
+            what,
+            f"the {what} data give no batch ({size}, --batch_size {loader.batch_size}"
+            f"{', incomplete batches dropped' if getattr(loader, 'drop_last', False) else ''}): "
+            "lower --batch_size or add data",
+        )
     return count

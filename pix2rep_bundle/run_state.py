@@ -38,8 +38,13 @@ class RNGState:
         name, np_keys, pos, has_gauss, cached = np.random.get_state()
         state = {
             "python": {"version": version, "keys": torch.tensor(keys, dtype=torch.int64), "gauss": gauss},
-            "numpy": {"name": name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "numpy": {
+                "name": name,
+                "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+            },
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -50,8 +55,15 @@ class RNGState:
         py = state["python"]
         random.setstate((int(py["version"]), tuple(int(k) for k in py["keys"].tolist()), py["gauss"]))
         npy = state["numpy"]
-        np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), int(npy["pos"]),
-                             int(npy["has_gauss"]), float(npy["cached"])))
+        np.random.set_state(
+            (
+                npy["name"],
+                npy["keys"].numpy().astype(np.uint32),
+                int(npy["pos"]),
+                int(npy["has_gauss"]),
+                float(npy["cached"]),
+            )
+        )
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -61,8 +73,9 @@ class GracefulStop:
     """On SIGINT (Ctrl-C) or SIGTERM: finish the current iteration, write the resumable checkpoint, and exit
     with code 130, saying how to resume. A second signal stops at once, as usual."""
 
-    def __init__(self, checkpoint_saver: Callable[[Engine], None], signals: tuple[int, ...] = (signal.SIGINT,
-                                                                                                  signal.SIGTERM)):
+    def __init__(
+        self, checkpoint_saver: Callable[[Engine], None], signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    ):
         self.checkpoint_saver = checkpoint_saver
         self.signals = signals
         self.requested: int | None = None
@@ -93,8 +106,9 @@ class GracefulStop:
             return
         self.checkpoint_saver(engine)
         self._restore()
-        logger.warning(f"stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}; "
-                       "continue with --resume true")
+        logger.warning(
+            f"stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}; " "continue with --resume true"
+        )
         raise SystemExit(INTERRUPTED_EXIT_CODE)
 
     def _restore(self, engine: Engine | None = None) -> None:
@@ -110,8 +124,12 @@ def _git_commit(folder: str) -> str | None:
         return None
     if out.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
@@ -121,12 +139,22 @@ def _versions() -> dict[str, str]:
 
     from pix2rep_bundle import __version__
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-            "ignite": ignite.__version__, "numpy": np.__version__, "pix2rep_bundle": __version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "ignite": ignite.__version__,
+        "numpy": np.__version__,
+        "pix2rep_bundle": __version__,
+    }
 
 
-def write_run_record(output_dir: str | os.PathLike, settings: Mapping[str, Any], bundle_root: str = ".",
-                     started_before: list[dict[str, Any]] | None = None) -> str:
+def write_run_record(
+    output_dir: str | os.PathLike,
+    settings: Mapping[str, Any],
+    bundle_root: str = ".",
+    started_before: list[dict[str, Any]] | None = None,
+) -> str:
     """Write ``run_info.json`` into ``output_dir``: the given settings (seed, data, sizes, ...), the command
     line, the time, the device, the library versions and the bundle's git commit (``-dirty`` when the
     working tree has changes; ``null`` outside a git checkout), and the earlier starts of a resumed run
@@ -138,8 +166,11 @@ def write_run_record(output_dir: str | os.PathLike, settings: Mapping[str, Any],
         "settings": {k: plain_value(v) for k, v in settings.items()},
         "versions": _versions(),
         "git_commit": _git_commit(os.path.abspath(bundle_root)),
-        "host": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "host": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
     }
     if started_before:
         record["started_before"] = started_before

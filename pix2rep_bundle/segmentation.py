@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pix2rep_bundle.errors import CheckpointError
-from pix2rep_bundle.networks import HEAD_NAME, freeze_backbone, load_pretrained_backbone
+from pix2rep_bundle.networks import HEAD_NAME, freeze_backbone, load_pretrained_backbone, network_mismatch
 
 MODES = ("linear_probe", "finetune", "scratch")
 PRETRAINED_MODES = ("linear_probe", "finetune")
@@ -85,8 +85,9 @@ def parameter_groups(network: nn.Module, mode: str, lr_body: float | None, lr_he
     return [{"params": body, "lr": lr_body}, {"params": head, "lr": lr_head}]
 
 
-def load_segmentation_weights(network: nn.Module, path: str | os.PathLike,
-                              map_location: str | torch.device = "cpu") -> nn.Module:
+def load_segmentation_weights(
+    network: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> nn.Module:
     """Load ``models/model.pt`` (a plain state dict, or one under the key ``"model"``) into ``network``.
 
     Raises:
@@ -94,8 +95,11 @@ def load_segmentation_weights(network: nn.Module, path: str | os.PathLike,
             with other ``features``).
     """
     if not os.path.isfile(path):
-        raise CheckpointError(path, "segmentation checkpoint not found (train first with configs/train.yaml, or "
-                                    "pass --ckpt_path with an existing file)")
+        raise CheckpointError(
+            path,
+            "segmentation checkpoint not found (train first with configs/train.yaml, or "
+            "pass --ckpt_path with an existing file)",
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
@@ -106,5 +110,6 @@ def load_segmentation_weights(network: nn.Module, path: str | os.PathLike,
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(path, f"does not fit the network (other --features?): {e}") from e
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).strip().splitlines()) > 1 else str(e)
+        raise network_mismatch(path, state, network, first) from e
     return network

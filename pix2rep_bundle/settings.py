@@ -36,36 +36,66 @@ def _is_number(value: Any) -> bool:
 
 
 # what a setting must be, by name: (test, description for the error message)
-SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    name: (lambda v: _is_int(v) and v > 0, "a positive integer")
-    for name in ("epochs", "batch_size", "val_batch_size", "iterations_per_epoch", "num_labeled_subjects",
-                 "val_interval", "save_interval", "log_interval", "early_stop_patience", "phantom_subjects",
-                 "unlabeled_batch_size")
-} | {
-    name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0") for name in ("seed", "data_seed", "label_seed")
-} | {
-    name: (_is_bool, "true or false")
-    for name in ("resume", "amp", "early_stopping", "raw_volumes", "channels_last", "augment_on_device", "compile",
-                 "gather_negatives", "mean_teacher", "overwrite")
-} | {
-    "consistency_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "consistency_rampup_epochs": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
-    "ema_decay": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "learning_rate": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "lr_head": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "lr_body": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null when frozen)"),
-    "num_workers": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "image_size": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v),
-                   "two positive integers, e.g. [96,96]"),
-    "spacing": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(s) and s > 0 for s in v),
-                "two positive numbers (mm), e.g. [2.0,2.0]"),
-}
+SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
+    {
+        name: (lambda v: _is_int(v) and v > 0, "a positive integer")
+        for name in (
+            "epochs",
+            "batch_size",
+            "val_batch_size",
+            "iterations_per_epoch",
+            "num_labeled_subjects",
+            "val_interval",
+            "save_interval",
+            "log_interval",
+            "early_stop_patience",
+            "phantom_subjects",
+            "unlabeled_batch_size",
+        )
+    }
+    | {name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0") for name in ("seed", "data_seed", "label_seed")}
+    | {
+        name: (_is_bool, "true or false")
+        for name in (
+            "resume",
+            "amp",
+            "early_stopping",
+            "raw_volumes",
+            "channels_last",
+            "augment_on_device",
+            "compile",
+            "gather_negatives",
+            "mean_teacher",
+            "overwrite",
+        )
+    }
+    | {
+        "consistency_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "consistency_rampup_epochs": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null)"),
+        "ema_decay": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        "learning_rate": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "lr_head": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        "lr_body": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null when frozen)"),
+        "num_workers": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+        "image_size": (
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v),
+            "two positive integers, e.g. [96,96]",
+        ),
+        "spacing": (
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(s) and s > 0 for s in v),
+            "two positive numbers (mm), e.g. [2.0,2.0]",
+        ),
+    }
+)
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:
     """ValueError naming every setting of a known kind whose value does not fit (e.g. ``--epochs two``)."""
-    problems = [f"--{name} must be {SETTING_KINDS[name][1]}, got {value!r}" for name, value in settings.items()
-                if name in SETTING_KINDS and not SETTING_KINDS[name][0](value)]
+    problems = [
+        f"--{name} must be {SETTING_KINDS[name][1]}, got {value!r}"
+        for name, value in settings.items()
+        if name in SETTING_KINDS and not SETTING_KINDS[name][0](value)
+    ]
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -36,8 +36,8 @@ from monai.transforms.spatial.array import RandAffineGrid
 from pix2rep_bundle.geometry import SOURCE_AFFINE_KEY, SOURCE_SHAPE_KEY
 from pix2rep_bundle.view_settings import ViewSettings, check_scale_range
 
-
 # ------------------------------------------------------------------------------ spatial: similarity
+
 
 class _SimilarityGrid(RandAffineGrid):
     """RandAffineGrid drawing one isotropic scale and a translation given as fractions of the image size.
@@ -49,8 +49,14 @@ class _SimilarityGrid(RandAffineGrid):
     (a random crop position); ``translate_fraction`` ``f`` adds a shift ``U(-f, f)`` of the size.
     """
 
-    def __init__(self, rotate_range: Any, scale_range: Sequence[float] | None, zoom_offset: bool,
-                 translate_fraction: float, device: torch.device | None = None):
+    def __init__(
+        self,
+        rotate_range: Any,
+        scale_range: Sequence[float] | None,
+        zoom_offset: bool,
+        translate_fraction: float,
+        device: torch.device | None = None,
+    ):
         super().__init__(rotate_range=rotate_range, device=device)
         self.view_scale_range = None if scale_range is None else (float(scale_range[0]), float(scale_range[1]))
         self.zoom_offset = bool(zoom_offset)
@@ -65,8 +71,13 @@ class _SimilarityGrid(RandAffineGrid):
         self.scale_params = [scale, scale]
         self.shift_fractions = [self.R.uniform(-margin, margin) + self.R.uniform(-f, f) for _ in range(2)]
 
-    def __call__(self, spatial_size: Sequence[int] | None = None, grid: Any = None, randomize: bool = True,
-                 lazy: bool | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        spatial_size: Sequence[int] | None = None,
+        grid: Any = None,
+        randomize: bool = True,
+        lazy: bool | None = None,
+    ) -> torch.Tensor:
         if randomize:
             self.randomize()
         size = spatial_size if spatial_size is not None else grid.shape[1:]
@@ -91,18 +102,33 @@ class RandSimilarityd(RandAffined):
     ``MetaTensor.affine``.
     """
 
-    def __init__(self, keys: KeysCollection, rotate_degrees: float = 90.0,
-                 scale_range: Sequence[float] | None = (0.33, 0.95), zoom_offset: bool = True,
-                 translate_fraction: float = 0.0, mode: str = "bilinear", allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        rotate_degrees: float = 90.0,
+        scale_range: Sequence[float] | None = (0.33, 0.95),
+        zoom_offset: bool = True,
+        translate_fraction: float = 0.0,
+        mode: str = "bilinear",
+        allow_missing_keys: bool = False,
+    ):
         check_scale_range(scale_range)
         rotate_range = (math.radians(rotate_degrees),) if rotate_degrees else None
-        super().__init__(keys, prob=1.0, rotate_range=rotate_range, mode=mode, padding_mode="zeros",
-                         allow_missing_keys=allow_missing_keys)
+        super().__init__(
+            keys,
+            prob=1.0,
+            rotate_range=rotate_range,
+            mode=mode,
+            padding_mode="zeros",
+            allow_missing_keys=allow_missing_keys,
+        )
         self.rand_affine.rand_affine_grid = _SimilarityGrid(
-            rotate_range, scale_range, zoom_offset, translate_fraction, device=self.rand_affine.rand_affine_grid.device)
+            rotate_range, scale_range, zoom_offset, translate_fraction, device=self.rand_affine.rand_affine_grid.device
+        )
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
 
 class RecordSourceGeometryd(MapTransform):
     """Store the affine ``(4, 4)`` and spatial shape ``(2,)`` of ``keys`` (one source image) under
@@ -128,8 +154,16 @@ def invert_intensity(image: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- pipelines
 
-def spatial_transforms(key: str, rotate_degrees: float, scale_range: Sequence[float] | None, zoom_offset: bool,
-                       translate_fraction: float, flip_prob: float, mode: str) -> list:
+
+def spatial_transforms(
+    key: str,
+    rotate_degrees: float,
+    scale_range: Sequence[float] | None,
+    zoom_offset: bool,
+    translate_fraction: float,
+    flip_prob: float,
+    mode: str,
+) -> list:
     """Independent random flips along each axis, then one similarity resampling (skipped when all is off)."""
     out: list = []
     if flip_prob:
@@ -139,21 +173,40 @@ def spatial_transforms(key: str, rotate_degrees: float, scale_range: Sequence[fl
     return out
 
 
-def intensity_transforms(key: str, invert_prob: float, gamma_prob: float, log_gamma_range: float,
-                         contrast_prob: float, contrast_range: float, brightness_range: float,
-                         bias_field_prob: float, bias_field_coeff: float, blur_prob: float,
-                         blur_sigma: Sequence[float], noise_prob: float, noise_std: float) -> list:
+def intensity_transforms(
+    key: str,
+    invert_prob: float,
+    gamma_prob: float,
+    log_gamma_range: float,
+    contrast_prob: float,
+    contrast_range: float,
+    brightness_range: float,
+    bias_field_prob: float,
+    bias_field_coeff: float,
+    blur_prob: float,
+    blur_sigma: Sequence[float],
+    noise_prob: float,
+    noise_std: float,
+) -> list:
     """Random intensity changes of one view, each skipped when its probability is 0."""
     candidates = [
         (invert_prob, lambda: RandLambdad(key, func=invert_intensity, prob=invert_prob)),
-        (gamma_prob, lambda: RandAdjustContrastd(
-            key, prob=gamma_prob, gamma=(math.exp(-log_gamma_range), math.exp(log_gamma_range)))),
+        (
+            gamma_prob,
+            lambda: RandAdjustContrastd(
+                key, prob=gamma_prob, gamma=(math.exp(-log_gamma_range), math.exp(log_gamma_range))
+            ),
+        ),
         (contrast_prob, lambda: RandScaleIntensityd(key, factors=contrast_range, prob=contrast_prob)),
         (contrast_prob, lambda: RandShiftIntensityd(key, offsets=brightness_range, prob=contrast_prob)),
-        (bias_field_prob, lambda: RandBiasFieldd(
-            key, coeff_range=(-bias_field_coeff, bias_field_coeff), prob=bias_field_prob)),
-        (blur_prob, lambda: RandGaussianSmoothd(
-            key, sigma_x=tuple(blur_sigma), sigma_y=tuple(blur_sigma), prob=blur_prob)),
+        (
+            bias_field_prob,
+            lambda: RandBiasFieldd(key, coeff_range=(-bias_field_coeff, bias_field_coeff), prob=bias_field_prob),
+        ),
+        (
+            blur_prob,
+            lambda: RandGaussianSmoothd(key, sigma_x=tuple(blur_sigma), sigma_y=tuple(blur_sigma), prob=blur_prob),
+        ),
         (noise_prob, lambda: RandGaussianNoised(key, prob=noise_prob, mean=0.0, std=noise_std, sample_std=True)),
     ]
     return [make() for prob, make in candidates if prob]
@@ -205,11 +258,24 @@ def paired_views(
         CopyItemsd(keys=image_key, times=2, names=list(view_keys)),
     ]
     for key in view_keys:
-        transforms += spatial_transforms(key, v.rotate_degrees, v.scale_range, v.zoom_offset, v.translate_fraction,
-                                         v.flip_prob, v.spatial_mode)
-        transforms += intensity_transforms(key, v.invert_prob, v.gamma_prob, v.log_gamma_range, v.contrast_prob,
-                                           v.contrast_range, v.brightness_range, v.bias_field_prob, v.bias_field_coeff,
-                                           v.blur_prob, v.blur_sigma, v.noise_prob, v.noise_std)
+        transforms += spatial_transforms(
+            key, v.rotate_degrees, v.scale_range, v.zoom_offset, v.translate_fraction, v.flip_prob, v.spatial_mode
+        )
+        transforms += intensity_transforms(
+            key,
+            v.invert_prob,
+            v.gamma_prob,
+            v.log_gamma_range,
+            v.contrast_prob,
+            v.contrast_range,
+            v.brightness_range,
+            v.bias_field_prob,
+            v.bias_field_coeff,
+            v.blur_prob,
+            v.blur_sigma,
+            v.noise_prob,
+            v.noise_std,
+        )
     if not keep_image:
         transforms.append(DeleteItemsd(keys=image_key))
     return Compose(transforms, lazy=False)

@@ -63,5 +63,7 @@ class ViewSettings:
         values.update(overrides)
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown view setting(s) {unknown}: choose among {[f.name for f in dataclasses.fields(cls)]}")
+            raise ValueError(
+                f"unknown view setting(s) {unknown}: choose among {[f.name for f in dataclasses.fields(cls)]}"
+            )
         return cls(**values)

@@ -41,7 +41,10 @@ class PrepareViewPairs:
         self.channels_last = channels_last
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False,
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, Alignment]:
         alignment = alignment_from_batch(batchdata, view_keys=self.view_keys, device=device)
@@ -133,8 +136,9 @@ class FixedViews:
 
     def __init__(self, dataloader: torch.utils.data.DataLoader, seed: int = 0):
         if dataloader.num_workers > 0 and dataloader.generator is None:
-            raise ValueError("FixedViews needs a dataloader built with generator=torch.Generator() "
-                             "when num_workers > 0")
+            raise ValueError(
+                "FixedViews needs a dataloader built with generator=torch.Generator() " "when num_workers > 0"
+            )
         self.dataloader = dataloader
         self.seed = int(seed)
         self._saved: tuple[torch.Tensor, list[torch.Tensor]] | None = None

@@ -38,6 +38,7 @@ from pix2rep_bundle.engines import bf16_is_fast  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = str(BUNDLE)  # the default --bundle_root
 
 
 def _sync(device: torch.device) -> None:
@@ -68,8 +69,12 @@ def fast_path(device: torch.device, amp: bool | None, channels_last: bool | None
     compile when asked."""
     amp = bf16_is_fast(device) if amp is None else amp
     channels_last = device.type == "cuda" if channels_last is None else channels_last
-    return {"augment_on_device": True, "amp": as_bool(amp, "amp"),
-            "channels_last": as_bool(channels_last, "channels_last"), "compile": as_bool(compile, "compile")}
+    return {
+        "augment_on_device": True,
+        "amp": as_bool(amp, "amp"),
+        "channels_last": as_bool(channels_last, "channels_last"),
+        "compile": as_bool(compile, "compile"),
+    }
 
 
 PLAIN = {"augment_on_device": False, "amp": False, "channels_last": False, "compile": False}
@@ -85,8 +90,10 @@ def measure(parser: ConfigParser, dev: torch.device, steps: int, warmup: int, fl
     batch_size = int(parser.get_parsed_content("batch_size"))
     needed = warmup + steps
     if len(loader) < needed:
-        raise ValueError(f"the dataset gives {len(loader)} batches per epoch; fewer --steps/--warmup or a smaller "
-                         f"--batch_size are needed (asked {needed})")
+        raise ValueError(
+            f"the dataset gives {len(loader)} batches per epoch; fewer --steps/--warmup or a smaller "
+            f"--batch_size are needed (asked {needed})"
+        )
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=as_bool(parser.get_parsed_content("amp")))
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -119,8 +126,10 @@ def measure(parser: ConfigParser, dev: torch.device, steps: int, warmup: int, fl
     network.train()
     step_seconds = timed(lambda: step(fixed), steps) / steps
     figures["step_pairs_per_s"] = batch_size / step_seconds
-    print(f"  training step alone: {figures['step_pairs_per_s']:.1f} pairs/s ({step_seconds * 1000:.0f} ms per step)",
-          flush=True)
+    print(
+        f"  training step alone: {figures['step_pairs_per_s']:.1f} pairs/s ({step_seconds * 1000:.0f} ms per step)",
+        flush=True,
+    )
 
     batches = iter(loader)  # 3. end to end
     seconds = timed(lambda: step(next(batches)), steps)
@@ -149,8 +158,10 @@ def measure_engine(parser: ConfigParser, dev: torch.device, steps: int, warmup: 
     batch_size = int(parser.get_parsed_content("batch_size"))
     trainer = parser.get_parsed_content("train#trainer")
     if trainer.state.epoch_length < warmup + steps:
-        raise ValueError(f"the dataset gives {trainer.state.epoch_length} batches per epoch; fewer --steps/--warmup "
-                         f"or a smaller --batch_size are needed (asked {warmup + steps})")
+        raise ValueError(
+            f"the dataset gives {trainer.state.epoch_length} batches per epoch; fewer --steps/--warmup "
+            f"or a smaller --batch_size are needed (asked {warmup + steps})"
+        )
     marks: dict[str, float] = {}
 
     def mark(engine) -> None:
@@ -170,25 +181,39 @@ def measure_engine(parser: ConfigParser, dev: torch.device, steps: int, warmup: 
 
 def check_counts(**counts: Any) -> None:
     """ValueError naming every count (None: a default) that is not a whole number >= 1."""
-    problems = [f"--{name} must be a whole number >= 1, got {value!r}" for name, value in counts.items()
-                if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1)]
+    problems = [
+        f"--{name} must be a whole number >= 1, got {value!r}"
+        for name, value in counts.items()
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1)
+    ]
     if problems:
         raise ValueError("; ".join(problems))
 
 
-def main(device: str | None = None, image_size: int | None = None, batch_size: int = 8, steps: int = 10,
-         warmup: int = 2,
-         profile: str = "cpu_demo", features: list[int] | None = None, num_workers: int | None = None,
-         paths: str | Sequence[str] = ("plain", "fast"), amp: bool | None = None, channels_last: bool | None = None,
-         compile: bool = False, dataset_dir: str | None = None, bundle_root: str = str(BUNDLE),
-         quick: bool = False) -> dict[str, Any]:
+def main(
+    device: str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 8,
+    steps: int = 10,
+    warmup: int = 2,
+    profile: str = "compact",
+    features: list[int] | None = None,
+    num_workers: int | None = None,
+    paths: str | Sequence[str] = ("plain", "fast"),
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    compile: bool = False,
+    dataset_dir: str | None = None,
+    bundle_root: str = BUNDLE_ROOT,
+    quick: bool = False,
+) -> dict[str, Any]:
     """Measure and print pretraining throughput of the plain and the fast path; returns the figures.
 
     Args:
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         image_size, batch_size: view size (square; default: the profile's) and view pairs per step.
         steps, warmup: timed and untimed (>= 1: compilation, allocator) iterations of each measurement.
-        profile: network sizes of ``configs/pretrain.yaml`` (``cpu_demo`` or ``paper``); ``features`` overrides.
+        profile: network sizes of ``configs/pretrain.yaml`` (``compact`` or ``paper``); ``features`` overrides.
         num_workers: loader workers (default: the config's).
         paths: ``plain`` (per-sample MONAI transforms in loader workers, fp32) and/or ``fast``.
         amp, channels_last, compile: the fast path's switches (defaults: see :func:`fast_path`).
@@ -208,8 +233,11 @@ def main(device: str | None = None, image_size: int | None = None, batch_size: i
     if unknown:
         raise ValueError(f"unknown path(s) {unknown}: choose among plain, fast")
     overrides: dict[str, Any] = {
-        "bundle_root": bundle_root, "profile": profile, "device": f"$torch.device('{dev}')",
-        "image_size": [image_size, image_size], "batch_size": batch_size,
+        "bundle_root": bundle_root,
+        "profile": profile,
+        "device": f"$torch.device('{dev}')",
+        "image_size": [image_size, image_size],
+        "batch_size": batch_size,
         "prepared_dir": os.path.join(bundle_root, "cache", "prepared", f"benchmark_{image_size}"),
     }
     if quick:
@@ -222,9 +250,12 @@ def main(device: str | None = None, image_size: int | None = None, batch_size: i
         overrides["dataset_dir"] = dataset_dir
     switches = {"plain": PLAIN, "fast": fast_path(dev, amp, channels_last, compile)}
     first = build(overrides)
-    print(f"benchmark: {dev}, {profile} U-Net features {first.get_parsed_content('features')}, "
-          f"{image_size} x {image_size}, batch {batch_size} pairs, {first.get_parsed_content('num_workers')} loader "
-          f"workers, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
+    print(
+        f"benchmark: {dev}, {profile} U-Net features {first.get_parsed_content('features')}, "
+        f"{image_size} x {image_size}, batch {batch_size} pairs, {first.get_parsed_content('num_workers')} loader "
+        f"workers, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
+        flush=True,
+    )
     results: dict[str, Any] = {}
     flops = None
     for path in paths:
@@ -239,8 +270,10 @@ def main(device: str | None = None, image_size: int | None = None, batch_size: i
             results[path]["trainer_pairs_per_s"] = measure_engine(engine, dev, steps, warmup)
             engine.get_parsed_content("tensorboard_writer").close()
     if {"plain", "fast"} <= set(results):
-        for key, what in (("end_to_end_pairs_per_s", "hand-written loop, end to end"),
-                          ("trainer_pairs_per_s", "the config's trainer")):
+        for key, what in (
+            ("end_to_end_pairs_per_s", "hand-written loop, end to end"),
+            ("trainer_pairs_per_s", "the config's trainer"),
+        ):
             ratio = results["fast"][key] / results["plain"][key]
             results["fast_over_plain" if key == "trainer_pairs_per_s" else "fast_over_plain_loop"] = ratio
             print(f"fast / plain, {what}: {ratio:.2f}x", flush=True)

@@ -11,8 +11,8 @@ Teacher (from scratch and from Pix2Rep).
 Everything goes under ``--output_dir`` (default ``<bundle_root>/runs/fewshot_sweep``). Steps, all through the
 bundle's own configs (``monai.bundle.run`` in this process):
 
-1. pretraining (``configs/pretrain.yaml``), once: skipped when the backbone file exists (by default the
-   bundle's ``models/pretrain/pix2rep_backbone.pt``, or ``--pretrained_ckpt``);
+1. pretraining (``configs/pretrain.yaml``), once: skipped when the backbone file exists (``--pretrained_ckpt``,
+   by default the shipped ``models/pretrain/pix2rep_backbone.pt``; without it, ``<output_dir>/pretrain/``);
 2. for every K, label seed and mode: training (``configs/train.yaml``, run id ``run``) into
    ``<output_dir>/<mode>_k<K>_seed<S>/model.pt`` (``mean_teacher_scratch`` and ``mean_teacher_finetune`` are
    ``--mode scratch`` / ``--mode finetune`` with ``configs/mean_teacher.yaml`` merged over train.yaml), then 3D
@@ -63,8 +63,17 @@ MEAN_TEACHER_MODES = {"mean_teacher_scratch": "scratch", "mean_teacher_finetune"
 STRUCTURES = ("RV", "MYO", "LV", "mean")
 SWEEP_RECORD = "sweep_run.json"
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
-RESULT_COLUMNS = ["mode", "k", "seed", *[f"dice_{s}" for s in STRUCTURES], *[f"hd95_{s}" for s in STRUCTURES],
-                  "num_volumes", "train_seconds", "eval_seconds", "run_dir"]
+RESULT_COLUMNS = [
+    "mode",
+    "k",
+    "seed",
+    *[f"dice_{s}" for s in STRUCTURES],
+    *[f"hd95_{s}" for s in STRUCTURES],
+    "num_volumes",
+    "train_seconds",
+    "eval_seconds",
+    "run_dir",
+]
 
 
 def log(message: str) -> None:
@@ -91,8 +100,7 @@ def ensure_backbone(path: Path, given: bool, common: Mapping[str, Any], pretrain
     if given:
         raise FileNotFoundError(f"{path}: --pretrained_ckpt not found (leave it unset to pretrain first)")
     log(f"pretraining into {path} ...")
-    seconds = run_config("pretrain.yaml", "pretrain", {**common, "pretrained_dir": str(path.parent),
-                                                       "pretrained_ckpt": str(path), **pretrain_overrides})
+    seconds = run_config("pretrain.yaml", "pretrain", {**common, "output_dir": str(path.parent), **pretrain_overrides})
     log(f"pretraining done in {seconds:.0f} s")
 
 
@@ -108,8 +116,10 @@ def check_backbone(path: Path, common: Mapping[str, Any]) -> None:
     features = [int(f) for f in parser.get_parsed_content("features")]
     pretrained = read_backbone(path)["features"]
     if pretrained != features:
-        raise ValueError(f"{path}: pretrained with features={pretrained} but the sweep trains features={features}; "
-                         "pass --pretrained_ckpt with a matching backbone or the matching --profile/--overrides")
+        raise ValueError(
+            f"{path}: pretrained with features={pretrained} but the sweep trains features={features}; "
+            "pass --pretrained_ckpt with a matching backbone or the matching --profile/--overrides"
+        )
 
 
 def mode_overrides(mode: str) -> dict[str, Any]:
@@ -123,12 +133,15 @@ def train_configs(mode: str) -> list[str]:
     return ["train.yaml", "mean_teacher.yaml"] if mode in MEAN_TEACHER_MODES else ["train.yaml"]
 
 
-def run_request(configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any],
-                backbone: Path | None) -> dict[str, Any]:
+def run_request(
+    configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any], backbone: Path | None
+) -> dict[str, Any]:
     """What defines one run of the sweep: the training configs and their overrides, evaluate.yaml's overrides, and
     the backbone's content (its SHA-256) for the modes that load it. Kept in ``<run_dir>/sweep_run.json``."""
-    request: dict[str, Any] = {"train": plain_value(dict(train) | {"configs": list(configs)}),
-                               "evaluate": plain_value(dict(evaluate))}
+    request: dict[str, Any] = {
+        "train": plain_value(dict(train) | {"configs": list(configs)}),
+        "evaluate": plain_value(dict(evaluate)),
+    }
     if backbone is not None:
         request["backbone_sha256"] = hashlib.sha256(backbone.read_bytes()).hexdigest()
     return request
@@ -146,20 +159,27 @@ def finished_run(run_dir: Path, request: Mapping[str, Any]) -> list[str] | None:
     differences = []
     for part in ("train", "evaluate"):
         old, new = recorded.get(part, {}), request[part]
-        differences += [f"{k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
-                        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        differences += [
+            f"{k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)
+        ]
     if recorded.get("backbone_sha256") != request.get("backbone_sha256"):
         differences.append("the pretrained backbone's content")
     return differences
 
 
-def train_and_evaluate(run_dir: Path, configs: Sequence[str], train: Mapping[str, Any],
-                       evaluate: Mapping[str, Any]) -> dict[str, Any]:
+def train_and_evaluate(
+    run_dir: Path, configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any]
+) -> dict[str, Any]:
     """Train with ``configs`` into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it),
     evaluate its ``model.pt`` into ``run_dir/eval``; return the times."""
     train_seconds = run_config(configs, "run", {**train, "output_dir": str(run_dir), "overwrite": True})
-    eval_seconds = run_config("evaluate.yaml", "run", {**evaluate, "ckpt_path": str(run_dir / "model.pt"),
-                                                       "output_dir": str(run_dir / "eval")})
+    eval_seconds = run_config(
+        "evaluate.yaml",
+        "run",
+        {**evaluate, "ckpt_path": str(run_dir / "model.pt"), "output_dir": str(run_dir / "eval")},
+    )
     timing = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
     write_text_atomic(run_dir / "timing.json", json.dumps(timing) + "\n")
     return timing
@@ -175,8 +195,12 @@ def result_row(mode: str, k: int, seed: int, run_dir: Path) -> dict[str, Any]:
         for s in STRUCTURES:
             value = summary[f"{metric}_{s}"]["mean"]
             row[f"{metric}_{s}"] = math.nan if value is None else value
-    row.update(num_volumes=summary["num_volumes"], train_seconds=timing.get("train_seconds", ""),
-               eval_seconds=timing.get("eval_seconds", ""), run_dir=str(run_dir))
+    row.update(
+        num_volumes=summary["num_volumes"],
+        train_seconds=timing.get("train_seconds", ""),
+        eval_seconds=timing.get("eval_seconds", ""),
+        run_dir=str(run_dir),
+    )
     return row
 
 
@@ -294,7 +318,8 @@ def main(
         profile, dataset_dir: passed to every config (``--profile``, ``--dataset_dir``).
         epochs, iterations_per_epoch, batch_size: training overrides of train.yaml.
         pretrain_epochs: ``--epochs`` of pretrain.yaml.
-        pretrained_ckpt: an existing backbone (skips pretraining); default the bundle's models/pretrain/ one.
+        pretrained_ckpt: an existing backbone (skips pretraining); default the shipped
+            ``models/pretrain/pix2rep_backbone.pt``, else one pretrained into ``<output_dir>/pretrain/``.
         overrides: further overrides for every config, e.g. ``{"features": [8, 8, 16, 32, 64, 16]}``.
         train_overrides, pretrain_overrides: further overrides of train.yaml / pretrain.yaml only.
         overwrite: redo runs whose results exist; write into an output folder the bundle did not make.
@@ -314,31 +339,50 @@ def main(
     common = {"bundle_root": str(root), **dict(overrides or {})}
     common.update({k: v for k, v in {"profile": profile, "dataset_dir": dataset_dir}.items() if v is not None})
     train_settings = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size}
-    default_backbone = root / "models" / "pretrain" / "pix2rep_backbone.pt"
-    backbone = Path(pretrained_ckpt).resolve() if pretrained_ckpt else default_backbone
+    shipped_backbone = root / "models" / "pretrain" / "pix2rep_backbone.pt"
+    own_backbone = out / "pretrain" / "pix2rep_backbone.pt"
+    backbone = (
+        Path(pretrained_ckpt).resolve()
+        if pretrained_ckpt
+        else (shipped_backbone if shipped_backbone.is_file() else own_backbone)
+    )
+    claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
     if any(m in PRETRAINED_MODES for m in modes):
         pretrain = {"epochs": pretrain_epochs} if pretrain_epochs is not None else {}
         pretrain.update(pretrain_overrides or {})
         ensure_backbone(backbone, pretrained_ckpt is not None, common, pretrain)
         check_backbone(backbone, common)
 
-    train = {**common, **{k: v for k, v in train_settings.items() if v is not None}, **dict(train_overrides or {}),
-             "pretrained_ckpt": str(backbone)}
-    claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
+    train = {
+        **common,
+        **{k: v for k, v in train_settings.items() if v is not None},
+        **dict(train_overrides or {}),
+        "pretrained_ckpt": str(backbone),
+    }
     total, rows, start = len(ks) * len(seeds) * len(modes), [], time.perf_counter()
     for k in ks:
         for seed in seeds:
             for mode in modes:
                 run_dir = out / f"{mode}_k{k}_seed{seed}"
                 label = f"[{len(rows) + 1}/{total}] {mode} K={k} seed={seed}"
-                run_train = {**train, **mode_overrides(mode), "num_labeled_subjects": k, "label_seed": seed,
-                             "seed": seed}
-                request = run_request(train_configs(mode), run_train, common,
-                                      backbone if mode in PRETRAINED_MODES else None)
+                run_train = {
+                    **train,
+                    **mode_overrides(mode),
+                    "num_labeled_subjects": k,
+                    "label_seed": seed,
+                    "seed": seed,
+                }
+                request = run_request(
+                    train_configs(mode), run_train, common, backbone if mode in PRETRAINED_MODES else None
+                )
                 differences = finished_run(run_dir, request)
                 if differences and not overwrite:
-                    raise DataError(run_dir, "holds results of a run with other settings (" + "; ".join(differences)
-                                    + "): choose another --output_dir, or --overwrite true to redo it")
+                    raise DataError(
+                        run_dir,
+                        "holds results of a run with other settings ("
+                        + "; ".join(differences)
+                        + "): choose another --output_dir, or --overwrite true to redo it",
+                    )
                 if overwrite or differences is None or differences:
                     log(f"{label}: training and evaluation in {run_dir}")
                     train_and_evaluate(run_dir, train_configs(mode), run_train, common)
@@ -346,12 +390,21 @@ def main(
                 else:
                     log(f"{label}: results of the same settings exist in {run_dir}, reused")
                 rows.append(result_row(mode, k, seed, run_dir))
-                log(f"{label}: test Dice mean {rows[-1]['dice_mean']:.3f} "
-                    f"({time.perf_counter() - start:.0f} s elapsed)")
+                log(
+                    f"{label}: test Dice mean {rows[-1]['dice_mean']:.3f} "
+                    f"({time.perf_counter() - start:.0f} s elapsed)"
+                )
 
-    settings = {"profile": profile, "dataset_dir": dataset_dir, "epochs": epochs,
-                "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size,
-                "pretrained_ckpt": str(backbone), **dict(overrides or {}), **dict(train_overrides or {})}
+    settings = {
+        "profile": profile,
+        "dataset_dir": dataset_dir,
+        "epochs": epochs,
+        "iterations_per_epoch": iterations_per_epoch,
+        "batch_size": batch_size,
+        "pretrained_ckpt": str(backbone),
+        **dict(overrides or {}),
+        **dict(train_overrides or {}),
+    }
     write_results(rows, out, settings)
     log(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'dice_vs_k.png'}")
     print(results_markdown(rows, settings), flush=True)

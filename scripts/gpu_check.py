@@ -29,16 +29,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(output_dir: str = "/tmp/pix2rep_gpu_check", steps: int = 20, warmup: int = 3, epoch: bool = True) -> None:
     """Run the GPU check; ``--epoch false`` skips the one-epoch pretraining."""
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device is available to torch "
-              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); run it on a GPU machine "
-              "with a CUDA build of torch (README, 'Installing PyTorch for a GPU')", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device is available to torch "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); run it on a GPU machine "
+            "with a CUDA build of torch (README, 'Installing PyTorch for a GPU')",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     import benchmark
 
-    print(f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}",
-          flush=True)
-    common = {"device": "cuda", "image_size": 192, "batch_size": 64, "profile": "paper", "steps": steps,
-              "warmup": warmup, "bundle_root": str(BUNDLE)}
+    print(
+        f"gpu_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}", flush=True
+    )
+    common = {
+        "device": "cuda",
+        "image_size": 192,
+        "batch_size": 64,
+        "profile": "paper",
+        "steps": steps,
+        "warmup": warmup,
+        "bundle_root": str(BUNDLE),
+    }
     print("== plain and fast (192 x 192, batch 64, paper network)", flush=True)
     benchmark.main(**common)
     print("== fast + compile", flush=True)
@@ -47,14 +58,37 @@ def main(output_dir: str = "/tmp/pix2rep_gpu_check", steps: int = 20, warmup: in
         return
     print("== one epoch of paper-profile pretraining on the phantom (fast switches)", flush=True)
     run_dir = os.path.join(output_dir, "pretrain_paper_1_epoch")
-    command = [sys.executable, "-m", "monai.bundle", "run", "pretrain", "--config_file", "configs/pretrain.yaml",
-               "--profile", "paper", "--epochs", "1", "--amp", "true", "--augment_on_device", "true",
-               "--channels_last", "true", "--output_dir", run_dir, "--overwrite", "true"]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "pretrain",
+        "--config_file",
+        "configs/pretrain.yaml",
+        "--profile",
+        "paper",
+        "--epochs",
+        "1",
+        "--amp",
+        "true",
+        "--augment_on_device",
+        "true",
+        "--channels_last",
+        "true",
+        "--output_dir",
+        run_dir,
+        "--overwrite",
+        "true",
+    ]
     print(" ".join(command), flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=BUNDLE)
-    print(f"one epoch: exit code {done.returncode}, {time.perf_counter() - start:.0f} s wall (phantom generation and "
-          "preparation included on the first run)", flush=True)
+    print(
+        f"one epoch: exit code {done.returncode}, {time.perf_counter() - start:.0f} s wall (phantom generation and "
+        "preparation included on the first run)",
+        flush=True,
+    )
     if done.returncode != 0:
         raise SystemExit(done.returncode)
 

@@ -17,18 +17,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
-
 from phantom_preview import draw_preview  # noqa: E402  (scripts/phantom_preview.py)
+
 from pix2rep_bundle.data.phantom import write_phantom  # noqa: E402
 
 
-def main(out_dir: str = "cache/phantom", num_subjects: int = 100, seed: int = 0, first_id: int = 1,
-         with_cine: bool = False, num_workers: int = 0, preview: str | None = None,
-         preview_subjects: int = 4) -> str:
+def main(
+    out_dir: str = "cache/phantom",
+    num_subjects: int = 100,
+    seed: int = 0,
+    first_id: int = 1,
+    with_cine: bool = False,
+    num_workers: int = 0,
+    preview: str | None = None,
+    preview_subjects: int = 4,
+) -> str:
     """Write the phantom to ``out_dir`` (and the preview PNG to ``preview``); return ``out_dir``."""
     start = time.perf_counter()
-    write_phantom(out_dir, num_subjects=num_subjects, seed=seed, first_id=first_id, with_cine=with_cine,
-                  num_workers=num_workers)
+    write_phantom(
+        out_dir, num_subjects=num_subjects, seed=seed, first_id=first_id, with_cine=with_cine, num_workers=num_workers
+    )
     if preview:
         png = draw_preview(out_dir, preview, max_subjects=preview_subjects)
         print(f"preview: {png}")

@@ -42,10 +42,19 @@ def _load_dir_subjects(folder: Path, subject_ids: Sequence[int | str] | None, ma
             f = int(info[key])
             img = nib.load(d / f"{d.name}_frame{f:02d}.nii.gz")
             gt = d / f"{d.name}_frame{f:02d}_gt.nii.gz"
-            frames[key] = (f, np.asarray(img.dataobj, np.float32),
-                           np.asarray(nib.load(gt).dataobj, np.uint8) if gt.exists() else None)
-        out.append({"name": d.name, "group": info["Group"], "frames": frames,
-                    "spacing": tuple(float(z) for z in img.header.get_zooms()[:3])})
+            frames[key] = (
+                f,
+                np.asarray(img.dataobj, np.float32),
+                np.asarray(nib.load(gt).dataobj, np.uint8) if gt.exists() else None,
+            )
+        out.append(
+            {
+                "name": d.name,
+                "group": info["Group"],
+                "frames": frames,
+                "spacing": tuple(float(z) for z in img.header.get_zooms()[:3]),
+            }
+        )
     return out
 
 
@@ -61,16 +70,30 @@ def _one_per_group(dirs: list[Path], max_subjects: int) -> list[Path]:
 
 def _subject_rows(subjects: Sequence[PhantomSubject], max_subjects: int) -> list[dict]:
     """The preview's view of in-memory subjects."""
-    return [{"name": s.name, "group": s.group, "spacing": s.spacing,
-             "frames": {"ED": (s.ed_frame, s.images[s.ed_frame], s.labels[s.ed_frame]),
-                        "ES": (s.es_frame, s.images[s.es_frame], s.labels[s.es_frame])}}
-            for s in list(subjects)[:max_subjects]]
+    return [
+        {
+            "name": s.name,
+            "group": s.group,
+            "spacing": s.spacing,
+            "frames": {
+                "ED": (s.ed_frame, s.images[s.ed_frame], s.labels[s.ed_frame]),
+                "ES": (s.es_frame, s.images[s.es_frame], s.labels[s.es_frame]),
+            },
+        }
+        for s in list(subjects)[:max_subjects]
+    ]
 
 
-def draw_preview(subjects_or_dir: Sequence[PhantomSubject] | str | os.PathLike, png_path: str | os.PathLike,
-                 subject_ids: Sequence[int | str] | None = None, max_subjects: int = 4,
-                 frames: Sequence[str] = ("ED", "ES"), max_slices: int = 8, panel_inches: float = 2.2,
-                 dpi: int = 80) -> Path:
+def draw_preview(
+    subjects_or_dir: Sequence[PhantomSubject] | str | os.PathLike,
+    png_path: str | os.PathLike,
+    subject_ids: Sequence[int | str] | None = None,
+    max_subjects: int = 4,
+    frames: Sequence[str] = ("ED", "ES"),
+    max_slices: int = 8,
+    panel_inches: float = 2.2,
+    dpi: int = 80,
+) -> Path:
     """Grid of short-axis slices (rows: subject x frame; columns: slices base -> apex) with label contours.
 
     ``subjects_or_dir`` is a list of PhantomSubject or an ACDC-layout folder (then subjects of distinct
@@ -87,8 +110,13 @@ def draw_preview(subjects_or_dir: Sequence[PhantomSubject] | str | os.PathLike, 
         rows_data = _subject_rows(subjects_or_dir, max_subjects)
     rows = [(s, key) for s in rows_data for key in frames]
     ncols = min(max_slices, max(s["frames"][k][1].shape[2] for s, k in rows))
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * panel_inches, len(rows) * panel_inches * 1.08),
-                             squeeze=False, facecolor="black")
+    fig, axes = plt.subplots(
+        len(rows),
+        ncols,
+        figsize=(ncols * panel_inches, len(rows) * panel_inches * 1.08),
+        squeeze=False,
+        facecolor="black",
+    )
     for (s, key), ax_row in zip(rows, axes):
         frame, image, label = s["frames"][key]
         _draw_row(ax_row, image, label, f"{s['name']} {s['group']} {key} (frame {frame:02d})")
@@ -118,8 +146,9 @@ def _draw_row(ax_row, image: np.ndarray, label: np.ndarray | None, title: str) -
                 mask = (label[:, :, z] == LABELS[name]).T
                 if mask.any():
                     ax.contour(mask.astype(np.float32), levels=[0.5], colors=colour, linewidths=0.7)
-        ax.set_title(f"{title}\nslice {z + 1}/{nz}" if col == 0 else f"slice {z + 1}/{nz}",
-                     fontsize=6, color="white", loc="left")
+        ax.set_title(
+            f"{title}\nslice {z + 1}/{nz}" if col == 0 else f"slice {z + 1}/{nz}", fontsize=6, color="white", loc="left"
+        )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,32 @@ from pix2rep_bundle.data.datasets import summarize_datalist  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
 
 
-def prepare(dataset_dir: str, output_dir: str = "cache/prepared", spacing: tuple = (1.5, 1.5),
-            image_size: tuple = (128, 128), seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-            include_cine: bool = False, num_workers: int = 0, reuse: bool = False) -> None:
+def prepare(
+    dataset_dir: str,
+    output_dir: str = "cache/prepared",
+    spacing: tuple = (1.5, 1.5),
+    image_size: tuple = (128, 128),
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    include_cine: bool = False,
+    num_workers: int = 0,
+    reuse: bool = False,
+) -> None:
     """Prepare ``dataset_dir`` into ``output_dir`` and print a summary."""
     start = time.perf_counter()
     run = ensure_prepared if reuse else prepare_dataset
-    datalist = run(dataset_dir, output_dir, spacing=tuple(spacing), image_size=tuple(image_size), seed=seed,
-                   val_fraction=val_fraction, test_fraction=test_fraction, include_cine=include_cine,
-                   num_workers=num_workers)
+    datalist = run(
+        dataset_dir,
+        output_dir,
+        spacing=tuple(spacing),
+        image_size=tuple(image_size),
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        include_cine=include_cine,
+        num_workers=num_workers,
+    )
     print_summary(summarize_datalist(datalist), datalist, time.perf_counter() - start)
 
 

@@ -47,8 +47,9 @@ def _slices(volume: str, num_slices: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([data[..., k] for k in picks]))[:, None]
 
 
-def main(volume: str, checkpoint: str, out: str = "docs/pix2rep_features.png", num_slices: int = 4,
-         seed: int = 0) -> str:
+def main(
+    volume: str, checkpoint: str, out: str = "docs/pix2rep_features.png", num_slices: int = 4, seed: int = 0
+) -> str:
     """Draw image / before / after feature PCA for ``num_slices`` slices of a prepared volume."""
     ckpt = read_backbone(checkpoint)
     images = _slices(volume, num_slices)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import TINY_FEATURES
+
 from pix2rep_bundle.networks import Pix2RepNet, save_backbone
 
 

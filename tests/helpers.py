@@ -21,9 +21,17 @@ TINY_FEATURES = [4, 4, 8, 8, 16, 8]
 
 def tiny_settings(root) -> dict:
     """Config overrides for fast runs: a few phantom subjects at 48 x 48 (4 mm pixels) and a tiny U-Net."""
-    return {"bundle_root": str(root), "profile": "cpu_demo", "phantom_subjects": 10, "image_size": [48, 48],
-            "spacing": [4.0, 4.0], "features": TINY_FEATURES, "projection_hidden": 8, "projection_dim": 8,
-            "batch_size": 4}
+    return {
+        "bundle_root": str(root),
+        "profile": "compact",
+        "phantom_subjects": 10,
+        "image_size": [48, 48],
+        "spacing": [4.0, 4.0],
+        "features": TINY_FEATURES,
+        "projection_hidden": 8,
+        "projection_dim": 8,
+        "batch_size": 4,
+    }
 
 
 def acdc_dir() -> Path:

@@ -11,12 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from helpers import acdc_dir
+
 from pix2rep_bundle.data.acdc import SubjectRecord, ensure_prepared, prepare_dataset, scan_acdc
-from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.data.phantom import write_phantom
 from pix2rep_bundle.data.preprocessing import in_plane_pixdim, volume_preprocessing
+from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +26,7 @@ ZOOMS = (1.25, 1.25, 8.0)  # 40 x 36 voxels -> 33 x 30 at 1.5 mm: cropped in x, 
 
 
 # ---------------------------------------------------------------------------------------------- fixture
+
 
 def _nifti(array: np.ndarray, zooms=ZOOMS, origin=(-20.0, 10.0, 5.0), unit_sform: bool = False):
     """NIfTI image with affine diag(zooms) + origin (or, like some ACDC releases, a unit sform)."""
@@ -50,8 +51,18 @@ def _heart(shape, centre, radius, rng) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.int16), label
 
 
-def write_subject(root: Path, subject: str, group: str = "NOR", shape=(40, 36, 5), ed: int = 1, es: int = 4,
-                  centre=(24, 15), unit_sform: bool = False, cine_frames: int = 0, seed: int = 0) -> Path:
+def write_subject(
+    root: Path,
+    subject: str,
+    group: str = "NOR",
+    shape=(40, 36, 5),
+    ed: int = 1,
+    es: int = 4,
+    centre=(24, 15),
+    unit_sform: bool = False,
+    cine_frames: int = 0,
+    seed: int = 0,
+) -> Path:
     """Write one subject in the ACDC layout (ED/ES images and labels, Info.cfg, optional 4D cine)."""
     folder = root / subject
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,8 +74,9 @@ def write_subject(root: Path, subject: str, group: str = "NOR", shape=(40, 36, 5
     if cine_frames:
         cine = np.stack([_heart(shape, centre, 5 + t % 3, rng)[0] for t in range(cine_frames)], axis=-1)
         nib.save(_nifti(cine, zooms=(*ZOOMS, 1.0)), folder / f"{subject}_4d.nii.gz")
-    (folder / "Info.cfg").write_text(f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 170.0\n"
-                                     f"NbFrame: {max(cine_frames, es)}\nWeight: 70.0\n")
+    (folder / "Info.cfg").write_text(
+        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 170.0\n" f"NbFrame: {max(cine_frames, es)}\nWeight: 70.0\n"
+    )
     return folder
 
 
@@ -93,6 +105,7 @@ def _world_centroid(img, mask_value: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- scanning
 
+
 def test_scan_reads_info_and_frames(tmp_path):
     write_subject(tmp_path, "patient002", "RV", ed=2, es=9, cine_frames=10)
     write_subject(tmp_path, "patient001", "HCM", seed=1)
@@ -107,9 +120,9 @@ def test_scan_reads_info_and_frames(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- splits
 
+
 def _records(per_group: int = 20) -> list[SubjectRecord]:
-    return [SubjectRecord(f"patient{i:03d}", Path("."), GROUPS[i % 5], 1, 2, None)
-            for i in range(1, 5 * per_group + 1)]
+    return [SubjectRecord(f"patient{i:03d}", Path("."), GROUPS[i % 5], 1, 2, None) for i in range(1, 5 * per_group + 1)]
 
 
 def test_splits_are_disjoint_stratified_and_deterministic():
@@ -134,6 +147,7 @@ def test_small_sets_keep_one_subject_per_heldout_split():
 
 
 # ---------------------------------------------------------------------------------------------- preparation
+
 
 def test_monai_pads_a_short_pixdim_so_the_slice_axis_needs_a_non_positive_entry():
     from monai.data import MetaTensor
@@ -207,8 +221,9 @@ def test_datalist_fields_and_subject_level_pools(prepared):
 
 def test_preparation_is_deterministic_with_or_without_workers(prepared, tmp_path):
     source, first_path, first = prepared
-    again = json.loads(prepare_dataset(source, tmp_path / "out", spacing=SPACING, image_size=SIZE,
-                                       num_workers=2).read_text())
+    again = json.loads(
+        prepare_dataset(source, tmp_path / "out", spacing=SPACING, image_size=SIZE, num_workers=2).read_text()
+    )
     assert again == first
     for entry in again["labeled"][:2]:
         for key in ("image", "label"):
@@ -221,8 +236,16 @@ def test_voxel_sizes_come_from_the_header_when_the_affine_has_unit_voxels(tmp_pa
     prepared = {}
     for unit in (False, True):
         write_subject(tmp_path / f"src{unit}", "patient001", unit_sform=unit)
-        d = json.loads(prepare_dataset(tmp_path / f"src{unit}", tmp_path / f"out{unit}", spacing=SPACING,
-                                       image_size=SIZE, val_fraction=0, test_fraction=0).read_text())
+        d = json.loads(
+            prepare_dataset(
+                tmp_path / f"src{unit}",
+                tmp_path / f"out{unit}",
+                spacing=SPACING,
+                image_size=SIZE,
+                val_fraction=0,
+                test_fraction=0,
+            ).read_text()
+        )
         prepared[unit] = nib.load(tmp_path / f"out{unit}" / d["labeled"][0]["label"])
     assert np.allclose(prepared[True].header.get_zooms(), (1.5, 1.5, 8.0))
     assert np.array_equal(np.asarray(prepared[True].dataobj), np.asarray(prepared[False].dataobj))
@@ -230,8 +253,11 @@ def test_voxel_sizes_come_from_the_header_when_the_affine_has_unit_voxels(tmp_pa
 
 def test_cine_frames_join_the_pretraining_pool_only(tmp_path):
     write_dataset(tmp_path / "src", num_subjects=5, cine_frames=6)
-    d = json.loads(prepare_dataset(tmp_path / "src", tmp_path / "out", spacing=SPACING, image_size=SIZE,
-                                   include_cine=True).read_text())
+    d = json.loads(
+        prepare_dataset(
+            tmp_path / "src", tmp_path / "out", spacing=SPACING, image_size=SIZE, include_cine=True
+        ).read_text()
+    )
     cine = [e for e in d["pretrain"] if e["phase"] == "cine"]
     assert len(cine) == 4 * len(d["splits"]["train"])  # 6 frames minus ED (1) and ES (4)
     assert {e["subject"] for e in cine} == set(d["splits"]["train"])
@@ -273,6 +299,7 @@ def test_volume_preprocessing_inverts_back_to_the_original_grid(prepared):
 
 # ---------------------------------------------------------------------------------------------- bad inputs
 
+
 def _save(path: Path, array: np.ndarray, **kwargs) -> None:
     nib.save(_nifti(array, **kwargs), path)
 
@@ -287,22 +314,36 @@ BAD_INPUTS = {
     "missing_ed_image": (lambda f: (f / "patient002_frame01.nii.gz").unlink(), "patient002_frame01.nii.gz"),
     "missing_info": (lambda f: (f / "Info.cfg").unlink(), "Info.cfg"),
     "info_without_es": (lambda f: (f / "Info.cfg").write_text("ED: 1\nGroup: NOR\n"), "Info.cfg"),
-    "shape_mismatch": (lambda f: _save(f / "patient002_frame01_gt.nii.gz", np.zeros((40, 36, 4), np.uint8)),
-                       "patient002_frame01_gt.nii.gz"),
-    "affine_mismatch": (lambda f: _save(f / "patient002_frame01_gt.nii.gz", np.zeros((40, 36, 5), np.uint8),
-                                        origin=(0.0, 0.0, 0.0)), "patient002_frame01_gt.nii.gz"),
-    "label_values": (lambda f: _save(f / "patient002_frame04_gt.nii.gz", np.full((40, 36, 5), 5, np.uint8)),
-                     "patient002_frame04_gt.nii.gz"),
-    "not_nifti": (lambda f: (f / "patient002_frame01.nii.gz").write_bytes(gzip.compress(b"not an image")),
-                  "patient002_frame01.nii.gz"),
+    "shape_mismatch": (
+        lambda f: _save(f / "patient002_frame01_gt.nii.gz", np.zeros((40, 36, 4), np.uint8)),
+        "patient002_frame01_gt.nii.gz",
+    ),
+    "affine_mismatch": (
+        lambda f: _save(f / "patient002_frame01_gt.nii.gz", np.zeros((40, 36, 5), np.uint8), origin=(0.0, 0.0, 0.0)),
+        "patient002_frame01_gt.nii.gz",
+    ),
+    "label_values": (
+        lambda f: _save(f / "patient002_frame04_gt.nii.gz", np.full((40, 36, 5), 5, np.uint8)),
+        "patient002_frame04_gt.nii.gz",
+    ),
+    "not_nifti": (
+        lambda f: (f / "patient002_frame01.nii.gz").write_bytes(gzip.compress(b"not an image")),
+        "patient002_frame01.nii.gz",
+    ),
     "plain_text": (lambda f: (f / "patient002_frame01.nii.gz").write_text("hello"), "patient002_frame01.nii.gz"),
     "truncated": (lambda f: _truncate(f / "patient002_frame01.nii.gz"), "patient002_frame01.nii.gz"),
-    "image_2d": (lambda f: _save(f / "patient002_frame01.nii.gz", np.zeros((40, 36), np.int16)),
-                 "patient002_frame01.nii.gz"),
-    "image_4d": (lambda f: _save(f / "patient002_frame01.nii.gz", np.zeros((40, 36, 5, 2), np.int16)),
-                 "patient002_frame01.nii.gz"),
-    "nan_voxels": (lambda f: _save(f / "patient002_frame04.nii.gz", np.full((40, 36, 5), np.nan, np.float32)),
-                   "patient002_frame04.nii.gz"),
+    "image_2d": (
+        lambda f: _save(f / "patient002_frame01.nii.gz", np.zeros((40, 36), np.int16)),
+        "patient002_frame01.nii.gz",
+    ),
+    "image_4d": (
+        lambda f: _save(f / "patient002_frame01.nii.gz", np.zeros((40, 36, 5, 2), np.int16)),
+        "patient002_frame01.nii.gz",
+    ),
+    "nan_voxels": (
+        lambda f: _save(f / "patient002_frame04.nii.gz", np.full((40, 36, 5), np.nan, np.float32)),
+        "patient002_frame04.nii.gz",
+    ),
 }
 
 
@@ -338,6 +379,7 @@ def test_bad_parameters_fail_before_any_output(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- CLI
 
+
 def _cli():
     sys.path.insert(0, str(REPO / "scripts"))
     try:
@@ -350,8 +392,18 @@ def _cli():
 def test_cli_prints_a_summary_and_one_line_errors(tmp_path, capsys):
     cli = _cli()
     source = write_dataset(tmp_path / "src", num_subjects=5)
-    argv = ["--dataset_dir", str(source), "--output_dir", str(tmp_path / "out"), "--spacing", "[1.5,1.5]",
-            "--image_size", "[32,32]", "--seed", "0"]
+    argv = [
+        "--dataset_dir",
+        str(source),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--spacing",
+        "[1.5,1.5]",
+        "--image_size",
+        "[32,32]",
+        "--seed",
+        "0",
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "train" in printed and "slices" in printed and (tmp_path / "out" / "datalist.json").is_file()
@@ -361,6 +413,7 @@ def test_cli_prints_a_summary_and_one_line_errors(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- phantom, real data
+
 
 def test_phantom_end_to_end(tmp_path):
     source = write_phantom(tmp_path / "phantom", num_subjects=5, seed=0)

@@ -16,14 +16,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import find_in_chain
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
+from test_acdc import _nifti, _save, _truncate, write_dataset
 
-from helpers import find_in_chain
 from pix2rep_bundle.data.acdc import prepare_dataset
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.outputs import MARKER
-from test_acdc import _nifti, _save, _truncate, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -41,24 +41,48 @@ def _nan(folder: Path) -> None:
 
 # row: (damage to patient002's folder, the file the error must name, words of the problem)
 DATASET_ROWS = {
-    "non-NIfTI named .nii.gz": (lambda f: (f / f"{SUBJECT}_frame01.nii.gz").write_bytes(gzip.compress(b"text")),
-                                f"{SUBJECT}_frame01.nii.gz", "not a readable NIfTI"),
-    "truncated gzip": (lambda f: _truncate(f / f"{SUBJECT}_frame01.nii.gz"), f"{SUBJECT}_frame01.nii.gz",
-                       "truncated or corrupt"),
-    "2D image": (lambda f: _save(f / f"{SUBJECT}_frame01.nii.gz", np.zeros((40, 36), np.int16)),
-                 f"{SUBJECT}_frame01.nii.gz", "3D"),
-    "4D image as a frame": (lambda f: _save(f / f"{SUBJECT}_frame01.nii.gz", np.zeros((40, 36, 5, 2), np.int16)),
-                            f"{SUBJECT}_frame01.nii.gz", "3D"),
+    "non-NIfTI named .nii.gz": (
+        lambda f: (f / f"{SUBJECT}_frame01.nii.gz").write_bytes(gzip.compress(b"text")),
+        f"{SUBJECT}_frame01.nii.gz",
+        "not a readable NIfTI",
+    ),
+    "truncated gzip": (
+        lambda f: _truncate(f / f"{SUBJECT}_frame01.nii.gz"),
+        f"{SUBJECT}_frame01.nii.gz",
+        "truncated or corrupt",
+    ),
+    "2D image": (
+        lambda f: _save(f / f"{SUBJECT}_frame01.nii.gz", np.zeros((40, 36), np.int16)),
+        f"{SUBJECT}_frame01.nii.gz",
+        "3D",
+    ),
+    "4D image as a frame": (
+        lambda f: _save(f / f"{SUBJECT}_frame01.nii.gz", np.zeros((40, 36, 5, 2), np.int16)),
+        f"{SUBJECT}_frame01.nii.gz",
+        "3D",
+    ),
     "NaN voxels": (_nan, f"{SUBJECT}_frame04.nii.gz", "NaN"),
     "constant image": (_constant, f"{SUBJECT}_frame01.nii.gz", "constant image"),
-    "labels outside 0..3": (lambda f: _save(f / f"{SUBJECT}_frame04_gt.nii.gz", np.full((40, 36, 5), 5, np.uint8)),
-                            f"{SUBJECT}_frame04_gt.nii.gz", "outside 0..3"),
-    "label of another shape": (lambda f: _save(f / f"{SUBJECT}_frame01_gt.nii.gz", np.zeros((40, 36, 4), np.uint8)),
-                               f"{SUBJECT}_frame01_gt.nii.gz", "differs"),
-    "label of another affine": (lambda f: _save(f / f"{SUBJECT}_frame01_gt.nii.gz", np.zeros((40, 36, 5), np.uint8),
-                                                origin=(0.0, 0.0, 0.0)), f"{SUBJECT}_frame01_gt.nii.gz", "affine"),
-    "missing label": (lambda f: (f / f"{SUBJECT}_frame04_gt.nii.gz").unlink(), f"{SUBJECT}_frame04_gt.nii.gz",
-                      "not found|missing"),
+    "labels outside 0..3": (
+        lambda f: _save(f / f"{SUBJECT}_frame04_gt.nii.gz", np.full((40, 36, 5), 5, np.uint8)),
+        f"{SUBJECT}_frame04_gt.nii.gz",
+        "outside 0..3",
+    ),
+    "label of another shape": (
+        lambda f: _save(f / f"{SUBJECT}_frame01_gt.nii.gz", np.zeros((40, 36, 4), np.uint8)),
+        f"{SUBJECT}_frame01_gt.nii.gz",
+        "differs",
+    ),
+    "label of another affine": (
+        lambda f: _save(f / f"{SUBJECT}_frame01_gt.nii.gz", np.zeros((40, 36, 5), np.uint8), origin=(0.0, 0.0, 0.0)),
+        f"{SUBJECT}_frame01_gt.nii.gz",
+        "affine",
+    ),
+    "missing label": (
+        lambda f: (f / f"{SUBJECT}_frame04_gt.nii.gz").unlink(),
+        f"{SUBJECT}_frame04_gt.nii.gz",
+        "not found|missing",
+    ),
 }
 ENTRY_POINTS = ("prepare", "pretrain", "train", "evaluate")
 
@@ -71,10 +95,22 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def tiny(root: Path, dataset_dir: Path, checkpoint: Path) -> dict:
-    return {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "profile": "cpu_demo", "image_size": [48, 48],
-            "spacing": [4.0, 4.0], "features": FEATURES, "projection_hidden": 8, "projection_dim": 8, "epochs": 1,
-            "batch_size": 4, "num_workers": 0, "mode": "scratch", "ckpt_path": str(checkpoint),
-            "output_dir": str(root / "out")}
+    return {
+        "bundle_root": str(root),
+        "dataset_dir": str(dataset_dir),
+        "profile": "compact",
+        "image_size": [48, 48],
+        "spacing": [4.0, 4.0],
+        "features": FEATURES,
+        "projection_hidden": 8,
+        "projection_dim": 8,
+        "epochs": 1,
+        "batch_size": 4,
+        "num_workers": 0,
+        "mode": "scratch",
+        "ckpt_path": str(checkpoint),
+        "output_dir": str(root / "out"),
+    }
 
 
 def run_entry_point(entry: str, root: Path, dataset_dir: Path, checkpoint: Path) -> None:
@@ -82,9 +118,12 @@ def run_entry_point(entry: str, root: Path, dataset_dir: Path, checkpoint: Path)
         prepare_dataset(dataset_dir, root / "cache" / "prepared" / "out", spacing=(4.0, 4.0), image_size=(48, 48))
         return
     config = {"pretrain": "pretrain.yaml", "train": "train.yaml", "evaluate": "evaluate.yaml"}[entry]
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=None,
-                              run_id="pretrain" if entry == "pretrain" else "run",
-                              **tiny(root, dataset_dir, checkpoint))
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        workflow_type=None,
+        run_id="pretrain" if entry == "pretrain" else "run",
+        **tiny(root, dataset_dir, checkpoint),
+    )
     workflow.initialize()
     workflow.run()
 
@@ -94,8 +133,11 @@ def assert_nothing_half_written(root: Path) -> None:
     assert not prepared.exists() or not list(prepared.rglob("datalist.json")), "a datalist was left behind"
     assert not list(root.rglob("*.tmp")), "a temporary file was left behind"
     out = root / "out"
-    assert not out.exists() or not [p for p in out.rglob("*") if p.suffix in (".pt", ".csv") or p.name.endswith(".json")
-                                    and p.name not in ("run_info.json", MARKER)], "an output was left behind"
+    assert not out.exists() or not [
+        p
+        for p in out.rglob("*")
+        if p.suffix in (".pt", ".csv") or p.name.endswith(".json") and p.name not in ("run_info.json", MARKER)
+    ], "an output was left behind"
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
@@ -124,9 +166,25 @@ def test_missing_and_empty_dataset_folders_are_named(tmp_path, checkpoint, entry
 def test_an_override_of_the_wrong_type_stops_before_any_work(tmp_path, checkpoint, entry):
     source = write_dataset(tmp_path / "acdc", num_subjects=5)
     config = str(CONFIGS / f"{entry}.yaml")
-    args = [sys.executable, "-m", "monai.bundle", "run", "pretrain" if entry == "pretrain" else "run",
-            "--config_file", config, "--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", str(source),
-            "--epochs", "two", "--batch_size", "0", "--output_dir", str(tmp_path / "bundle" / "out")]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "pretrain" if entry == "pretrain" else "run",
+        "--config_file",
+        config,
+        "--bundle_root",
+        str(tmp_path / "bundle"),
+        "--dataset_dir",
+        str(source),
+        "--epochs",
+        "two",
+        "--batch_size",
+        "0",
+        "--output_dir",
+        str(tmp_path / "bundle" / "out"),
+    ]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "--epochs must be a positive integer, got 'two'" in done.stderr
@@ -141,8 +199,12 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(tmp_pa
     blocker.write_text("a file where the output folder should be")
     overrides = tiny(tmp_path / "bundle", source, checkpoint) | {"output_dir": str(blocker / "out")}
     config = {"pretrain": "pretrain.yaml", "train": "train.yaml", "evaluate": "evaluate.yaml"}[entry]
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=None,
-                              run_id="pretrain" if entry == "pretrain" else "run", **overrides)
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / config),
+        workflow_type=None,
+        run_id="pretrain" if entry == "pretrain" else "run",
+        **overrides,
+    )
     with pytest.raises(Exception) as info:
         workflow.initialize()
     assert find_in_chain(info.value, DataError, r"a_file/out.*cannot write output here"), repr(info.value)
@@ -157,9 +219,12 @@ def test_paths_with_spaces_and_unicode_work_end_to_end(tmp_path, checkpoint):
     unusual = tmp_path / "entrée à segmenter" / "cœur 1.nii.gz"
     unusual.parent.mkdir()
     shutil.copy(image, unusual)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.yaml"), workflow_type=None, run_id="run",
-                              **tiny(root, source, checkpoint) | {"inputs": str(unusual.parent),
-                                                                 "output_dir": str(root / "sortie")})
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.yaml"),
+        workflow_type=None,
+        run_id="run",
+        **tiny(root, source, checkpoint) | {"inputs": str(unusual.parent), "output_dir": str(root / "sortie")},
+    )
     workflow.initialize()
     workflow.run()
     seg = nib.load(str(root / "sortie" / "cœur 1_seg.nii.gz"))

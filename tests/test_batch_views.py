@@ -11,14 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_settings
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import AdjustContrast, Affine, Flip, GaussianSmooth, RandBiasField
 from monai.utils import set_determinism
 
-from helpers import tiny_settings
-from pix2rep_bundle.batch_views import (BatchPairedViews, PrepareAugmentedPairs, adjust_gamma, bias_fields, blur,
-                                        flip_maps, similarity_maps)
+from pix2rep_bundle.batch_views import (
+    BatchPairedViews,
+    PrepareAugmentedPairs,
+    adjust_gamma,
+    bias_fields,
+    blur,
+    flip_maps,
+    similarity_maps,
+)
 from pix2rep_bundle.geometry import _as_batched_3x3, alignment_from_batch
 from pix2rep_bundle.losses import Pix2RepLoss
 from pix2rep_bundle.networks import Pix2RepNet, compile_network
@@ -77,8 +84,9 @@ def test_same_affines_give_the_same_views_and_the_same_alignment():
     batch = monai_batch(8, seed=3, **NO_INTENSITY)
     maps = recorded_maps(batch)
     assert not torch.allclose(maps[0], maps[1])  # real, different augmentations (flips, rotations, zooms)
-    pair = BatchPairedViews(**NO_INTENSITY).apply(torch.from_numpy(np.stack([smooth_image()] * 8)), maps,
-                                                  intensity=False)
+    pair = BatchPairedViews(**NO_INTENSITY).apply(
+        torch.from_numpy(np.stack([smooth_image()] * 8)), maps, intensity=False
+    )
     for k, key in enumerate(("view_1", "view_2")):
         assert torch.allclose(pair.views[k], batch[key].as_tensor(), atol=1e-5)
     expected, got = alignment_from_batch(batch), pair.alignment()
@@ -89,11 +97,13 @@ def test_same_affines_give_the_same_views_and_the_same_alignment():
 @pytest.mark.parametrize("angle, scale, shift", [(0.3, 0.7, (2.5, -4.0)), (-1.2, 0.4, (0.0, 3.0)), (0.0, 1.0, (1, 1))])
 def test_similarity_maps_are_monai_affine_maps(angle, scale, shift):
     image = MetaTensor(torch.from_numpy(smooth_image()))
-    moved = Affine(rotate_params=angle, scale_params=(scale, scale), translate_params=shift, padding_mode="zeros",
-                   image_only=True)(image)
+    moved = Affine(
+        rotate_params=angle, scale_params=(scale, scale), translate_params=shift, padding_mode="zeros", image_only=True
+    )(image)
     expected = _as_batched_3x3(moved.affine)  # the source affine is the identity
-    got = similarity_maps(torch.tensor([angle]), torch.tensor([scale]), torch.tensor([shift], dtype=torch.float64),
-                          (H, W))
+    got = similarity_maps(
+        torch.tensor([angle]), torch.tensor([scale]), torch.tensor([shift], dtype=torch.float64), (H, W)
+    )
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -113,8 +123,10 @@ def test_a_known_shift_maps_each_pixel_where_it_should_in_both_directions():
     images = torch.from_numpy(smooth_image())[None]
     augment = BatchPairedViews(**NO_INTENSITY)
     ii, jj = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    for maps, offset in ((torch.stack([shift, identity])[:, None], (3.0, -2.0)),
-                         (torch.stack([identity, shift])[:, None], (-3.0, 2.0))):
+    for maps, offset in (
+        (torch.stack([shift, identity])[:, None], (3.0, -2.0)),
+        (torch.stack([identity, shift])[:, None], (-3.0, 2.0)),
+    ):
         pair = augment.apply(images, maps, intensity=False)
         alignment = pair.alignment()
         where = as_voxels(alignment.grid[0], (H, W))
@@ -163,8 +175,13 @@ def test_drawn_views_follow_the_distribution_of_the_monai_path():
 
     def stats(maps, alignment, views):
         det = torch.linalg.det(maps[..., :2, :2])
-        return {"scale": det.abs().sqrt().mean(), "flipped": (det < 0).double().mean(), "overlap": alignment.mask.mean(),
-                "mean": views.mean(), "std": views.std()}
+        return {
+            "scale": det.abs().sqrt().mean(),
+            "flipped": (det < 0).double().mean(),
+            "overlap": alignment.mask.mean(),
+            "mean": views.mean(),
+            "std": views.std(),
+        }
 
     plain_views = torch.stack([batch["view_1"].as_tensor(), batch["view_2"].as_tensor()])
     plain, fast = stats(plain_maps, plain_alignment, plain_views), stats(fast_maps, fast_alignment, pair.views)
@@ -203,8 +220,16 @@ def test_the_pretraining_config_trains_on_the_fast_path(tmp_path):
     """augment_on_device: the loader serves plain slices, the trainer augments them; a few iterations run."""
     config = ConfigParser()
     config.read_config(str(REPO / "configs" / "pretrain.yaml"))
-    config.update(tiny_settings(tmp_path) | {"num_workers": 0, "augment_on_device": True, "epochs": 1,
-                                             "train#trainer#epoch_length": 3, "validate#evaluator#epoch_length": 1})
+    config.update(
+        tiny_settings(tmp_path)
+        | {
+            "num_workers": 0,
+            "augment_on_device": True,
+            "epochs": 1,
+            "train#trainer#epoch_length": 3,
+            "validate#evaluator#epoch_length": 1,
+        }
+    )
     batch = next(iter(config.get_parsed_content("train#dataloader")))
     assert "view_1" not in batch and tuple(batch["image"].shape) == (4, 1, 48, 48)
     trainer = config.get_parsed_content("train#trainer")

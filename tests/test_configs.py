@@ -27,7 +27,7 @@ def test_each_config_starts_with_the_common_block_verbatim(name):
     common = shared_block((CONFIGS / "common.yaml").read_text())
     text = (CONFIGS / name).read_text().splitlines()
     start = text.index(common[0])
-    assert text[start:start + len(common)] == common, f"configs/{name} drifted from configs/common.yaml"
+    assert text[start : start + len(common)] == common, f"configs/{name} drifted from configs/common.yaml"
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -37,7 +37,7 @@ def test_each_config_parses_and_imports_one_name_per_line(name):
     for line in config["imports"]:
         # MONAI 1.6.1 binds only the first name of `$from x import a, b`
         assert "," not in line, f"configs/{name}: one import per line, got {line!r}"
-    config.update({"profile": "cpu_demo"})
+    config.update({"profile": "compact"})
     assert config.get_parsed_content("features") == [16, 16, 32, 64, 128, 32]
     assert str(config.get_parsed_content("device")) in ("cpu", "cuda")
 
@@ -45,16 +45,41 @@ def test_each_config_parses_and_imports_one_name_per_line(name):
 def test_model_zoo_properties_of_the_training_config():
     config = ConfigParser()
     config.read_config(str(CONFIGS / "train.yaml"))
-    for key in ["bundle_root", "device", "dataset_dir", "train#trainer", "train#trainer#max_epochs",
-                "train#dataset", "train#dataset#data", "train#inferer", "validate#dataset#data", "network_def",
-                "network", "run", "initialize"]:
+    for key in [
+        "bundle_root",
+        "device",
+        "dataset_dir",
+        "train#trainer",
+        "train#trainer#max_epochs",
+        "train#dataset",
+        "train#dataset#data",
+        "train#inferer",
+        "validate#dataset#data",
+        "network_def",
+        "network",
+        "run",
+        "initialize",
+    ]:
         assert key in config, key
 
 
 def test_metadata_passes_verify_metadata_offline():
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
-         "--filepath", "docs/metadata_schema.json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            "configs/metadata.json",
+            "--filepath",
+            "docs/metadata_schema.json",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
 
@@ -67,7 +92,7 @@ def test_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
     assert commands[0].endswith("python -m monai.bundle run pretrain --config_file configs/pretrain.yaml")
     assert "pip install" in commands[0] and "torch" not in commands[0]  # torch comes pinned from pyproject
     assert commands[1] in (REPO / ".ci" / "run").read_text()
-    assert 'torch==2.13.0' in (REPO / "pyproject.toml").read_text()
+    assert "torch==2.13.0" in (REPO / "pyproject.toml").read_text()
 
 
 @pytest.mark.parametrize("name, kind", [("train.yaml", "train"), ("inference.yaml", "infer")])
@@ -79,9 +104,19 @@ def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind
     features = [4, 4, 8, 8, 16, 8]
     ckpt = tmp_path / "model.pt"
     torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=features).state_dict(), ckpt)
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / name), workflow_type=kind, meta_file=str(CONFIGS / "metadata.json"),
-                              bundle_root=str(tmp_path), profile="cpu_demo", phantom_subjects=10, image_size=[48, 48],
-                              spacing=[4.0, 4.0], features=features, mode="scratch", ckpt_path=str(ckpt))
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / name),
+        workflow_type=kind,
+        meta_file=str(CONFIGS / "metadata.json"),
+        bundle_root=str(tmp_path),
+        profile="compact",
+        phantom_subjects=10,
+        image_size=[48, 48],
+        spacing=[4.0, 4.0],
+        features=features,
+        mode="scratch",
+        ckpt_path=str(ckpt),
+    )
     workflow.initialize()
     assert workflow.check_properties() == [], f"configs/{name} lacks required {kind} properties"
 

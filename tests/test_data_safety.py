@@ -14,17 +14,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import find_in_chain, tiny_settings
 from monai.bundle import ConfigParser
+from test_acdc import write_dataset
 from torch import nn
 
-from helpers import find_in_chain, tiny_settings
 from pix2rep_bundle.data.acdc import ensure_prepared, prepare_dataset, scan_acdc
 from pix2rep_bundle.data.phantom import write_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
 from pix2rep_bundle.outputs import MARKER, claim_output_dir, folder_kind
 from pix2rep_bundle.run_guard import LOCK_NAME, RunLock, differing_settings, start_run
-from test_acdc import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING, SIZE = (1.5, 1.5), (32, 32)
@@ -44,6 +44,7 @@ def user_folder(path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- folders the bundle did not make
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
@@ -82,8 +83,10 @@ def test_preparation_and_phantom_never_replace_a_users_folder(dataset, tmp_path)
 def test_cli_scripts_refuse_with_one_line(dataset, tmp_path):
     mine = user_folder(tmp_path / "mine")
     before = snapshot(mine)
-    for args in (["scripts/prepare_data.py", "--dataset_dir", str(dataset), "--output_dir", str(dataset)],
-                 ["scripts/make_phantom.py", "--out_dir", str(mine), "--num_subjects", "1"]):
+    for args in (
+        ["scripts/prepare_data.py", "--dataset_dir", str(dataset), "--output_dir", str(dataset)],
+        ["scripts/make_phantom.py", "--out_dir", str(mine), "--num_subjects", "1"],
+    ):
         done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode != 0, args
         assert "DataError" in done.stderr or "error:" in done.stderr
@@ -145,7 +148,9 @@ def test_start_run_refuses_a_rerun_and_a_changed_resume_and_keeps_the_files(tmp_
     assert len(record["started_before"]) == 1
     start_run(out, checkpoint, changed, overwrite=True)  # explicitly afresh
     with pytest.raises(DataError, match="dataset folder"):
-        start_run(tmp_path / "data" / "runs", tmp_path / "data" / "runs" / "c.pt", SETTINGS, dataset_dir=tmp_path / "data")
+        start_run(
+            tmp_path / "data" / "runs", tmp_path / "data" / "runs" / "c.pt", SETTINGS, dataset_dir=tmp_path / "data"
+        )
     assert differing_settings({"epochs": 3}, {"epochs": 3, "num_workers": 4}) == []
 
 
@@ -170,18 +175,48 @@ def test_a_second_run_into_the_same_folder_is_refused_and_a_stale_lock_taken_ove
 
 def test_a_batch_larger_than_the_data_stops_before_writing(tmp_path):
     out = tmp_path / "pretrain"
-    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "pretrain", "--config_file",
-                           "configs/pretrain.yaml", "--bundle_root", str(tmp_path), "--phantom_subjects", "10",
-                           "--image_size", "[48,48]", "--spacing", "[4.0,4.0]", "--features", "[4,4,8,8,16,8]",
-                           "--projection_hidden", "8", "--projection_dim", "8", "--batch_size", "400",
-                           "--output_dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "pretrain",
+            "--config_file",
+            "configs/pretrain.yaml",
+            "--bundle_root",
+            str(tmp_path),
+            "--phantom_subjects",
+            "10",
+            "--image_size",
+            "[48,48]",
+            "--spacing",
+            "[4.0,4.0]",
+            "--features",
+            "[4,4,8,8,16,8]",
+            "--projection_hidden",
+            "8",
+            "--projection_dim",
+            "8",
+            "--batch_size",
+            "400",
+            "--output_dir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0
     assert "give no batch" in done.stderr and "--batch_size 400" in done.stderr
     assert not out.exists()
 
 
-@pytest.mark.parametrize("setting, message", [({"label_seed": -1}, "--label_seed must be a whole number >= 0"),
-                                              ({"profile": "gpu"}, "unknown profile 'gpu'")])
+@pytest.mark.parametrize(
+    "setting, message",
+    [({"label_seed": -1}, "--label_seed must be a whole number >= 0"), ({"profile": "gpu"}, "unknown profile 'gpu'")],
+)
 def test_malformed_settings_are_named(tmp_path, setting, message):
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "train.yaml"))
@@ -192,6 +227,7 @@ def test_malformed_settings_are_named(tmp_path, setting, message):
 
 
 # ---------------------------------------------------------------- ambiguous datasets
+
 
 def test_a_subject_copied_under_another_name_is_refused(tmp_path):
     root = write_dataset(tmp_path / "training", num_subjects=3)
@@ -228,6 +264,7 @@ def test_labels_that_are_not_exactly_0_to_3_are_refused_not_rounded(tmp_path):
 
 # ---------------------------------------------------------------- inference outputs
 
+
 class LabelFromIntensity(nn.Module):
     def __init__(self):
         super().__init__()
@@ -241,8 +278,9 @@ class LabelFromIntensity(nn.Module):
 def infer(overrides: dict) -> None:
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "inference.yaml"))
-    parser.update({"profile": "cpu_demo", "image_size": [48, 48], "spacing": [4.0, 4.0], "ckpt_path": "unused"}
-                  | overrides)
+    parser.update(
+        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "ckpt_path": "unused"} | overrides
+    )
     parser["network"] = LabelFromIntensity()
     parser.parse()
     parser.get_parsed_content("initialize")
@@ -267,7 +305,9 @@ def test_same_names_in_different_folders_give_one_output_each(tmp_path):
     assert (tmp_path / "out" / "subjA" / "sa_seg.nii.gz").is_file()
     assert (tmp_path / "out" / "subjB" / "sa_seg.nii.gz").is_file()
     assert output_paths([{"image": a}, {"image": b}], tmp_path / "out") == {
-        str(a): str(tmp_path / "out" / "subjA" / "sa_seg.nii.gz"), str(b): str(tmp_path / "out" / "subjB" / "sa_seg.nii.gz")}
+        str(a): str(tmp_path / "out" / "subjA" / "sa_seg.nii.gz"),
+        str(b): str(tmp_path / "out" / "subjB" / "sa_seg.nii.gz"),
+    }
 
 
 def test_clashing_names_and_outputs_onto_inputs_are_refused_before_any_work(tmp_path):
@@ -290,8 +330,21 @@ def test_clashing_names_and_outputs_onto_inputs_are_refused_before_any_work(tmp_
     assert not (tmp_path / "out").exists() or {p.name for p in (tmp_path / "out").iterdir()} <= {MARKER}
 
 
-HEADER_FIELDS = ("sform_code", "qform_code", "srow_x", "srow_y", "srow_z", "quatern_b", "quatern_c", "quatern_d",
-                 "qoffset_x", "qoffset_y", "qoffset_z", "pixdim", "xyzt_units")
+HEADER_FIELDS = (
+    "sform_code",
+    "qform_code",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "pixdim",
+    "xyzt_units",
+)
 
 
 def assert_same_geometry(seg_path: Path, scan_path: Path) -> None:
@@ -313,7 +366,10 @@ ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC" / "train
 
 @pytest.mark.skipif(not (ACDC / "patient001").is_dir(), reason="real ACDC data not present")
 def test_real_acdc_segmentations_keep_the_scans_header(tmp_path):
-    inputs = [str(ACDC / "patient001" / "patient001_frame01.nii.gz"), str(ACDC / "patient002" / "patient002_frame01.nii.gz")]
+    inputs = [
+        str(ACDC / "patient001" / "patient001_frame01.nii.gz"),
+        str(ACDC / "patient002" / "patient002_frame01.nii.gz"),
+    ]
     infer({"inputs": inputs, "output_dir": str(tmp_path / "out")})
     for name in inputs:
         subject = Path(name).parent.name

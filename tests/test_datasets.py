@@ -36,6 +36,7 @@ def _num_slices(entries: list[dict]) -> int:
 
 # ---------------------------------------------------------------------------------------------- datalists
 
+
 def test_load_datalist_gives_absolute_paths(phantom):
     _, datalist = phantom
     for split in ("pretrain", "labeled", "validation", "test"):
@@ -62,8 +63,15 @@ def _pool(subjects_per_group: int = 4) -> list[dict]:
     for i in range(5 * subjects_per_group):
         for phase, frame in (("ED", 1), ("ES", 10)):
             subject = f"patient{i:03d}"
-            entries.append({"image": f"/data/volumes/{subject}_frame{frame:02d}.nii.gz", "subject": subject,
-                            "frame": frame, "phase": phase, "group": GROUPS[i % 5]})
+            entries.append(
+                {
+                    "image": f"/data/volumes/{subject}_frame{frame:02d}.nii.gz",
+                    "subject": subject,
+                    "frame": frame,
+                    "phase": phase,
+                    "group": GROUPS[i % 5],
+                }
+            )
     return entries
 
 
@@ -99,6 +107,7 @@ def test_select_labeled_subjects_errors():
 
 # ---------------------------------------------------------------------------------------------- slices
 
+
 def test_slice_dataset_items(phantom):
     _, datalist = phantom
     entries = load_datalist(datalist, "labeled")
@@ -127,11 +136,16 @@ def test_entries_without_label_give_items_without_label(phantom):
 def test_raw_entries_with_volume_preprocessing_match_the_prepared_volumes(phantom):
     source, datalist = phantom
     prepared = load_datalist(datalist, "test")
-    raw = [{"image": str(source / e["subject"] / f"{e['subject']}_frame{e['frame']:02d}.nii.gz"),
-            "label": str(source / e["subject"] / f"{e['subject']}_frame{e['frame']:02d}_gt.nii.gz")}
-           for e in prepared]
-    ds_raw = VolumeSliceDataset(raw, volume_transform=volume_preprocessing(("image", "label"), SPACING, SIZE),
-                                progress=False)
+    raw = [
+        {
+            "image": str(source / e["subject"] / f"{e['subject']}_frame{e['frame']:02d}.nii.gz"),
+            "label": str(source / e["subject"] / f"{e['subject']}_frame{e['frame']:02d}_gt.nii.gz"),
+        }
+        for e in prepared
+    ]
+    ds_raw = VolumeSliceDataset(
+        raw, volume_transform=volume_preprocessing(("image", "label"), SPACING, SIZE), progress=False
+    )
     ds_prep = VolumeSliceDataset(prepared, progress=False)
     assert len(ds_raw) == len(ds_prep)
     for i in (0, len(ds_raw) // 2, len(ds_raw) - 1):
@@ -142,8 +156,12 @@ def test_raw_entries_with_volume_preprocessing_match_the_prepared_volumes(phanto
 
 def test_slice_items_become_2d_metatensors_through_monai_transforms(phantom):
     _, datalist = phantom
-    chain = Compose([EnsureTyped(keys=["image", "label"], track_meta=True),
-                     RandAffined(keys=["image", "label"], prob=1, rotate_range=0.5, mode=["bilinear", "nearest"])])
+    chain = Compose(
+        [
+            EnsureTyped(keys=["image", "label"], track_meta=True),
+            RandAffined(keys=["image", "label"], prob=1, rotate_range=0.5, mode=["bilinear", "nearest"]),
+        ]
+    )
     ds = VolumeSliceDataset(load_datalist(datalist, "validation"), transform=chain, progress=False)
     item = ds[2]
     assert isinstance(item["image"], MetaTensor) and item["image"].shape == (1, *SIZE)
@@ -154,6 +172,7 @@ def test_slice_items_become_2d_metatensors_through_monai_transforms(phantom):
 
 
 # ---------------------------------------------------------------------------------------------- errors
+
 
 def _save(path: Path, array: np.ndarray) -> str:
     nib.save(nib.Nifti1Image(array, np.eye(4)), path)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import tiny_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,18 +27,35 @@ finalize:
 PRETRAIN_FILES = {"checkpoint.pt", "pix2rep_backbone.pt", "run_info.json", "tensorboard"}
 
 
-@pytest.mark.parametrize("name, run_id, expected, extra", [
-    ("pretrain", "pretrain", PRETRAIN_FILES, {}),
-    ("pretrain", "pretrain", PRETRAIN_FILES, {"augment_on_device": True, "gather_negatives": True}),
-    ("train", "run", {"model.pt", "train_state", "run_info.json", "tensorboard"}, {}),
-], ids=["pretrain", "pretrain_fast_path_gathered_negatives", "train"])
+@pytest.mark.parametrize(
+    "name, run_id, expected, extra",
+    [
+        ("pretrain", "pretrain", PRETRAIN_FILES, {}),
+        ("pretrain", "pretrain", PRETRAIN_FILES, {"augment_on_device": True, "gather_negatives": True}),
+        ("train", "run", {"model.pt", "train_state", "run_info.json", "tensorboard"}, {}),
+    ],
+    ids=["pretrain", "pretrain_fast_path_gathered_negatives", "train"],
+)
 def test_two_gloo_processes_train_identical_weights_and_only_rank_0_writes(tmp_path, name, run_id, expected, extra):
     layer = tmp_path / "per_rank.yaml"
     layer.write_text(PER_RANK.format(root=tmp_path))
-    configs = str([str(REPO / "configs" / f"{name}.yaml"), str(REPO / "configs" / f"multi_gpu_{name}.yaml"),
-                   str(layer)])
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "monai.bundle", "run", run_id, "--config_file", configs]
+    configs = str(
+        [str(REPO / "configs" / f"{name}.yaml"), str(REPO / "configs" / f"multi_gpu_{name}.yaml"), str(layer)]
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        configs,
+    ]
     settings = tiny_settings(tmp_path / "bundle") | {"epochs": 1, "num_workers": 0} | extra
     if name == "train":
         settings |= {"mode": "scratch", "iterations_per_epoch": 3}

@@ -10,13 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FEATURES, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from monai.utils import set_determinism
 from torch import nn
 
-from helpers import TINY_FEATURES, tiny_settings
 from pix2rep_bundle.engines import AutocastEvaluator, AutocastTrainer, as_float32, autocast_context
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,8 +55,16 @@ def record_losses(trainer) -> list[torch.Tensor]:
 @pytest.mark.parametrize("amp", ["true", "false"])
 @pytest.mark.parametrize("augment_on_device", ["true", "false"])
 def test_pretraining_engines_compute_in_bf16_with_amp(tiny, amp, augment_on_device):
-    parser = parsed("pretrain.yaml", tiny | {"epochs": 1, "amp": amp, "augment_on_device": augment_on_device,
-                                             "output_dir": str(Path(tiny["bundle_root"]) / f"pre_{amp}")})
+    parser = parsed(
+        "pretrain.yaml",
+        tiny
+        | {
+            "epochs": 1,
+            "amp": amp,
+            "augment_on_device": augment_on_device,
+            "output_dir": str(Path(tiny["bundle_root"]) / f"pre_{amp}"),
+        },
+    )
     trainer = parser.get_parsed_content("train#trainer")
     assert isinstance(parser.get_parsed_content("validate#evaluator"), AutocastEvaluator)
     recorder = DtypeRecorder(parser.get_parsed_content("network"))
@@ -72,8 +80,13 @@ def test_pretraining_engines_compute_in_bf16_with_amp(tiny, amp, augment_on_devi
 @pytest.mark.parametrize("amp", ["true", "false"])
 @pytest.mark.parametrize("mean_teacher", ["true", "false"])
 def test_segmentation_engines_compute_in_bf16_with_amp(tiny, amp, mean_teacher):
-    overrides = tiny | {"mode": "scratch", "epochs": 1, "iterations_per_epoch": 2, "amp": amp,
-                        "output_dir": str(Path(tiny["bundle_root"]) / f"seg_{amp}")}
+    overrides = tiny | {
+        "mode": "scratch",
+        "epochs": 1,
+        "iterations_per_epoch": 2,
+        "amp": amp,
+        "output_dir": str(Path(tiny["bundle_root"]) / f"seg_{amp}"),
+    }
     parser = parsed(["train.yaml", "mean_teacher.yaml"] if mean_teacher == "true" else "train.yaml", overrides)
     trainer = parser.get_parsed_content("train#trainer")
     student = DtypeRecorder(parser.get_parsed_content("network"))
@@ -98,10 +111,19 @@ def test_inference_engine_computes_in_bf16_with_amp(tmp_path, amp):
     torch.manual_seed(0)
     network = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=TINY_FEATURES)
     torch.save(network.state_dict(), tmp_path / "model.pt")
-    parser = parsed("inference.yaml", {"profile": "cpu_demo", "image_size": [48, 48], "spacing": [4.0, 4.0],
-                                       "features": TINY_FEATURES, "ckpt_path": str(tmp_path / "model.pt"),
-                                       "inputs": str(tmp_path / "scan.nii.gz"), "output_dir": str(tmp_path / "out"),
-                                       "amp": amp})
+    parser = parsed(
+        "inference.yaml",
+        {
+            "profile": "compact",
+            "image_size": [48, 48],
+            "spacing": [4.0, 4.0],
+            "features": TINY_FEATURES,
+            "ckpt_path": str(tmp_path / "model.pt"),
+            "inputs": str(tmp_path / "scan.nii.gz"),
+            "output_dir": str(tmp_path / "out"),
+            "amp": amp,
+        },
+    )
     evaluator = parser.get_parsed_content("evaluator")
     assert isinstance(evaluator, AutocastEvaluator)
     recorder = DtypeRecorder(parser.get_parsed_content("network"))
@@ -115,9 +137,17 @@ def test_pretraining_trainer_bf16_losses_agree_with_float32(tiny):
     losses = {}
     for amp in ("false", "true"):
         set_determinism(seed=0)
-        parser = parsed("pretrain.yaml", tiny | {"epochs": 1, "amp": amp, "augment_on_device": "true",
-                                                 "val_interval": 100,
-                                                 "output_dir": str(Path(tiny["bundle_root"]) / f"agree_{amp}")})
+        parser = parsed(
+            "pretrain.yaml",
+            tiny
+            | {
+                "epochs": 1,
+                "amp": amp,
+                "augment_on_device": "true",
+                "val_interval": 100,
+                "output_dir": str(Path(tiny["bundle_root"]) / f"agree_{amp}"),
+            },
+        )
         trainer = parser.get_parsed_content("train#trainer")
         recorded = record_losses(trainer)
         trainer.state.epoch_length = 3
@@ -142,8 +172,14 @@ def test_autocast_context_and_float32_output():
 
 def test_engines_refuse_what_they_do_not_support():
     net = nn.Conv2d(1, 1, 1)
-    common = {"device": torch.device("cpu"), "max_epochs": 1, "train_data_loader": [], "network": net,
-              "optimizer": torch.optim.SGD(net.parameters(), lr=0.1), "loss_function": nn.MSELoss()}
+    common = {
+        "device": torch.device("cpu"),
+        "max_epochs": 1,
+        "train_data_loader": [],
+        "network": net,
+        "optimizer": torch.optim.SGD(net.parameters(), lr=0.1),
+        "loss_function": nn.MSELoss(),
+    }
     with pytest.raises(ValueError, match="accumulation_steps"):
         AutocastTrainer(**common, accumulation_steps=2)
     with pytest.raises(ValueError, match="compile"):

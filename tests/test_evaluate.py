@@ -12,19 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import find_in_chain
 from monai.bundle import run
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from helpers import find_in_chain
 from pix2rep_bundle.errors import CheckpointError
-from pix2rep_bundle.evaluation import (
-    evaluate_volumes,
-    metric_columns,
-    predict_volume,
-    volume_metrics,
-    write_report,
-)
+from pix2rep_bundle.evaluation import evaluate_volumes, metric_columns, predict_volume, volume_metrics, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = [4, 4, 8, 8, 16, 8]
@@ -108,9 +102,16 @@ def test_evaluate_volumes_and_report_on_a_perfect_prediction(tmp_path):
     entries = []
     for subject, phase, frame in [("patient001", "ED", 1), ("patient001", "ES", 9), ("patient002", "ED", 1)]:
         stem = f"{subject}_frame{frame:02d}"
-        entries.append({"image": write_volume(tmp_path / f"{stem}.nii.gz", labels, (1.5, 1.5, 10.0)),
-                        "label": write_volume(tmp_path / f"{stem}_gt.nii.gz", labels, (1.5, 1.5, 10.0)),
-                        "subject": subject, "frame": frame, "phase": phase, "group": "NOR"})
+        entries.append(
+            {
+                "image": write_volume(tmp_path / f"{stem}.nii.gz", labels, (1.5, 1.5, 10.0)),
+                "label": write_volume(tmp_path / f"{stem}_gt.nii.gz", labels, (1.5, 1.5, 10.0)),
+                "subject": subject,
+                "frame": frame,
+                "phase": phase,
+                "group": "NOR",
+            }
+        )
     rows = evaluate_volumes(OneHotNet(), entries, batch_size=3, log=None)
     assert [r["subject"] for r in rows] == ["patient001", "patient001", "patient002"]
     assert all(r["dice_mean"] == pytest.approx(1.0) and r["hd95_mean"] == 0.0 for r in rows)
@@ -142,10 +143,17 @@ def test_report_writes_nan_hd95_and_null_statistics(tmp_path):
 
 # ---------------------------------------------------------------- configs/evaluate.yaml on a tiny phantom
 
+
 def tiny_overrides(root: Path) -> dict:
     """A few small phantom subjects prepared at 48 x 48 (4 mm pixels) and a tiny U-Net, all under ``root``."""
-    return {"bundle_root": str(root), "profile": "cpu_demo", "phantom_subjects": 10, "image_size": [48, 48],
-            "spacing": [4.0, 4.0], "features": FEATURES}
+    return {
+        "bundle_root": str(root),
+        "profile": "compact",
+        "phantom_subjects": 10,
+        "image_size": [48, 48],
+        "spacing": [4.0, 4.0],
+        "features": FEATURES,
+    }
 
 
 def test_evaluate_config_scores_every_test_volume(tmp_path):
@@ -155,8 +163,13 @@ def test_evaluate_config_scores_every_test_volume(tmp_path):
     torch.manual_seed(0)
     torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=FEATURES).state_dict(), ckpt)
     overrides = tiny_overrides(tmp_path)
-    run("run", config_file=str(REPO / "configs" / "evaluate.yaml"), ckpt_path=str(ckpt),
-        output_dir=str(tmp_path / "eval"), **overrides)
+    run(
+        "run",
+        config_file=str(REPO / "configs" / "evaluate.yaml"),
+        ckpt_path=str(ckpt),
+        output_dir=str(tmp_path / "eval"),
+        **overrides,
+    )
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     datalist = next((tmp_path / "cache" / "prepared").glob("*/datalist.json"))
     test_entries = load_datalist(str(datalist), "test")
@@ -171,14 +184,30 @@ def test_evaluate_config_scores_every_test_volume(tmp_path):
 def test_evaluate_config_reports_a_missing_or_mismatched_checkpoint(tmp_path):
     overrides = tiny_overrides(tmp_path)
     with pytest.raises(Exception) as missing:
-        run("run", config_file=str(REPO / "configs" / "evaluate.yaml"), ckpt_path=str(tmp_path / "none.pt"),
-            output_dir=str(tmp_path / "eval"), **overrides)
+        run(
+            "run",
+            config_file=str(REPO / "configs" / "evaluate.yaml"),
+            ckpt_path=str(tmp_path / "none.pt"),
+            output_dir=str(tmp_path / "eval"),
+            **overrides,
+        )
     assert find_in_chain(missing.value, CheckpointError, "none.pt.*not found")
     other = tmp_path / "other.pt"
-    torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=(4, 4, 8, 8, 16, 6)).state_dict(),
-               other)
+    torch.save(
+        BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=(4, 4, 8, 8, 16, 6)).state_dict(), other
+    )
     with pytest.raises(Exception) as mismatch:
-        run("run", config_file=str(REPO / "configs" / "evaluate.yaml"), ckpt_path=str(other),
-            output_dir=str(tmp_path / "eval"), **overrides)
-    assert find_in_chain(mismatch.value, CheckpointError, "other.pt.*does not fit")
+        run(
+            "run",
+            config_file=str(REPO / "configs" / "evaluate.yaml"),
+            ckpt_path=str(other),
+            output_dir=str(tmp_path / "eval"),
+            **overrides,
+        )
+    assert find_in_chain(
+        mismatch.value,
+        CheckpointError,
+        r"other.pt: holds a BasicUNet with features=\[4, 4, 8, 8, 16, 6\], but the config.s network is a "
+        r"BasicUNet with features=\[.+\]",
+    )
     assert not (tmp_path / "eval").exists()

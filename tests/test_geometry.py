@@ -11,14 +11,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Affine, Flip, Rotate90
 
-from pix2rep_bundle.geometry import (
-    Alignment,
-    alignment_from_batch,
-    alignment_from_maps,
-    pixel_scaling,
-    voxel_map,
-    warp,
-)
+from pix2rep_bundle.geometry import Alignment, alignment_from_batch, alignment_from_maps, pixel_scaling, voxel_map, warp
 from pix2rep_bundle.transforms import paired_views
 
 H = W = 32
@@ -39,13 +32,17 @@ def source() -> MetaTensor:
 
 # Each case: a MONAI transform and the analytic map from its output voxel (i, j) to the source voxel it shows.
 CASES = {
-    "translate": (lambda: Affine(translate_params=(0, 5), padding_mode="zeros", image_only=True),
-                  lambda i, j: (i, j + 5)),
+    "translate": (
+        lambda: Affine(translate_params=(0, 5), padding_mode="zeros", image_only=True),
+        lambda i, j: (i, j + 5),
+    ),
     "rotate90": (lambda: Rotate90(k=1), lambda i, j: (j, W - 1 - i)),
     "flip_vertical": (lambda: Flip(spatial_axis=0), lambda i, j: (H - 1 - i, j)),
     "flip_horizontal": (lambda: Flip(spatial_axis=1), lambda i, j: (i, W - 1 - j)),
-    "zoom2": (lambda: Affine(scale_params=(0.5, 0.5), padding_mode="zeros", image_only=True),
-              lambda i, j: (C + (i - C) / 2, C + (j - C) / 2)),
+    "zoom2": (
+        lambda: Affine(scale_params=(0.5, 0.5), padding_mode="zeros", image_only=True),
+        lambda i, j: (C + (i - C) / 2, C + (j - C) / 2),
+    ),
 }
 IDENTITY = lambda i, j: (i, j)  # noqa: E731
 
@@ -195,8 +192,11 @@ def test_pixel_scaling_is_the_pooling_convention():
     """A 2x average-pooled coordinate image holds, at feature pixel k, the image coordinate of that pixel."""
     pooled = F.avg_pool2d(coordinates().float()[None], 2)[0].double()
     k = coordinates((H // 2, W // 2))
-    mapped = torch.einsum("kl,lhw->khw", pixel_scaling((H // 2, W // 2), (H, W)),
-                          torch.cat([k, torch.ones(1, H // 2, W // 2, dtype=torch.float64)]))[:2]
+    mapped = torch.einsum(
+        "kl,lhw->khw",
+        pixel_scaling((H // 2, W // 2), (H, W)),
+        torch.cat([k, torch.ones(1, H // 2, W // 2, dtype=torch.float64)]),
+    )[:2]
     assert torch.allclose(mapped, pooled)
 
 
@@ -204,8 +204,9 @@ def smooth_image(seed: int, shape=(48, 48)) -> np.ndarray:
     """(1, H, W) float32 in [0, 1]: a sum of random low-frequency waves."""
     rng = np.random.default_rng(seed)
     ii, jj = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    image = sum(np.sin(rng.uniform(0.05, 0.25) * ii + rng.uniform(0.05, 0.25) * jj + rng.uniform(0, 6.3))
-                for _ in range(4))
+    image = sum(
+        np.sin(rng.uniform(0.05, 0.25) * ii + rng.uniform(0.05, 0.25) * jj + rng.uniform(0, 6.3)) for _ in range(4)
+    )
     image = (image - image.min()) / (image.max() - image.min())
     return image.astype(np.float32)[None]
 
@@ -213,8 +214,9 @@ def smooth_image(seed: int, shape=(48, 48)) -> np.ndarray:
 def paired_batch(seed: int, **kwargs) -> dict:
     views = paired_views(**NO_INTENSITY, **kwargs)
     views.set_random_state(seed)
-    return list_data_collate([views({"image": smooth_image(seed + k), "subject": "s", "frame": 1, "slice_index": k})
-                              for k in range(2)])
+    return list_data_collate(
+        [views({"image": smooth_image(seed + k), "subject": "s", "frame": 1, "slice_index": k}) for k in range(2)]
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -13,11 +13,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import find_in_chain
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from helpers import find_in_chain
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import inference_data, split_volumes, volumes_in_folder
 from pix2rep_bundle.outputs import MARKER
@@ -59,7 +59,9 @@ def labelled_volume(shape, seed: int = 0) -> np.ndarray:
         cx, cy = shape[0] * rng.uniform(0.35, 0.6), shape[1] * rng.uniform(0.35, 0.6)
         r = np.hypot((x - cx) / shape[0], (y - cy) / shape[1])
         labels[..., s] = np.where(r < 0.08, 3, np.where(r < 0.14, 2, 0))
-        labels[int(cx - 0.3 * shape[0]):int(cx - 0.2 * shape[0]), int(cy - 0.15 * shape[1]):int(cy + 0.2 * shape[1]), s] = 1
+        labels[
+            int(cx - 0.3 * shape[0]) : int(cx - 0.2 * shape[0]), int(cy - 0.15 * shape[1]) : int(cy + 0.2 * shape[1]), s
+        ] = 1
     return labels
 
 
@@ -72,8 +74,9 @@ def infer(overrides: dict, network: nn.Module | None = None) -> None:
     """Run configs/inference.yaml in process (``initialize`` then ``run``), optionally with a given network."""
     parser = ConfigParser()
     parser.read_config(INFERENCE)
-    parser.update({"profile": "cpu_demo", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": FEATURES}
-                  | overrides)
+    parser.update(
+        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": FEATURES} | overrides
+    )
     if network is not None:
         parser["network"] = network
     parser.parse()
@@ -87,6 +90,7 @@ def dice(a: np.ndarray, b: np.ndarray, c: int) -> float:
 
 # ---------------------------------------------------------------- which volumes
 
+
 def test_inputs_from_a_folder_a_file_a_json_list_or_a_list(tmp_path):
     data = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
     (tmp_path / "a" / "b").mkdir(parents=True)
@@ -97,8 +101,10 @@ def test_inputs_from_a_folder_a_file_a_json_list_or_a_list(tmp_path):
     assert volumes_in_folder(tmp_path) == [str(tmp_path / "a/b/y.nii"), str(tmp_path / "a/x.nii.gz")]
     assert inference_data(tmp_path / "a" / "x.nii.gz") == [{"image": str(tmp_path / "a/x.nii.gz")}]
     (tmp_path / "list.json").write_text(json.dumps(["a/x.nii.gz", {"image": "a/b/y.nii", "id": 7}]))
-    assert inference_data(str(tmp_path / "list.json")) == [{"image": str(tmp_path / "a/x.nii.gz")},
-                                                          {"image": str(tmp_path / "a/b/y.nii"), "id": 7}]
+    assert inference_data(str(tmp_path / "list.json")) == [
+        {"image": str(tmp_path / "a/x.nii.gz")},
+        {"image": str(tmp_path / "a/b/y.nii"), "id": 7},
+    ]
     assert inference_data([tmp_path / "a/x.nii.gz"]) == [{"image": str(tmp_path / "a/x.nii.gz")}]
 
 
@@ -118,10 +124,14 @@ def test_missing_or_empty_inputs_are_named(tmp_path):
 
 # ---------------------------------------------------------------- geometry of the written segmentation
 
-@pytest.mark.parametrize("shape, spacing, angle", [
-    ((37, 29, 3), (3.1, 5.3, 9.0), 30.0),     # smaller than the 48 x 48 crop: padded, then cropped back
-    ((80, 64, 2), (2.5, 2.2, 6.0), -115.0),   # larger than the crop: cropped around the centre, then padded
-])
+
+@pytest.mark.parametrize(
+    "shape, spacing, angle",
+    [
+        ((37, 29, 3), (3.1, 5.3, 9.0), 30.0),  # smaller than the 48 x 48 crop: padded, then cropped back
+        ((80, 64, 2), (2.5, 2.2, 6.0), -115.0),  # larger than the crop: cropped around the centre, then padded
+    ],
+)
 def test_segmentation_lies_on_the_input_grid_and_matches_in_world_coordinates(tmp_path, shape, spacing, angle):
     labels = labelled_volume(shape)
     affine = oblique_affine(spacing, angle, origin=(-40.0, 12.5, 3.0))
@@ -151,8 +161,9 @@ def test_default_inputs_are_the_original_test_volumes_and_outputs_align_with_the
     entries = split_volumes(datalist, "test")
     assert entries and all(Path(e["image"]).is_file() and Path(e["label"]).is_file() for e in entries)
     # one subject folder per input subject, mirrored below the output folder
-    relative = {e["image"]: Path(e["subject"]) / Path(e["image"]).name.replace(".nii.gz", "_seg.nii.gz")
-                for e in entries}
+    relative = {
+        e["image"]: Path(e["subject"]) / Path(e["image"]).name.replace(".nii.gz", "_seg.nii.gz") for e in entries
+    }
     written = sorted(str(p.relative_to(tmp_path / "seg")) for p in (tmp_path / "seg").rglob("*_seg.nii.gz"))
     assert written == sorted(str(r) for r in relative.values())
     for entry in entries:
@@ -165,6 +176,7 @@ def test_default_inputs_are_the_original_test_volumes_and_outputs_align_with_the
 
 # ---------------------------------------------------------------- bad input
 
+
 def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -172,10 +184,11 @@ def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     cases = {
         "2D image": (write(folder / "flat.nii.gz", volume[..., 0], np.eye(4)), "expected a 3D volume"),
         "4D cine": (write(folder / "cine.nii.gz", np.stack([volume] * 4, -1), np.eye(4)), "4D cine"),
-        "NaN voxels": (write(folder / "nan.nii.gz", np.where(volume > 0.99, np.nan, volume), np.eye(4)),
-                       "NaN/inf"),
-        "constant image": (write(folder / "constant.nii.gz", np.ones((30, 30, 3), np.float32), np.eye(4)),
-                           "constant image"),
+        "NaN voxels": (write(folder / "nan.nii.gz", np.where(volume > 0.99, np.nan, volume), np.eye(4)), "NaN/inf"),
+        "constant image": (
+            write(folder / "constant.nii.gz", np.ones((30, 30, 3), np.float32), np.eye(4)),
+            "constant image",
+        ),
         "missing file": (folder / "absent.nii.gz", "file not found"),
         "not NIfTI": (folder / "text.nii.gz", "not a readable NIfTI"),
         "truncated": (folder / "cut.nii.gz", "truncated or corrupt"),
@@ -200,6 +213,7 @@ def test_each_bad_input_stops_with_the_file_named_and_writes_nothing(tmp_path):
 
 # ---------------------------------------------------------------- CLI, Model Zoo checks, TorchScript
 
+
 def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
     torch.manual_seed(0)
     net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=FEATURES)
@@ -207,22 +221,53 @@ def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
     torch.save(net.state_dict(), ckpt)
     labels = labelled_volume((40, 36, 2))
     image = write(tmp_path / "in.nii.gz", (labels * 100.0 + 50.0).astype(np.float32), np.diag([3.0, 3.0, 8.0, 1]))
-    common = ["--profile", "cpu_demo", "--features", json.dumps(FEATURES), "--image_size", "[48,48]",
-              "--spacing", "[4.0,4.0]", "--bundle_root", str(tmp_path)]
+    common = [
+        "--profile",
+        "compact",
+        "--features",
+        json.dumps(FEATURES),
+        "--image_size",
+        "[48,48]",
+        "--spacing",
+        "[4.0,4.0]",
+        "--bundle_root",
+        str(tmp_path),
+    ]
     cli = [sys.executable, "-m", "monai.bundle"]
-    done = subprocess.run([*cli, "run", "--config_file", INFERENCE, "--inputs", str(image), "--ckpt_path", str(ckpt),
-                           "--output_dir", str(tmp_path / "seg"), *common], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [
+            *cli,
+            "run",
+            "--config_file",
+            INFERENCE,
+            "--inputs",
+            str(image),
+            "--ckpt_path",
+            str(ckpt),
+            "--output_dir",
+            str(tmp_path / "seg"),
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "infer: 1 volume(s)" in done.stdout + done.stderr
     assert nib.load(str(tmp_path / "seg" / "in_seg.nii.gz")).shape == (40, 36, 2)
 
     meta = ["--meta_file", str(REPO / "configs" / "metadata.json"), "--config_file", INFERENCE]
-    done = subprocess.run([*cli, "verify_net_in_out", "network_def", *meta, *common], capture_output=True, text=True,
-                          cwd=REPO)
+    done = subprocess.run(
+        [*cli, "verify_net_in_out", "network_def", *meta, *common], capture_output=True, text=True, cwd=REPO
+    )
     assert done.returncode == 0 and "verified with no error" in done.stdout + done.stderr, done.stderr[-3000:]
     ts = tmp_path / "model.ts"
-    done = subprocess.run([*cli, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), *meta,
-                           *common], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [*cli, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), *meta, *common],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0 and ts.is_file(), done.stderr[-3000:]
     scripted = torch.jit.load(str(ts))
     x = torch.rand(2, 1, 48, 48)

@@ -35,10 +35,12 @@ def shifted_features(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return features_1, features_2
 
 
-LOSSES = {"infonce": lambda: Pix2RepLoss(num_samples=64, temperature=0.53),
-          "infonce_per_image": lambda: Pix2RepLoss(num_samples=32, samples_per_image=True),
-          "barlow": lambda: Pix2RepBarlowTwinsLoss(lambd=5e-3),
-          "barlow_subsampled": lambda: Pix2RepBarlowTwinsLoss(max_samples=100)}
+LOSSES = {
+    "infonce": lambda: Pix2RepLoss(num_samples=64, temperature=0.53),
+    "infonce_per_image": lambda: Pix2RepLoss(num_samples=32, samples_per_image=True),
+    "barlow": lambda: Pix2RepBarlowTwinsLoss(lambd=5e-3),
+    "barlow_subsampled": lambda: Pix2RepBarlowTwinsLoss(max_samples=100),
+}
 
 
 def evaluate(name: str, features_1, features_2, alignment, seed: int = 0) -> torch.Tensor:
@@ -73,7 +75,7 @@ def test_masked_out_pixels_never_contribute(name):
     reference = evaluate(name, features_1, features_2, alignment)
     changed_1, changed_2 = features_1.clone(), features_2.clone()
     changed_1[..., :SHIFT] = 100 * torch.randn(B, D, H, SHIFT)  # view-1 pixels with mask 0
-    changed_2[..., W - SHIFT:] = 100 * torch.randn(B, D, H, SHIFT)  # view-2 pixels no valid view-1 pixel reads
+    changed_2[..., W - SHIFT :] = 100 * torch.randn(B, D, H, SHIFT)  # view-2 pixels no valid view-1 pixel reads
     changed = evaluate(name, changed_1, changed_2, alignment)
     assert torch.allclose(changed, reference, rtol=0, atol=1e-5)
     changed_1[..., SHIFT:] += torch.randn(B, D, H, W - SHIFT)  # sanity: changing valid pixels does change the loss
@@ -164,7 +166,7 @@ def test_barlow_twins_value_matches_the_formula():
     x, y = (x - x.mean(0)) / x.std(0, unbiased=False), (y - y.mean(0)) / y.std(0, unbiased=False)
     c = x.t() @ y / x.shape[0]
     off_diagonal = c - torch.diag(torch.diag(c))
-    expected = ((1 - torch.diag(c)) ** 2).sum() + 5e-3 * (off_diagonal ** 2).sum()
+    expected = ((1 - torch.diag(c)) ** 2).sum() + 5e-3 * (off_diagonal**2).sum()
     assert float(loss) == pytest.approx(float(expected), rel=5e-3)
 
 
@@ -176,8 +178,9 @@ def test_alignment_must_fit_the_features():
         Pix2RepLoss(num_samples=0)
 
 
-def _gathered_loss_worker(rank: int, init_file: str, rows_1: torch.Tensor, rows_2: torch.Tensor, sizes: list,
-                          out_dir: str) -> None:
+def _gathered_loss_worker(
+    rank: int, init_file: str, rows_1: torch.Tensor, rows_2: torch.Tensor, sizes: list, out_dir: str
+) -> None:
     """One of two gloo processes holding ``sizes[rank]`` of the rows: NT-Xent on the gathered rows and grads."""
     import torch.distributed as dist
 
@@ -185,8 +188,8 @@ def _gathered_loss_worker(rank: int, init_file: str, rows_1: torch.Tensor, rows_
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     start = sum(sizes[:rank])
-    mine_1 = rows_1[start:start + sizes[rank]].clone().requires_grad_(True)
-    mine_2 = rows_2[start:start + sizes[rank]].clone().requires_grad_(True)
+    mine_1 = rows_1[start : start + sizes[rank]].clone().requires_grad_(True)
+    mine_2 = rows_2[start : start + sizes[rank]].clone().requires_grad_(True)
     loss = nt_xent(gather_rows(mine_1), gather_rows(mine_2), 0.5)
     loss.backward()
     torch.save({"loss": loss.detach(), "grad_1": mine_1.grad, "grad_2": mine_2.grad}, f"{out_dir}/rank{rank}.pt")
@@ -199,8 +202,9 @@ def test_gathered_negatives_give_the_loss_and_gradient_of_one_process_with_all_r
     torch.manual_seed(0)
     rows_1, rows_2 = torch.randn(8, 6), torch.randn(8, 6)
     sizes = [3, 5]
-    torch.multiprocessing.spawn(_gathered_loss_worker, args=(str(tmp_path / "init"), rows_1, rows_2, sizes,
-                                                             str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _gathered_loss_worker, args=(str(tmp_path / "init"), rows_1, rows_2, sizes, str(tmp_path)), nprocs=2, join=True
+    )
     full_1, full_2 = rows_1.clone().requires_grad_(True), rows_2.clone().requires_grad_(True)
     expected = nt_xent(full_1, full_2, 0.5)
     expected.backward()

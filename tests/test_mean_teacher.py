@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY_FEATURES, find_in_chain, tiny_settings
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.data import list_data_collate
-from pix2rep_bundle.engines import AutocastTrainer
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-from helpers import TINY_FEATURES, find_in_chain, tiny_settings
+from pix2rep_bundle.engines import AutocastTrainer
 from pix2rep_bundle.geometry import Alignment, alignment_from_maps
 from pix2rep_bundle.mean_teacher import (
     ConsistencyLoss,
@@ -43,6 +43,7 @@ def unet() -> BasicUNet:
 
 
 # ---------------------------------------------------------------- EMA teacher and ramp-up
+
 
 @pytest.mark.parametrize("decay", [0.99, 0.6])
 def test_teacher_is_the_ema_of_the_student_after_two_steps(decay):
@@ -93,6 +94,7 @@ def test_sigmoid_rampup():
 
 
 # ---------------------------------------------------------------- consistency on the shared field of view
+
 
 def identity_alignment(mask: torch.Tensor) -> Alignment:
     b, _, h, w = mask.shape
@@ -145,6 +147,7 @@ def test_consistency_without_a_valid_pixel_is_zero_with_a_gradient():
 
 # ---------------------------------------------------------------- the supervised loss sees labelled slices only
 
+
 def view_pair_batch(images: np.ndarray, poisoned_label: bool = False) -> dict:
     """A collated batch of view pairs of ``images`` ``(B, 1, H, W)``, as the unlabelled loader gives it."""
     views = paired_views(rotate_degrees=30.0, scale_range=(0.8, 1.0), invert_prob=0.0)
@@ -161,10 +164,18 @@ def one_iteration(student: nn.Module, labelled: dict, unlabelled: dict, weight: 
     student = copy.deepcopy(student)
     teacher = copy.deepcopy(student).requires_grad_(False)
     trainer = MeanTeacherTrainer(
-        teacher=teacher, unlabeled_data_loader=[unlabelled], consistency_weight=weight, rampup_iterations=0,
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=[labelled], network=student,
-        optimizer=torch.optim.SGD(student.parameters(), lr=0.1), decollate=False,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True))
+        teacher=teacher,
+        unlabeled_data_loader=[unlabelled],
+        consistency_weight=weight,
+        rampup_iterations=0,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[labelled],
+        network=student,
+        optimizer=torch.optim.SGD(student.parameters(), lr=0.1),
+        decollate=False,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+    )
     trainer.run()
     return trainer.state.output, {k: v.detach().clone() for k, v in student.state_dict().items()}
 
@@ -195,10 +206,17 @@ def test_unlabelled_slices_never_contribute_to_the_supervised_loss():
 
 # ---------------------------------------------------------------- configs/train.yaml
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, backbone) -> dict:
-    return {**tiny_settings(tmp_path_factory.mktemp("bundle")), "epochs": 1, "iterations_per_epoch": 2,
-            "val_batch_size": 64, "num_workers": 0, "pretrained_ckpt": str(backbone)}
+    return {
+        **tiny_settings(tmp_path_factory.mktemp("bundle")),
+        "epochs": 1,
+        "iterations_per_epoch": 2,
+        "val_batch_size": 64,
+        "num_workers": 0,
+        "pretrained_ckpt": str(backbone),
+    }
 
 
 def train_workflow(overrides: dict, config_file: str | list[str] = TRAIN) -> ConfigWorkflow:
@@ -213,12 +231,21 @@ def test_train_yaml_alone_builds_nothing_of_it(tiny, tmp_path):
     from pix2rep_bundle.data.phantom import write_phantom
 
     write_phantom(tmp_path / "raw", num_subjects=2, seed=3)
-    raw = [{"image": str(p), "label": str(p).replace(".nii.gz", "_gt.nii.gz")}
-           for p in sorted((tmp_path / "raw").glob("patient*/patient*_frame??.nii.gz"))]
+    raw = [
+        {"image": str(p), "label": str(p).replace(".nii.gz", "_gt.nii.gz")}
+        for p in sorted((tmp_path / "raw").glob("patient*/patient*_frame??.nii.gz"))
+    ]
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    parser.update({**tiny, "mode": "scratch", "bundle_root": str(tmp_path / "bundle"),
-                   "train#dataset#data": raw[:2], "validate#dataset#data": raw[2:]})
+    parser.update(
+        {
+            **tiny,
+            "mode": "scratch",
+            "bundle_root": str(tmp_path / "bundle"),
+            "train#dataset#data": raw[:2],
+            "validate#dataset#data": raw[2:],
+        }
+    )
     assert type(parser.get_parsed_content("train#trainer")) is AutocastTrainer
     assert not {"teacher", "unlabeled", "ema_decay", "consistency_weight", "mean_teacher_terms"} & set(parser.config)
     assert "teacher" not in Path(TRAIN).read_text().lower()
@@ -236,8 +263,9 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
     trainer, student, teacher = (parser.get_parsed_content(k) for k in ("train#trainer", "network", "teacher"))
     assert isinstance(trainer, MeanTeacherTrainer) and teacher is not student
     assert parser.get_parsed_content("validate#evaluator").network is teacher
-    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in student.state_dict().items()), \
-        "student and teacher start from the same (pretrained) weights"
+    assert all(
+        torch.equal(v, teacher.state_dict()[k]) for k, v in student.state_dict().items()
+    ), "student and teacher start from the same (pretrained) weights"
     assert not any(p.requires_grad for p in teacher.parameters())
 
     # the unlabelled pool: training subjects' images, no label
@@ -264,8 +292,9 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
     assert record["mean_teacher"] is True and record["ema_decay"] == 0.99 and record["unlabeled_batch_size"] == 4
     assert len(parser.get_parsed_content("train#handlers")) == 5  # train.yaml's 3 and the two terms
 
-    resumed = train_workflow({**tiny, "mode": "finetune", "output_dir": str(out), "epochs": 2, "resume": True},
-                             MEAN_TEACHER)
+    resumed = train_workflow(
+        {**tiny, "mode": "finetune", "output_dir": str(out), "epochs": 2, "resume": True}, MEAN_TEACHER
+    )
     resumed.run()
     trainer = resumed.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 4 and trainer.ema_update.step == 4

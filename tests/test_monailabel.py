@@ -27,12 +27,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ML_PYTHON = os.environ.get("PIX2REP_MONAILABEL_PYTHON")
-pytestmark = pytest.mark.skipif(not ML_PYTHON, reason="MONAI Label environment not set up "
-                                                      "(PIX2REP_MONAILABEL_PYTHON; see tests/monailabel/setup_venv.sh)")
+pytestmark = pytest.mark.skipif(
+    not ML_PYTHON,
+    reason="MONAI Label environment not set up " "(PIX2REP_MONAILABEL_PYTHON; see tests/monailabel/setup_venv.sh)",
+)
 MODEL = "pix2rep"
 BUNDLE_PARTS = ("configs", "pix2rep_bundle", "LICENSE")
-LABELLED_SUBJECTS = 4       # of the 6 phantom subjects in the studies folder; the other 2 are left to segment
-DICE_FLOOR = 0.5            # mean Dice (RV, MYO, LV) of a briefly trained model on unseen phantom volumes
+LABELLED_SUBJECTS = 4  # of the 6 phantom subjects in the studies folder; the other 2 are left to segment
+DICE_FLOOR = 0.5  # mean Dice (RV, MYO, LV) of a briefly trained model on unseen phantom volumes
 START_TIMEOUT_S = 300
 
 
@@ -42,8 +44,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None,
-            timeout: float = 600) -> bytes:
+def request(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None, timeout: float = 600
+) -> bytes:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as response:
         return response.read()
@@ -69,12 +72,34 @@ def build_app(root: Path) -> tuple[Path, Path]:
         source = REPO / part
         (shutil.copytree if source.is_dir() else shutil.copy)(source, bundle / part)
     # models/model.pt: the bundle's own train.yaml, scratch mode, on its default phantom (a short run)
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.yaml",
-                    "--mode", "scratch", "--num_labeled_subjects", "10", "--epochs", "6", "--profile", "cpu_demo",
-                    "--bundle_root", str(bundle)], cwd=bundle, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/train.yaml",
+            "--mode",
+            "scratch",
+            "--num_labeled_subjects",
+            "10",
+            "--epochs",
+            "6",
+            "--profile",
+            "compact",
+            "--bundle_root",
+            str(bundle),
+        ],
+        cwd=bundle,
+        check=True,
+        capture_output=True,
+    )
     # a Pix2Rep backbone for fine-tuning (MONAI Label's /train/ then loads models/model.pt over it)
-    save_backbone(Pix2RepNet([16, 16, 32, 64, 128, 32], projection_hidden=64, projection_dim=64),
-                  bundle / "models" / "pretrain" / "pix2rep_backbone.pt")
+    save_backbone(
+        Pix2RepNet([16, 16, 32, 64, 128, 32], projection_hidden=64, projection_dim=64),
+        bundle / "models" / "pretrain" / "pix2rep_backbone.pt",
+    )
     return app, bundle
 
 
@@ -107,14 +132,40 @@ def server(tmp_path_factory):
     log_path = root / "server.log"
     monailabel = Path(ML_PYTHON).parent / "monailabel"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(monailabel), "start_server", "--app", str(app), "--studies", str(studies),
-                                 "--host", "127.0.0.1", "--port", str(port), "--conf", "models", MODEL,
-                                 "--conf", "zoo_source", "github", "--conf", "sam2", "false"],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                                env=os.environ | {"PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
-                                                  # the `monailabel` launcher runs the `python` found on PATH
-                                                  "PATH": f"{monailabel.parent}{os.pathsep}{os.environ['PATH']}",
-                                                  "VIRTUAL_ENV": str(monailabel.parent.parent)})
+        proc = subprocess.Popen(
+            [
+                str(monailabel),
+                "start_server",
+                "--app",
+                str(app),
+                "--studies",
+                str(studies),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--conf",
+                "models",
+                MODEL,
+                "--conf",
+                "zoo_source",
+                "github",
+                "--conf",
+                "sam2",
+                "false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+            env=os.environ
+            | {
+                "PYTHONUNBUFFERED": "1",
+                "CUDA_VISIBLE_DEVICES": "",
+                # the `monailabel` launcher runs the `python` found on PATH
+                "PATH": f"{monailabel.parent}{os.pathsep}{os.environ['PATH']}",
+                "VIRTUAL_ENV": str(monailabel.parent.parent),
+            },
+        )
     try:
         deadline = time.time() + START_TIMEOUT_S
         while True:
@@ -149,16 +200,35 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
     configs/inference.yaml voxel for voxel, and scores above a Dice floor against the phantom's truth."""
     images = sorted(server["truth"])
     bundle = server["bundle"]
-    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
-                    "--inputs", json.dumps([str(server["studies"] / f"{i}.nii.gz") for i in images]),
-                    "--output_dir", str(tmp_path / "bundle"), "--bundle_root", str(bundle)],
-                   cwd=bundle, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "configs/inference.yaml",
+            "--inputs",
+            json.dumps([str(server["studies"] / f"{i}.nii.gz") for i in images]),
+            "--output_dir",
+            str(tmp_path / "bundle"),
+            "--bundle_root",
+            str(bundle),
+        ],
+        cwd=bundle,
+        check=True,
+        capture_output=True,
+    )
     body, content_type = multipart({"params": json.dumps({"device": "cpu"})})
     dices, seconds = [], []
     for image_id in images:
         start = time.time()
-        data = request(f"{server['url']}/infer/{MODEL}?image={image_id}&output=image", method="POST", body=body,
-                       headers={"Content-Type": content_type})
+        data = request(
+            f"{server['url']}/infer/{MODEL}?image={image_id}&output=image",
+            method="POST",
+            body=body,
+            headers={"Content-Type": content_type},
+        )
         seconds.append(time.time() - start)
         out = tmp_path / f"{image_id}.nii.gz"
         out.write_bytes(data)
@@ -168,11 +238,14 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
         assert pred.shape == truth.shape, (pred.shape, truth.shape)
         assert set(np.unique(pred)) <= {0, 1, 2, 3}
         assert np.mean(pred == own) > 0.99, f"{image_id}: MONAI Label and configs/inference.yaml disagree"
-        dices.append([2 * np.sum((pred == c) & (truth == c)) / max(np.sum(pred == c) + np.sum(truth == c), 1)
-                      for c in (1, 2, 3)])
+        dices.append(
+            [2 * np.sum((pred == c) & (truth == c)) / max(np.sum(pred == c) + np.sum(truth == c), 1) for c in (1, 2, 3)]
+        )
     mean = np.mean(dices, axis=0)
-    print(f"MONAI Label /infer/: {len(images)} volumes, {np.mean(seconds):.2f} s per request, "
-          f"Dice RV {mean[0]:.3f} MYO {mean[1]:.3f} LV {mean[2]:.3f}")
+    print(
+        f"MONAI Label /infer/: {len(images)} volumes, {np.mean(seconds):.2f} s per request, "
+        f"Dice RV {mean[0]:.3f} MYO {mean[1]:.3f} LV {mean[2]:.3f}"
+    )
     assert mean.mean() > DICE_FLOOR, dices
 
 
@@ -180,8 +253,12 @@ def test_train_from_saved_labels_writes_a_new_model(server):
     model = server["bundle"] / "models" / "model.pt"
     before = model.stat().st_mtime_ns
     params = {"max_epochs": 1, "val_split": 0.25, "device": "cpu", "multi_gpu": False}
-    request(f"{server['url']}/train/{MODEL}?run_sync=true", method="POST", body=json.dumps(params).encode(),
-            headers={"Content-Type": "application/json"})
+    request(
+        f"{server['url']}/train/{MODEL}?run_sync=true",
+        method="POST",
+        body=json.dumps(params).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     log = server["log"].read_text()
     assert model.stat().st_mtime_ns > before, f"model.pt was not rewritten:\n{log[-5000:]}"
     import torch

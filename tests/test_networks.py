@@ -7,13 +7,7 @@ import torch
 from monai.networks.nets import BasicUNet
 
 from pix2rep_bundle.errors import CheckpointError
-from pix2rep_bundle.networks import (
-    Pix2RepNet,
-    freeze_backbone,
-    load_pretrained_backbone,
-    read_backbone,
-    save_backbone,
-)
+from pix2rep_bundle.networks import Pix2RepNet, freeze_backbone, load_pretrained_backbone, read_backbone, save_backbone
 
 FEATURES = (4, 4, 8, 8, 16, 6)
 
@@ -52,7 +46,11 @@ def test_wrong_shapes_missing_and_corrupt_checkpoints_give_clear_errors(tmp_path
     path = tmp_path / "backbone.pt"
     save_backbone(Pix2RepNet(FEATURES, projection_hidden=4, projection_dim=4), path)
     other = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=(4, 4, 8, 8, 16, 8))
-    with pytest.raises(CheckpointError, match="backbone.pt.*shape.*features=\\[4, 4, 8, 8, 16, 6\\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"backbone.pt: holds a BasicUNet with features=\[4, 4, 8, 8, 16, 6\], but the config.s network is a "
+        r"BasicUNet with features=\[4, 4, 8, 8, 16, 8\].*shape",
+    ):
         load_pretrained_backbone(other, path)
     with pytest.raises(CheckpointError, match="missing.pt.*not found"):
         load_pretrained_backbone(other, tmp_path / "missing.pt")

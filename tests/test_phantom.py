@@ -14,12 +14,24 @@ import pytest
 
 from pix2rep_bundle.data import phantom
 from pix2rep_bundle.data.phantom import writing  # noqa: F401  (phantom.writing below)
-from pix2rep_bundle.data.phantom import (GROUPS, LABELS, MARKER, PhantomSubject, cycle_states, ensure_phantom,
-                                         group_of, make_subject, read_info, write_phantom, write_subject)
+from pix2rep_bundle.data.phantom import (
+    GROUPS,
+    LABELS,
+    MARKER,
+    PhantomSubject,
+    cycle_states,
+    ensure_phantom,
+    group_of,
+    make_subject,
+    read_info,
+    write_phantom,
+    write_subject,
+)
 from pix2rep_bundle.errors import DataError
 
 _spec = importlib.util.spec_from_file_location(
-    "phantom_preview", Path(__file__).resolve().parents[1] / "scripts" / "phantom_preview.py")
+    "phantom_preview", Path(__file__).resolve().parents[1] / "scripts" / "phantom_preview.py"
+)
 _preview = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_preview)
 draw_preview = _preview.draw_preview  # the preview figure lives in scripts/
@@ -67,7 +79,8 @@ def test_same_seed_and_id_give_identical_arrays():
 def test_different_seed_gives_different_subject():
     a, b = make_subject(3, seed=0), make_subject(3, seed=1)
     assert a.images[a.ed_frame].shape != b.images[b.ed_frame].shape or not np.array_equal(
-        a.images[a.ed_frame], b.images[b.ed_frame])
+        a.images[a.ed_frame], b.images[b.ed_frame]
+    )
 
 
 def test_subject_same_alone_or_in_a_set(tmp_path):
@@ -82,7 +95,7 @@ def test_subject_same_alone_or_in_a_set(tmp_path):
 
 
 def test_groups_are_balanced():
-    counts = {g: 0 for g in GROUPS}
+    counts = dict.fromkeys(GROUPS, 0)
     for i in range(1, 101):
         counts[group_of(i)] += 1
     assert set(counts.values()) == {20}
@@ -193,8 +206,10 @@ def test_write_phantom_acdc_layout(tmp_path):
     for i in (1, 2, 3):
         folder = out / f"patient{i:03d}"
         text = (folder / "Info.cfg").read_text()
-        assert re.fullmatch(r"ED: \d+\nES: \d+\nGroup: (NOR|MINF|DCM|HCM|RV)\nHeight: \d+\.\d\n"
-                            r"NbFrame: \d+\nWeight: \d+\.\d\n", text)
+        assert re.fullmatch(
+            r"ED: \d+\nES: \d+\nGroup: (NOR|MINF|DCM|HCM|RV)\nHeight: \d+\.\d\n" r"NbFrame: \d+\nWeight: \d+\.\d\n",
+            text,
+        )
         info = read_info(folder / "Info.cfg")
         assert info["Group"] == group_of(i)
         for frame in (int(info["ED"]), int(info["ES"])):

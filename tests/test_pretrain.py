@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_FEATURES, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from monai.utils import set_determinism
 
-from helpers import TINY_FEATURES, tiny_settings
 from pix2rep_bundle.networks import load_pretrained_backbone, read_backbone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +69,10 @@ def test_unknown_loss_names_the_choices(tiny):
     while exc is not None:  # MONAI wraps the error of a config expression
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    assert any(isinstance(e, ValueError) and "unknown loss 'simclr': choose one of ['barlow', 'infonce']" in str(e)
-               for e in chain)
+    assert any(
+        isinstance(e, ValueError) and "unknown loss 'simclr': choose one of ['barlow', 'infonce']" in str(e)
+        for e in chain
+    )
 
 
 def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path):
@@ -89,7 +91,11 @@ def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path)
     assert all(torch.equal(unet.state_dict()[name], value) for name, value in body.items())
 
     first = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert first["trainer"]["iteration"] == first["trainer"]["epoch_length"] > 0 and set(first) >= {"network", "optimizer", "lr_scheduler"}
+    assert first["trainer"]["iteration"] == first["trainer"]["epoch_length"] > 0 and set(first) >= {
+        "network",
+        "optimizer",
+        "lr_scheduler",
+    }
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     # the finished run is kept: a rerun is refused, and so is a resume that changes the schedule
     rerun = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow"})
@@ -126,11 +132,19 @@ def test_validation_draws_its_own_random_numbers(tiny):
     losses = {}
     for val_interval in (1, 100):
         set_determinism(seed=0)
-        trainer = parser(tiny | {"augment_on_device": True, "epochs": 2, "val_interval": val_interval,
-                                 "output_dir": str(Path(tiny["bundle_root"]) / f"v{val_interval}")}
-                         ).get_parsed_content("train#trainer")
+        trainer = parser(
+            tiny
+            | {
+                "augment_on_device": True,
+                "epochs": 2,
+                "val_interval": val_interval,
+                "output_dir": str(Path(tiny["bundle_root"]) / f"v{val_interval}"),
+            }
+        ).get_parsed_content("train#trainer")
         recorded = []
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: recorded.append(float(e.state.output["loss"].detach())))
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e: recorded.append(float(e.state.output["loss"].detach()))
+        )
         trainer.run()
         losses[val_interval] = recorded
     set_determinism(seed=None)

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from monai.data import MetaTensor, list_data_collate
 
 from pix2rep_bundle.data.acdc import SubjectRecord
-from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.data.preprocessing import volume_preprocessing
+from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.geometry import alignment_from_batch, warp
 from pix2rep_bundle.transforms import paired_views
 
@@ -28,11 +28,23 @@ def coordinate_image(h: int, w: int) -> np.ndarray:
 
 
 @SETTINGS
-@given(h=st.integers(12, 48), w=st.integers(12, 48), rotate=st.floats(0, 180), smin=st.floats(0.3, 1.0),
-       flip=st.sampled_from([0.0, 0.5, 1.0]), offset=st.booleans(), seed=st.integers(0, 10_000))
+@given(
+    h=st.integers(12, 48),
+    w=st.integers(12, 48),
+    rotate=st.floats(0, 180),
+    smin=st.floats(0.3, 1.0),
+    flip=st.sampled_from([0.0, 0.5, 1.0]),
+    offset=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
 def test_aligned_pixels_show_the_same_source_point_within_half_a_pixel(h, w, rotate, smin, flip, offset, seed):
-    views = paired_views(**NO_INTENSITY, rotate_degrees=rotate, scale_range=(smin, min(1.0, smin + 0.3)),
-                         zoom_offset=offset, flip_prob=flip)
+    views = paired_views(
+        **NO_INTENSITY,
+        rotate_degrees=rotate,
+        scale_range=(smin, min(1.0, smin + 0.3)),
+        zoom_offset=offset,
+        flip_prob=flip,
+    )
     views.set_random_state(seed)
     batch = list_data_collate([views({"image": coordinate_image(h, w), "subject": "s"}) for _ in range(2)])
     for first, second in (("view_1", "view_2"), ("view_2", "view_1")):  # both directions
@@ -50,20 +62,27 @@ def rotation(angle: float) -> np.ndarray:
 
 
 @SETTINGS
-@given(shape=st.tuples(st.integers(10, 60), st.integers(10, 60), st.integers(1, 4)),
-       spacing=st.tuples(st.floats(0.6, 3.0), st.floats(0.6, 3.0), st.floats(2.0, 12.0)),
-       angle=st.floats(-np.pi, np.pi), target=st.floats(1.0, 3.0), size=st.integers(16, 48),
-       seed=st.integers(0, 10_000))
-def test_preparation_keeps_range_size_labels_and_inverts_to_the_original_grid(shape, spacing, angle, target, size,
-                                                                             seed):
+@given(
+    shape=st.tuples(st.integers(10, 60), st.integers(10, 60), st.integers(1, 4)),
+    spacing=st.tuples(st.floats(0.6, 3.0), st.floats(0.6, 3.0), st.floats(2.0, 12.0)),
+    angle=st.floats(-np.pi, np.pi),
+    target=st.floats(1.0, 3.0),
+    size=st.integers(16, 48),
+    seed=st.integers(0, 10_000),
+)
+def test_preparation_keeps_range_size_labels_and_inverts_to_the_original_grid(
+    shape, spacing, angle, target, size, seed
+):
     rng = np.random.default_rng(seed)
     affine = np.eye(4)
     affine[:3, :3] = rotation(angle) @ np.diag(spacing)
     affine[:3, 3] = rng.uniform(-50, 50, 3)
     image = rng.normal(100, 30, shape).astype(np.float32)
     label = rng.integers(0, 4, shape).astype(np.float32)
-    item = {"image": MetaTensor(torch.from_numpy(image[None]), affine=torch.from_numpy(affine)),
-            "label": MetaTensor(torch.from_numpy(label[None]), affine=torch.from_numpy(affine))}
+    item = {
+        "image": MetaTensor(torch.from_numpy(image[None]), affine=torch.from_numpy(affine)),
+        "label": MetaTensor(torch.from_numpy(label[None]), affine=torch.from_numpy(affine)),
+    }
     chain = volume_preprocessing(("image", "label"), spacing=(target, target), image_size=(size, size), load=False)
     out = chain(item)
     assert tuple(out["image"].shape) == (1, size, size, shape[2]) == tuple(out["label"].shape)
@@ -77,8 +96,12 @@ def test_preparation_keeps_range_size_labels_and_inverts_to_the_original_grid(sh
 
 
 @SETTINGS
-@given(groups=st.lists(st.sampled_from(["NOR", "MINF", "DCM", "HCM", "RV"]), min_size=3, max_size=60),
-       seed=st.integers(0, 10_000), val=st.floats(0.0, 0.3), test=st.floats(0.05, 0.4))
+@given(
+    groups=st.lists(st.sampled_from(["NOR", "MINF", "DCM", "HCM", "RV"]), min_size=3, max_size=60),
+    seed=st.integers(0, 10_000),
+    val=st.floats(0.0, 0.3),
+    test=st.floats(0.05, 0.4),
+)
 def test_no_subject_is_in_two_splits(groups, seed, val, test):
     records = [SubjectRecord(f"patient{i:03d}", Path("."), g, 1, 2, None) for i, g in enumerate(groups, start=1)]
     try:

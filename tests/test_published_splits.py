@@ -9,12 +9,12 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
-
 from helpers import acdc_dir
+
 from pix2rep_bundle.data import published_splits as ps
 from pix2rep_bundle.data.acdc import SubjectRecord, _datalist, _parameters, prepare_dataset
-from pix2rep_bundle.data.splits import subject_splits
 from pix2rep_bundle.data.datasets import labeled_entries, validation_entries
+from pix2rep_bundle.data.splits import subject_splits
 from pix2rep_bundle.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +22,13 @@ ALL = [f"{n:03d}" for n in range(1, 101)]
 
 
 def test_no_list_holds_a_subject_twice_and_all_are_acdc_subjects():
-    lists = [ps.CHAITANYA2020_TEST, ps.CHAITANYA2020_UNLABELED, ps.SEMI_70_10_20_TRAIN, ps.SEMI_70_10_20_VALIDATION,
-             ps.SEMI_70_10_20_TEST]
+    lists = [
+        ps.CHAITANYA2020_TEST,
+        ps.CHAITANYA2020_UNLABELED,
+        ps.SEMI_70_10_20_TRAIN,
+        ps.SEMI_70_10_20_VALIDATION,
+        ps.SEMI_70_10_20_TEST,
+    ]
     lists += [ids for by_k in ps.CHAITANYA2020_COMBINATIONS.values() for pair in by_k for ids in pair]
     for ids in lists:
         assert len(set(ids)) == len(ids), ids
@@ -31,8 +36,11 @@ def test_no_list_holds_a_subject_twice_and_all_are_acdc_subjects():
 
 
 def test_semi_split_is_70_10_20_disjoint_and_covers_the_100_subjects():
-    train, validation, test = (set(ps.SEMI_70_10_20_TRAIN), set(ps.SEMI_70_10_20_VALIDATION),
-                               set(ps.SEMI_70_10_20_TEST))
+    train, validation, test = (
+        set(ps.SEMI_70_10_20_TRAIN),
+        set(ps.SEMI_70_10_20_VALIDATION),
+        set(ps.SEMI_70_10_20_TEST),
+    )
     assert (len(train), len(validation), len(test)) == (70, 10, 20)
     for a, b in combinations([train, validation, test], 2):
         assert not a & b
@@ -69,17 +77,30 @@ def test_unknown_split_and_combination_errors_name_the_choices():
 
 
 def fake_subjects(numbers) -> list[SubjectRecord]:
-    return [SubjectRecord(subject=ps.subject_name(n), folder=Path("."), group="NOR", ed_frame=1, es_frame=12,
-                          num_frames=30) for n in numbers]
+    return [
+        SubjectRecord(subject=ps.subject_name(n), folder=Path("."), group="NOR", ed_frame=1, es_frame=12, num_frames=30)
+        for n in numbers
+    ]
 
 
 def fake_datalist(tmp_path: Path, split: str) -> Path:
     """A datalist of 100 subjects (ED and ES entries, no images) assembled by the preparation's own code."""
     subjects = fake_subjects(ALL)
     splits = subject_splits(subjects, split, 0, 0.1, 0.2, tmp_path)
-    labeled = {r.subject: [{"image": f"volumes/{r.subject}_frame{f:02d}.nii.gz", "subject": r.subject, "frame": f,
-                            "phase": phase, "group": r.group, "label": "x"} for phase, f in r.labeled_frames()]
-               for r in subjects}
+    labeled = {
+        r.subject: [
+            {
+                "image": f"volumes/{r.subject}_frame{f:02d}.nii.gz",
+                "subject": r.subject,
+                "frame": f,
+                "phase": phase,
+                "group": r.group,
+                "label": "x",
+            }
+            for phase, f in r.labeled_frames()
+        ]
+        for r in subjects
+    }
     params = _parameters(tmp_path, (2.0, 2.0), (96, 96), 0, 0.1, 0.2, False, split)
     datalist = _datalist(params, "fingerprint", splits, subjects, labeled, {r.subject: [] for r in subjects})
     path = tmp_path / "datalist.json"
@@ -110,7 +131,9 @@ def test_semi_datalist_draws_k_subjects_from_the_70_and_validates_on_the_10(tmp_
     for seed in range(3):
         chosen = subjects_of(labeled_entries(path, 3, seed))
         assert len(chosen) == 3 and set(chosen) <= train
-    assert subjects_of(validation_entries(path, 3, 0)) == sorted(ps.subject_name(n) for n in ps.SEMI_70_10_20_VALIDATION)
+    assert subjects_of(validation_entries(path, 3, 0)) == sorted(
+        ps.subject_name(n) for n in ps.SEMI_70_10_20_VALIDATION
+    )
     assert len(json.loads(path.read_text())["test"]) == 40  # ED and ES of the 20 test subjects
 
 
@@ -121,9 +144,13 @@ def test_a_named_split_on_a_folder_without_its_subjects_names_what_is_missing(tm
 
 def test_docs_list_every_subject_of_every_split():
     text = (REPO / "docs" / "acdc_splits.md").read_text()
-    for name, ids in [("test", ps.CHAITANYA2020_TEST), ("unlabelled", ps.CHAITANYA2020_UNLABELED),
-                      ("train", ps.SEMI_70_10_20_TRAIN), ("validation", ps.SEMI_70_10_20_VALIDATION),
-                      ("test", ps.SEMI_70_10_20_TEST)]:
+    for name, ids in [
+        ("test", ps.CHAITANYA2020_TEST),
+        ("unlabelled", ps.CHAITANYA2020_UNLABELED),
+        ("train", ps.SEMI_70_10_20_TRAIN),
+        ("validation", ps.SEMI_70_10_20_VALIDATION),
+        ("test", ps.SEMI_70_10_20_TEST),
+    ]:
         assert ", ".join(ids) in text, name
     for k, by_k in ps.CHAITANYA2020_COMBINATIONS.items():
         for c, (labelled, validation) in enumerate(by_k, start=1):
@@ -134,8 +161,9 @@ def test_real_acdc_prepares_with_the_published_split(tmp_path):
     acdc = acdc_dir()
     if not (acdc / "patient100").is_dir():
         pytest.skip(f"ACDC training data not found at {acdc} (set PIX2REP_ACDC_DIR)")
-    path = prepare_dataset(acdc, tmp_path / "out", spacing=(4.0, 4.0), image_size=(48, 48), split="chaitanya2020",
-                           num_workers=2)
+    path = prepare_dataset(
+        acdc, tmp_path / "out", spacing=(4.0, 4.0), image_size=(48, 48), split="chaitanya2020", num_workers=2
+    )
     datalist = json.loads(path.read_text())
     assert datalist["split"] == "chaitanya2020"
     assert subjects_of(datalist["test"]) == [ps.subject_name(n) for n in ps.CHAITANYA2020_TEST]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_FEATURES, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from helpers import TINY_FEATURES, tiny_settings
 from pix2rep_bundle.run_state import INTERRUPTED_EXIT_CODE, RNGState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,9 @@ def pretrain_losses(overrides: dict) -> list[float]:
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     losses: list[float] = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach())))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"].detach()))
+    )
     workflow.run()
     workflow.finalize()
     return losses
@@ -59,11 +61,15 @@ def test_a_fixed_seed_gives_identical_pretraining_losses_and_a_run_record(tiny, 
 
 
 def test_rng_state_survives_a_checkpoint_round_trip(tmp_path):
-    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
     path = tmp_path / "state.pt"
     torch.save({"rng": RNGState().state_dict()}, path)
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
     RNGState().load_state_dict(torch.load(path, weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
@@ -89,10 +95,10 @@ def start_and_wait_for(args: list[str], path: Path, log: Path, timeout: float = 
     return proc
 
 
-@pytest.mark.parametrize("config, run_id, extra", [
-    (PRETRAIN, "pretrain", {}),
-    (TRAIN, "run", {"mode": "scratch", "iterations_per_epoch": 15, "num_workers": 0}),
-])
+@pytest.mark.parametrize(
+    "config, run_id, extra",
+    [(PRETRAIN, "pretrain", {}), (TRAIN, "run", {"mode": "scratch", "iterations_per_epoch": 15, "num_workers": 0})],
+)
 def test_a_run_killed_with_sigkill_resumes_to_the_end(tiny, tmp_path, config, run_id, extra):
     out = tmp_path / "out"
     checkpoint = out / ("checkpoint.pt" if run_id == "pretrain" else "train_state/checkpoint.pt")
@@ -104,8 +110,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_end(tiny, tmp_path, config, ru
     state = torch.load(checkpoint, weights_only=True)["trainer"]  # the last checkpoint is whole
     assert 1 <= state["iteration"] // state["epoch_length"] < 4
 
-    resumed = subprocess.run(cli(config, run_id, {**overrides, "resume": True}), cwd=REPO, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        cli(config, run_id, {**overrides, "resume": True}), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "training continues from" in resumed.stdout + resumed.stderr
     final = torch.load(checkpoint, weights_only=True)["trainer"]
@@ -127,8 +134,9 @@ def test_sigint_stops_after_writing_a_checkpoint_and_the_run_resumes(tiny, tmp_p
     stopped = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]
     assert stopped["iteration"] < 6 * stopped["epoch_length"]
 
-    resumed = subprocess.run(cli(PRETRAIN, "pretrain", {**overrides, "resume": True}), cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        cli(PRETRAIN, "pretrain", {**overrides, "resume": True}), cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]
     assert final["iteration"] == 6 * final["epoch_length"]

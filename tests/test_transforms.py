@@ -18,8 +18,12 @@ NO_SPATIAL = dict(rotate_degrees=0, scale_range=None, flip_prob=0)
 
 def item(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"image": rng.uniform(0.1, 0.9, (1, H, W)).astype(np.float32), "subject": "patient001",
-            "frame": 1, "slice_index": seed}
+    return {
+        "image": rng.uniform(0.1, 0.9, (1, H, W)).astype(np.float32),
+        "subject": "patient001",
+        "frame": 1,
+        "slice_index": seed,
+    }
 
 
 def coordinate_item() -> dict:

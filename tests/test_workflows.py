@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pix2rep_bundle.networks import Pix2RepNet, read_backbone
 from pix2rep_bundle.checkpoints import AtomicCheckpointSaver, BackboneSaver
+from pix2rep_bundle.networks import Pix2RepNet, read_backbone
 from pix2rep_bundle.settings import choose
 from pix2rep_bundle.workflows import StackedViewsLoss
 

@@ -64,6 +64,7 @@ class SubjectRecord:
 
 # ---------------------------------------------------------------------------------------------- scanning
 
+
 def _int_field(info: dict[str, str], key: str, path: Path, required: bool = True) -> int | None:
     """An integer field of ``Info.cfg``; DataError when required and missing, or not an integer."""
     if key not in info:
@@ -89,8 +90,11 @@ def _frame_files(folder: Path) -> dict[int, tuple[Path, Path | None]]:
         if not (match and path.is_file()):
             continue
         if match["subject"] != folder.name:
-            raise DataError(path, f"named for subject {match['subject']!r} but lies in folder {folder.name!r}: "
-                                  "which subject is it? Move or rename it")
+            raise DataError(
+                path,
+                f"named for subject {match['subject']!r} but lies in folder {folder.name!r}: "
+                "which subject is it? Move or rename it",
+            )
         found = labels if match["gt"] else images
         frame = int(match["frame"])
         if frame in found:
@@ -116,9 +120,12 @@ def check_distinct_subjects(subjects: list[SubjectRecord]) -> None:
         digest = _file_digest(image)
         if digest in seen:
             first = seen[digest]
-            raise DataError(record.folder, f"holds the same ED image as {first.folder} ({image.name} and "
-                                           f"{first.frames[first.ed_frame][0].name} are identical): one subject under "
-                                           "two names; remove the copy")
+            raise DataError(
+                record.folder,
+                f"holds the same ED image as {first.folder} ({image.name} and "
+                f"{first.frames[first.ed_frame][0].name} are identical): one subject under "
+                "two names; remove the copy",
+            )
         seen[digest] = record
 
 
@@ -141,9 +148,16 @@ def scan_subject(folder: Path) -> SubjectRecord:
     info_path = folder / "Info.cfg"
     info = read_info_cfg(info_path)
     ed, es = _int_field(info, "ED", info_path), _int_field(info, "ES", info_path)
-    record = SubjectRecord(subject=subject, folder=folder, group=info.get("Group", UNKNOWN_GROUP) or UNKNOWN_GROUP,
-                           ed_frame=ed, es_frame=es, num_frames=_int_field(info, "NbFrame", info_path, False),
-                           frames=_frame_files(folder), cine=_cine_file(folder, subject))
+    record = SubjectRecord(
+        subject=subject,
+        folder=folder,
+        group=info.get("Group", UNKNOWN_GROUP) or UNKNOWN_GROUP,
+        ed_frame=ed,
+        es_frame=es,
+        num_frames=_int_field(info, "NbFrame", info_path, False),
+        frames=_frame_files(folder),
+        cine=_cine_file(folder, subject),
+    )
     for phase, frame in record.labeled_frames():
         image, label = record.frames.get(frame, (None, None))
         if image is None:
@@ -171,13 +185,17 @@ def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
 
 # ---------------------------------------------------------------------------------------------- preparation
 
+
 def _meta_tensor(data: np.ndarray, affine: np.ndarray, path: Path):
     """Channel-first MetaTensor with the volume's affine, as ``LoadImaged`` + ``EnsureChannelFirstd`` give."""
     import torch
     from monai.data import MetaTensor
 
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(data[None])), affine=torch.as_tensor(affine),
-                      meta={"filename_or_obj": str(path)})
+    return MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(data[None])),
+        affine=torch.as_tensor(affine),
+        meta={"filename_or_obj": str(path)},
+    )
 
 
 def _write_nifti(volume, path: Path, dtype) -> None:
@@ -216,8 +234,12 @@ def _prepare_labeled(record: SubjectRecord, out_dir: Path, spacing, image_size) 
         label, label_affine = load_nifti(label_path)
         check_label(label, label_path)
         check_pair(image, image_affine, label, label_affine, image_path, label_path)
-        out = chain({"image": _meta_tensor(image, image_affine, image_path),
-                     "label": _meta_tensor(label, image_affine, label_path)})
+        out = chain(
+            {
+                "image": _meta_tensor(image, image_affine, image_path),
+                "label": _meta_tensor(label, image_affine, label_path),
+            }
+        )
         name = f"{record.subject}_frame{frame:02d}"
         _write_nifti(out["image"], out_dir / VOLUMES_DIR / f"{name}.nii.gz", np.float32)
         _write_nifti(out["label"], out_dir / VOLUMES_DIR / f"{name}_gt.nii.gz", np.uint8)
@@ -255,13 +277,21 @@ def _prepare_subject(job: tuple[SubjectRecord, str, tuple, tuple, bool]) -> tupl
     return labeled, cine
 
 
-def _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine,
-                split: str = "random") -> dict:
+def _parameters(
+    dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split: str = "random"
+) -> dict:
     """The recorded parameters of a preparation (what a reused datalist must match)."""
-    return {"source": str(Path(dataset_dir).resolve()), "spacing": [float(s) for s in spacing],
-            "image_size": [int(s) for s in image_size], "seed": int(seed), "val_fraction": float(val_fraction),
-            "test_fraction": float(test_fraction), "include_cine": bool(include_cine), "split": check_split(split),
-            "version": DATALIST_VERSION}
+    return {
+        "source": str(Path(dataset_dir).resolve()),
+        "spacing": [float(s) for s in spacing],
+        "image_size": [int(s) for s in image_size],
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction),
+        "include_cine": bool(include_cine),
+        "split": check_split(split),
+        "version": DATALIST_VERSION,
+    }
 
 
 def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str:
@@ -279,8 +309,14 @@ def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str
     return digest.hexdigest()[:16]
 
 
-def _datalist(params: dict, fingerprint: str, splits: dict, subjects: list[SubjectRecord],
-              labeled: dict[str, list[dict]], cine: dict[str, list[dict]]) -> dict:
+def _datalist(
+    params: dict,
+    fingerprint: str,
+    splits: dict,
+    subjects: list[SubjectRecord],
+    labeled: dict[str, list[dict]],
+    cine: dict[str, list[dict]],
+) -> dict:
     """Assemble the datalist: splits, groups and the four pools of entries."""
     pretrain = []
     for subject in splits["pretrain"]:
@@ -290,16 +326,30 @@ def _datalist(params: dict, fingerprint: str, splits: dict, subjects: list[Subje
     def pool(ids: list[str]) -> list[dict]:
         return [e for s in ids for e in labeled[s] if e["phase"] in phases]
 
-    return {**params, "source_fingerprint": fingerprint, "splits": splits,
-            "groups": {r.subject: r.group for r in subjects},
-            "pretrain": pretrain, "labeled": pool(splits["train"]), "validation": pool(splits["validation"]),
-            "test": pool(splits["test"])}
+    return {
+        **params,
+        "source_fingerprint": fingerprint,
+        "splits": splits,
+        "groups": {r.subject: r.group for r in subjects},
+        "pretrain": pretrain,
+        "labeled": pool(splits["train"]),
+        "validation": pool(splits["validation"]),
+        "test": pool(splits["test"]),
+    }
 
 
-def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                    spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
-                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                    include_cine: bool = False, num_workers: int = 0, split: str = "random") -> Path:
+def prepare_dataset(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    spacing: tuple[float, float] = (1.5, 1.5),
+    image_size: tuple[int, int] = (128, 128),
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    include_cine: bool = False,
+    num_workers: int = 0,
+    split: str = "random",
+) -> Path:
     """Prepare every subject of ``dataset_dir`` into ``output_dir`` (atomically) and return the datalist path.
 
     ``split``: ``random`` (subject-level from ``seed``, stratified by group, ``val_fraction``/``test_fraction``) or a
@@ -310,7 +360,8 @@ def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
     """
     from pix2rep_bundle.data.preprocessing import crop_size, in_plane_pixdim
 
-    in_plane_pixdim(spacing), crop_size(image_size)  # validate before any work
+    in_plane_pixdim(spacing)  # validate both before any work
+    crop_size(image_size)
     refuse_overlap(output_dir, {"dataset folder": dataset_dir})
     check_replaceable(output_dir, "prepared")
     start = time.perf_counter()
@@ -319,16 +370,23 @@ def prepare_dataset(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
     splits = subject_splits(subjects, split, seed, val_fraction, test_fraction, dataset_dir)
     train = set(splits["pretrain"])
     output_dir = Path(output_dir)
-    print(f"prepare: {len(subjects)} subjects from {params['source']} -> {output_dir} "
-          f"(spacing {params['spacing']} mm, size {params['image_size']})", flush=True)
+    print(
+        f"prepare: {len(subjects)} subjects from {params['source']} -> {output_dir} "
+        f"(spacing {params['spacing']} mm, size {params['image_size']})",
+        flush=True,
+    )
     labeled: dict[str, list[dict]] = {}
     cine: dict[str, list[dict]] = {}
     with replaced_directory(output_dir, "prepared") as tmp:
         (tmp / VOLUMES_DIR).mkdir()
-        jobs = [(r, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]),
-                 include_cine and r.subject in train) for r in subjects]
+        jobs = [
+            (r, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]), include_cine and r.subject in train)
+            for r in subjects
+        ]
         step = max(1, len(jobs) // 10)
-        for done, (record, (lab, cin)) in enumerate(zip(subjects, run_jobs(_prepare_subject, jobs, num_workers)), start=1):
+        for done, (record, (lab, cin)) in enumerate(
+            zip(subjects, run_jobs(_prepare_subject, jobs, num_workers)), start=1
+        ):
             labeled[record.subject], cine[record.subject] = lab, cin
             if done % step == 0 or done == len(jobs):
                 print(f"prepare: {done}/{len(jobs)} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
@@ -349,6 +407,7 @@ def _make_readable(folder: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- reuse
 
+
 def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
     """Whether an existing datalist was made from this source with these parameters and is complete."""
     try:
@@ -363,10 +422,18 @@ def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
     return all((root / path).is_file() for path in paths)
 
 
-def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike,
-                    spacing: tuple[float, float] = (1.5, 1.5), image_size: tuple[int, int] = (128, 128),
-                    seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                    include_cine: bool = False, num_workers: int = 0, split: str = "random") -> Path:
+def ensure_prepared(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    spacing: tuple[float, float] = (1.5, 1.5),
+    image_size: tuple[int, int] = (128, 128),
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    include_cine: bool = False,
+    num_workers: int = 0,
+    split: str = "random",
+) -> Path:
     """Return ``output_dir/datalist.json``, preparing it first unless it already matches the source and these
     parameters. Concurrent callers (e.g. several ranks) are serialised by a lock file beside ``output_dir``."""
     output_dir = Path(output_dir)
@@ -381,6 +448,15 @@ def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLik
     with FileLock(output_dir.parent / f".{output_dir.name}.lock"):
         if _matches(datalist_path, params, fingerprint):
             return datalist_path
-        return prepare_dataset(dataset_dir, output_dir, spacing=spacing, image_size=image_size, seed=seed,
-                               val_fraction=val_fraction, test_fraction=test_fraction,
-                               include_cine=include_cine, num_workers=num_workers, split=split)
+        return prepare_dataset(
+            dataset_dir,
+            output_dir,
+            spacing=spacing,
+            image_size=image_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            include_cine=include_cine,
+            num_workers=num_workers,
+            split=split,
+        )

@@ -29,6 +29,7 @@ _FRAME = re.compile(r"_frame(\d+)")
 
 # ---------------------------------------------------------------------------------------------- datalists
 
+
 def load_datalist(datalist_path: str | os.PathLike, split: str) -> list[dict]:
     """The entries of pool ``split`` (``pretrain``, ``labeled``, ``validation`` or ``test``) with absolute
     ``image``/``label`` paths. DataError for a missing/unreadable file or an unknown split."""
@@ -106,8 +107,9 @@ def _of_subjects(entries: list[dict], subjects: list[str], pool: str, datalist_p
     return chosen
 
 
-def _few_shot_pool(datalist_path: str | os.PathLike, pool: str, num_subjects: int,
-                   label_seed: int) -> tuple[list[dict], list[str] | None]:
+def _few_shot_pool(
+    datalist_path: str | os.PathLike, pool: str, num_subjects: int, label_seed: int
+) -> tuple[list[dict], list[str] | None]:
     """The entries of ``pool`` and, for splits with published combinations (chaitanya2020), the subjects of
     combination ``c{label_seed + 1}`` in that pool (None otherwise). Datalists of earlier versions are ``random``."""
     datalist = _read_datalist(datalist_path)
@@ -144,6 +146,7 @@ def _group_queues(by_subject: dict[str, list[dict]], rng: np.random.Generator) -
 
 
 # ---------------------------------------------------------------------------------------------- slices
+
 
 def _default_loader(keys: Sequence[str]) -> Callable:
     """LoadImaged + EnsureChannelFirstd for ``keys`` (missing keys skipped)."""
@@ -212,9 +215,14 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     The channel is added in numpy, so ``EnsureTyped(track_meta=True)`` makes a 2D MetaTensor of it.
     """
 
-    def __init__(self, data: Sequence[dict], transform: Callable | None = None,
-                 volume_transform: Callable | None = None, keys: Sequence[str] = ("image", "label"),
-                 progress: bool = True):
+    def __init__(
+        self,
+        data: Sequence[dict],
+        transform: Callable | None = None,
+        volume_transform: Callable | None = None,
+        keys: Sequence[str] = ("image", "label"),
+        progress: bool = True,
+    ):
         self.transform = transform
         self.keys = tuple(keys)
         self.image_key = self.keys[0]
@@ -225,8 +233,11 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         self._volume_of = np.repeat(np.arange(len(self.volumes)), counts)
         self._slice_of = np.concatenate([np.arange(n) for n in counts]) if len(counts) else np.zeros(0, np.int64)
         if progress:
-            print(f"VolumeSliceDataset: {len(self.volumes)} volumes, {len(self)} slices "
-                  f"({time.perf_counter() - start:.1f} s)", flush=True)
+            print(
+                f"VolumeSliceDataset: {len(self.volumes)} volumes, {len(self)} slices "
+                f"({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
 
     @staticmethod
     def _progress(entries: list[dict], progress: bool):
@@ -259,8 +270,11 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             volume[key] = _as_slices(raw_label, str(entry[key]), np.uint8)
             label_shape, image_shape = volume[key].shape, volume[self.image_key].shape
             if label_shape != image_shape:
-                raise DataError(str(entry[key]), f"{label_shape[0]} slices of {label_shape[1:]} differ from image "
-                                                 f"{Path(path).name} ({image_shape[0]} of {image_shape[1:]})")
+                raise DataError(
+                    str(entry[key]),
+                    f"{label_shape[0]} slices of {label_shape[1:]} differ from image "
+                    f"{Path(path).name} ({image_shape[0]} of {image_shape[1:]})",
+                )
         subject, frame = _identity(entry)
         volume.update(subject=subject, frame=frame, num_slices=int(volume[self.image_key].shape[0]))
         return volume
@@ -291,6 +305,5 @@ def summarize_datalist(datalist_path: str | os.PathLike) -> dict:
     for pool in ("pretrain", "labeled", "validation", "test"):
         entries = datalist[pool]
         summary["volumes"][pool] = len(entries)
-        summary["slices"][pool] = sum(int(nib.load(str(datalist_path.parent / e["image"])).shape[-1])
-                                      for e in entries)
+        summary["slices"][pool] = sum(int(nib.load(str(datalist_path.parent / e["image"])).shape[-1]) for e in entries)
     return summary

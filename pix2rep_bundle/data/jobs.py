@@ -47,10 +47,10 @@ def run_jobs(worker: Callable[[Any], Any], jobs: Sequence[Any], num_workers: int
     spawned processes (``worker`` must then be a module-level function)."""
     if num_workers and num_workers > 0 and len(jobs) > 1:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=int(num_workers), mp_context=context,
-                                 initializer=_single_threaded_worker) as pool:
+        with ProcessPoolExecutor(
+            max_workers=int(num_workers), mp_context=context, initializer=_single_threaded_worker
+        ) as pool:
             yield from pool.map(worker, jobs, chunksize=max(1, len(jobs) // (4 * int(num_workers))))
         return
     for job in jobs:
         yield worker(job)
-

@@ -81,8 +81,9 @@ class HeaderSpacingNibabelReader(NibabelReader):
         shape = tuple(ensure_tuple(img)[0].shape)
         if self.spatial_ndims is not None and len(shape) != self.spatial_ndims:
             hint = "; a 4D cine must be split into its 3D frames first" if len(shape) == 4 else ""
-            raise DataError(name, f"expected a {self.spatial_ndims}D volume (rows, columns, slices), "
-                                  f"got shape {shape}{hint}")
+            raise DataError(
+                name, f"expected a {self.spatial_ndims}D volume (rows, columns, slices), " f"got shape {shape}{hint}"
+            )
         try:
             array, meta = super().get_data(img)
         except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
@@ -117,17 +118,28 @@ class NumpyPercentiles(ScaleIntensityRangePercentiles):
         if a_max <= a_min:
             a_min, a_max = float(values.min()), float(values.max())
         if a_max <= a_min:
-            raise DataError(getattr(self, "_source", "<image>"), f"constant image (every voxel is {a_min:g}): nothing to segment")
-        scaler = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max,
-                                     clip=self.clip, dtype=self.dtype)
+            raise DataError(
+                getattr(self, "_source", "<image>"), f"constant image (every voxel is {a_min:g}): nothing to segment"
+            )
+        scaler = ScaleIntensityRange(
+            a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max, clip=self.clip, dtype=self.dtype
+        )
         return convert_to_tensor(scaler(img), track_meta=False)
 
 
 class NumpyPercentilesd(ScaleIntensityRangePercentilesd):
     """Dictionary form of :class:`NumpyPercentiles`."""
 
-    def __init__(self, keys, lower: float, upper: float, b_min: float, b_max: float, clip: bool = False,
-                 allow_missing_keys: bool = False):
+    def __init__(
+        self,
+        keys,
+        lower: float,
+        upper: float,
+        b_min: float,
+        b_max: float,
+        clip: bool = False,
+        allow_missing_keys: bool = False,
+    ):
         super().__init__(keys, lower, upper, b_min, b_max, clip=clip, allow_missing_keys=allow_missing_keys)
         self.scaler = NumpyPercentiles(lower, upper, b_min, b_max, clip=clip)
 
@@ -143,8 +155,9 @@ class Spacingd_(Spacingd):
     def __call__(self, data, lazy=None):
         d = dict(data)
         prefixes = tuple(f"{key}_" for key in self.keys)
-        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes)
-                 and not isinstance(d[k], dict)}
+        aside = {
+            k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes) and not isinstance(d[k], dict)
+        }
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out
@@ -179,8 +192,12 @@ class LoadVolumed(LoadImaged):
     """
 
     def __init__(self, keys, spatial_ndims: int | None = 3, allow_missing_keys: bool = True):
-        super().__init__(keys, reader=HeaderSpacingNibabelReader(spatial_ndims), image_only=True,
-                         allow_missing_keys=allow_missing_keys)
+        super().__init__(
+            keys,
+            reader=HeaderSpacingNibabelReader(spatial_ndims),
+            image_only=True,
+            allow_missing_keys=allow_missing_keys,
+        )
         self._loader.auto_select = True
 
     def __call__(self, data, reader=None):
@@ -204,8 +221,12 @@ def load_transforms(keys: Sequence[str] = ("image", "label")) -> list:
     return [LoadVolumed(keys), EnsureChannelFirstd(keys, allow_missing_keys=True)]
 
 
-def volume_preprocessing(keys: Sequence[str] = ("image", "label"), spacing: Sequence[float] = (1.5, 1.5),
-                         image_size: Sequence[int] = (128, 128), load: bool = True) -> Compose:
+def volume_preprocessing(
+    keys: Sequence[str] = ("image", "label"),
+    spacing: Sequence[float] = (1.5, 1.5),
+    image_size: Sequence[int] = (128, 128),
+    load: bool = True,
+) -> Compose:
     """The invertible chain from a 3D volume file (or, with ``load=False``, a channel-first 3D MetaTensor
     with its affine) to the prepared volume: in-plane spacing ``spacing``, in-plane size ``image_size``,
     intensities of ``keys[0]`` in [0, 1]. Keys other than ``keys[0]`` are label maps; missing keys are
@@ -216,10 +237,14 @@ def volume_preprocessing(keys: Sequence[str] = ("image", "label"), spacing: Sequ
     image_key, label_keys = keys[0], keys[1:]
     transforms = load_transforms(keys) if load else []
     transforms += [
-        Spacingd_(keys, pixdim=in_plane_pixdim(spacing), mode=["bilinear"] + ["nearest"] * len(label_keys),
-                 padding_mode=["border"] + ["zeros"] * len(label_keys), allow_missing_keys=True),
-        NumpyPercentilesd(image_key, lower=LOWER_PERCENTILE, upper=UPPER_PERCENTILE, b_min=0.0, b_max=1.0,
-                          clip=True),
+        Spacingd_(
+            keys,
+            pixdim=in_plane_pixdim(spacing),
+            mode=["bilinear"] + ["nearest"] * len(label_keys),
+            padding_mode=["border"] + ["zeros"] * len(label_keys),
+            allow_missing_keys=True,
+        ),
+        NumpyPercentilesd(image_key, lower=LOWER_PERCENTILE, upper=UPPER_PERCENTILE, b_min=0.0, b_max=1.0, clip=True),
         ResizeWithPadOrCropd(keys, spatial_size=crop_size(image_size), mode="constant", allow_missing_keys=True),
     ]
     return Compose(transforms)

@@ -19,15 +19,81 @@ SOURCES = {
 }
 
 CHAITANYA2020_TEST = (
-    "007", "008", "009", "010", "027", "028", "029", "030", "047", "048", "049", "050", "067", "068",
-    "069", "070", "087", "088", "089", "090",
+    "007",
+    "008",
+    "009",
+    "010",
+    "027",
+    "028",
+    "029",
+    "030",
+    "047",
+    "048",
+    "049",
+    "050",
+    "067",
+    "068",
+    "069",
+    "070",
+    "087",
+    "088",
+    "089",
+    "090",
 )
 # their pretraining pool ("tr52"); 072 is also the validation subject of some combinations, as published
 CHAITANYA2020_UNLABELED = (
-    "001", "002", "003", "004", "005", "006", "017", "018", "019", "020", "012", "021", "022", "023",
-    "024", "025", "026", "037", "038", "039", "040", "041", "042", "043", "044", "045", "046", "057",
-    "058", "059", "060", "061", "062", "063", "064", "065", "066", "077", "078", "079", "080", "072",
-    "081", "082", "083", "084", "085", "086", "097", "098", "099", "100",
+    "001",
+    "002",
+    "003",
+    "004",
+    "005",
+    "006",
+    "017",
+    "018",
+    "019",
+    "020",
+    "012",
+    "021",
+    "022",
+    "023",
+    "024",
+    "025",
+    "026",
+    "037",
+    "038",
+    "039",
+    "040",
+    "041",
+    "042",
+    "043",
+    "044",
+    "045",
+    "046",
+    "057",
+    "058",
+    "059",
+    "060",
+    "061",
+    "062",
+    "063",
+    "064",
+    "065",
+    "066",
+    "077",
+    "078",
+    "079",
+    "080",
+    "072",
+    "081",
+    "082",
+    "083",
+    "084",
+    "085",
+    "086",
+    "097",
+    "098",
+    "099",
+    "100",
 )
 # K -> combinations c1, c2, ...: (labelled subjects, validation subjects)
 CHAITANYA2020_COMBINATIONS: dict[int, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]] = {
@@ -53,18 +119,99 @@ CHAITANYA2020_COMBINATIONS: dict[int, tuple[tuple[tuple[str, ...], tuple[str, ..
 }
 
 SEMI_70_10_20_TRAIN = (
-    "003", "004", "005", "006", "009", "010", "012", "014", "015", "016", "017", "018", "020", "021",
-    "023", "025", "026", "027", "029", "031", "032", "034", "035", "036", "037", "038", "040", "041",
-    "042", "043", "044", "046", "047", "048", "049", "050", "051", "053", "054", "055", "056", "057",
-    "058", "060", "061", "062", "063", "067", "069", "070", "071", "072", "073", "074", "076", "077",
-    "079", "086", "088", "089", "090", "091", "092", "094", "095", "096", "097", "098", "099", "100",
+    "003",
+    "004",
+    "005",
+    "006",
+    "009",
+    "010",
+    "012",
+    "014",
+    "015",
+    "016",
+    "017",
+    "018",
+    "020",
+    "021",
+    "023",
+    "025",
+    "026",
+    "027",
+    "029",
+    "031",
+    "032",
+    "034",
+    "035",
+    "036",
+    "037",
+    "038",
+    "040",
+    "041",
+    "042",
+    "043",
+    "044",
+    "046",
+    "047",
+    "048",
+    "049",
+    "050",
+    "051",
+    "053",
+    "054",
+    "055",
+    "056",
+    "057",
+    "058",
+    "060",
+    "061",
+    "062",
+    "063",
+    "067",
+    "069",
+    "070",
+    "071",
+    "072",
+    "073",
+    "074",
+    "076",
+    "077",
+    "079",
+    "086",
+    "088",
+    "089",
+    "090",
+    "091",
+    "092",
+    "094",
+    "095",
+    "096",
+    "097",
+    "098",
+    "099",
+    "100",
 )
-SEMI_70_10_20_VALIDATION = (
-    "002", "019", "028", "030", "039", "045", "078", "082", "085", "087",
-)
+SEMI_70_10_20_VALIDATION = ("002", "019", "028", "030", "039", "045", "078", "082", "085", "087")
 SEMI_70_10_20_TEST = (
-    "001", "007", "008", "011", "013", "022", "024", "033", "052", "059", "064", "065", "066", "068",
-    "075", "080", "081", "083", "084", "093",
+    "001",
+    "007",
+    "008",
+    "011",
+    "013",
+    "022",
+    "024",
+    "033",
+    "052",
+    "059",
+    "064",
+    "065",
+    "066",
+    "068",
+    "075",
+    "080",
+    "081",
+    "083",
+    "084",
+    "093",
 )
 
 SPLITS = ("random", "chaitanya2020", "semi_70_10_20")
@@ -92,13 +239,19 @@ def named_pools(split: str) -> dict[str, list[str]]:
     check_split(split)
     if split == "chaitanya2020":
         combinations = [c for by_k in CHAITANYA2020_COMBINATIONS.values() for c in by_k]
-        return {"pretrain": _names(CHAITANYA2020_UNLABELED),
-                "train": _names(s for labelled, _ in combinations for s in labelled),
-                "validation": _names(s for _, validation in combinations for s in validation),
-                "test": _names(CHAITANYA2020_TEST)}
+        return {
+            "pretrain": _names(CHAITANYA2020_UNLABELED),
+            "train": _names(s for labelled, _ in combinations for s in labelled),
+            "validation": _names(s for _, validation in combinations for s in validation),
+            "test": _names(CHAITANYA2020_TEST),
+        }
     if split == "semi_70_10_20":
-        return {"pretrain": _names(SEMI_70_10_20_TRAIN), "train": _names(SEMI_70_10_20_TRAIN),
-                "validation": _names(SEMI_70_10_20_VALIDATION), "test": _names(SEMI_70_10_20_TEST)}
+        return {
+            "pretrain": _names(SEMI_70_10_20_TRAIN),
+            "train": _names(SEMI_70_10_20_TRAIN),
+            "validation": _names(SEMI_70_10_20_VALIDATION),
+            "test": _names(SEMI_70_10_20_TEST),
+        }
     raise ValueError("the 'random' split is drawn from a seed, not named (pix2rep_bundle.data.splits.split_subjects)")
 
 
@@ -115,10 +268,14 @@ def fixed_combination(split: str, num_subjects: int, label_seed: int) -> tuple[l
         return None
     combinations = CHAITANYA2020_COMBINATIONS.get(int(num_subjects))
     if combinations is None:
-        raise ValueError(f"split chaitanya2020 has published combinations for K in {sorted(CHAITANYA2020_COMBINATIONS)} "
-                         f"labelled subjects, got --num_labeled_subjects {num_subjects}")
+        raise ValueError(
+            f"split chaitanya2020 has published combinations for K in {sorted(CHAITANYA2020_COMBINATIONS)} "
+            f"labelled subjects, got --num_labeled_subjects {num_subjects}"
+        )
     if not 0 <= int(label_seed) < len(combinations):
-        raise ValueError(f"split chaitanya2020 has {len(combinations)} combinations for K = {num_subjects}: "
-                         f"--label_seed 0 to {len(combinations) - 1} (c1 to c{len(combinations)}), got {label_seed}")
+        raise ValueError(
+            f"split chaitanya2020 has {len(combinations)} combinations for K = {num_subjects}: "
+            f"--label_seed 0 to {len(combinations) - 1} (c1 to c{len(combinations)}), got {label_seed}"
+        )
     labelled, validation = combinations[int(label_seed)]
     return _names(labelled), _names(validation)

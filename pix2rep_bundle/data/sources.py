@@ -8,8 +8,9 @@ from pathlib import Path
 from pix2rep_bundle.errors import DataError
 
 
-def resolve_dataset_dir(dataset_dir: str | os.PathLike, phantom_dir: str | os.PathLike,
-                        phantom_subjects: int = 100, seed: int = 0) -> str:
+def resolve_dataset_dir(
+    dataset_dir: str | os.PathLike, phantom_dir: str | os.PathLike, phantom_subjects: int = 100, seed: int = 0
+) -> str:
     """Return ``dataset_dir``, generating the phantom there first when it is the bundle's phantom folder.
 
     A user folder (e.g. ``--dataset_dir /data/ACDC/training``) is only checked for existence; the phantom
@@ -21,6 +22,9 @@ def resolve_dataset_dir(dataset_dir: str | os.PathLike, phantom_dir: str | os.Pa
     if dataset_dir == phantom_dir:
         return str(ensure_phantom(phantom_dir, num_subjects=phantom_subjects, seed=seed))
     if not dataset_dir.is_dir():
-        raise DataError(dataset_dir, "dataset folder not found (expected an ACDC-layout folder of patientXXX/ "
-                                     "subfolders; leave --dataset_dir unset to use the generated phantom)")
+        raise DataError(
+            dataset_dir,
+            "dataset folder not found (expected an ACDC-layout folder of patientXXX/ "
+            "subfolders; leave --dataset_dir unset to use the generated phantom)",
+        )
     return str(dataset_dir)

@@ -46,8 +46,9 @@ def _allocate(sizes: dict[str, int], total: int, rng: np.random.Generator) -> di
     return counts
 
 
-def split_subjects(subjects: list[SubjectRecord], seed: int = 0, val_fraction: float = 0.1,
-                   test_fraction: float = 0.2) -> dict[str, list[str]]:
+def split_subjects(
+    subjects: list[SubjectRecord], seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2
+) -> dict[str, list[str]]:
     """Disjoint ``train``/``validation``/``test`` subject ids, stratified by pathology group, from ``seed``.
 
     The test and validation sizes are ``fraction * N`` rounded (at least one subject when the fraction is
@@ -64,18 +65,24 @@ def split_subjects(subjects: list[SubjectRecord], seed: int = 0, val_fraction: f
     rng = np.random.default_rng(seed)
     shuffled = {g: [ids[i] for i in rng.permutation(len(ids))] for g, ids in sorted(by_group.items())}
     test_counts = _allocate({g: len(v) for g, v in shuffled.items()}, n_test, rng)
-    rest = {g: v[test_counts[g]:] for g, v in shuffled.items()}
+    rest = {g: v[test_counts[g] :] for g, v in shuffled.items()}
     val_counts = _allocate({g: len(v) for g, v in rest.items() if v}, n_val, rng)
     splits = {"train": [], "validation": [], "test": []}
     for g, ids in shuffled.items():
-        splits["test"] += ids[:test_counts[g]]
-        splits["validation"] += rest[g][:val_counts.get(g, 0)]
-        splits["train"] += rest[g][val_counts.get(g, 0):]
+        splits["test"] += ids[: test_counts[g]]
+        splits["validation"] += rest[g][: val_counts.get(g, 0)]
+        splits["train"] += rest[g][val_counts.get(g, 0) :]
     return {name: sorted(ids) for name, ids in splits.items()}
 
 
-def subject_splits(subjects: list[SubjectRecord], split: str, seed: int, val_fraction: float, test_fraction: float,
-                   dataset_dir: str | os.PathLike) -> dict[str, list[str]]:
+def subject_splits(
+    subjects: list[SubjectRecord],
+    split: str,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    dataset_dir: str | os.PathLike,
+) -> dict[str, list[str]]:
     """``train``/``validation``/``test`` (and ``pretrain``, the unlabelled pool) subject ids: drawn from ``seed``
     (``split="random"``; ``pretrain`` is ``train``) or a published split (all its subjects must be present)."""
     if check_split(split) == "random":
@@ -85,6 +92,9 @@ def subject_splits(subjects: list[SubjectRecord], split: str, seed: int, val_fra
     present = {r.subject for r in subjects}
     missing = sorted({s for ids in pools.values() for s in ids} - present)
     if missing:
-        raise DataError(dataset_dir, f"split {split} needs ACDC subjects that are not here: {', '.join(missing[:8])}"
-                                     f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)")
+        raise DataError(
+            dataset_dir,
+            f"split {split} needs ACDC subjects that are not here: {', '.join(missing[:8])}"
+            f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)",
+        )
     return pools

@@ -54,12 +54,21 @@ def check_label(label: np.ndarray, path: Path) -> None:
         raise DataError(path, f"label values outside 0..3: {shown}")
 
 
-def check_pair(image: np.ndarray, image_affine: np.ndarray, label: np.ndarray, label_affine: np.ndarray,
-               image_path: Path, label_path: Path) -> None:
+def check_pair(
+    image: np.ndarray,
+    image_affine: np.ndarray,
+    label: np.ndarray,
+    label_affine: np.ndarray,
+    image_path: Path,
+    label_path: Path,
+) -> None:
     """DataError (naming the label file) when the label does not match its image in shape or geometry."""
     if image.shape != label.shape:
         raise DataError(label_path, f"shape {label.shape} differs from image {image_path.name} shape {image.shape}")
     if not np.allclose(image_affine, label_affine, rtol=0, atol=AFFINE_TOL):
-        raise DataError(label_path, f"affine differs from image {image_path.name} beyond {AFFINE_TOL} "
-                                    f"(label {np.round(label_affine, 4).tolist()}, "
-                                    f"image {np.round(image_affine, 4).tolist()})")
+        raise DataError(
+            label_path,
+            f"affine differs from image {image_path.name} beyond {AFFINE_TOL} "
+            f"(label {np.round(label_affine, 4).tolist()}, "
+            f"image {np.round(image_affine, 4).tolist()})",
+        )

@@ -33,6 +33,21 @@ from pix2rep_bundle.data.phantom.writing import (
     write_subject,
 )
 
-__all__ = ["GROUPS", "LABELS", "MARKER", "N_ANGLES", "PHANTOM_VERSION", "PhantomSubject", "cycle_states",
-           "ensure_phantom", "group_of", "info_text", "make_subject", "phantom_matches", "read_info", "subject_name",
-           "write_phantom", "write_subject"]
+__all__ = [
+    "GROUPS",
+    "LABELS",
+    "MARKER",
+    "N_ANGLES",
+    "PHANTOM_VERSION",
+    "PhantomSubject",
+    "cycle_states",
+    "ensure_phantom",
+    "group_of",
+    "info_text",
+    "make_subject",
+    "phantom_matches",
+    "read_info",
+    "subject_name",
+    "write_phantom",
+    "write_subject",
+]

@@ -162,8 +162,9 @@ def _upsample_axis(coarse: np.ndarray, n: int, cell: float, axis: int) -> np.nda
     return out
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], cell_px: float,
-                  cell_z: float = 1.0) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], cell_px: float, cell_z: float = 1.0
+) -> np.ndarray:
     """Unit-variance smooth random field of ``shape``: correlation length ~ cell_px voxels in plane and
     ~ cell_z slices through plane (cell_z <= 1: independent slices)."""
     nx, ny, nz = shape
@@ -193,7 +194,7 @@ def _blur_plane(vol: np.ndarray, sigma: float) -> np.ndarray:
         n = out.shape[axis]
         acc = np.zeros_like(out)
         for k, weight in enumerate(kernel):
-            window = padded[k:k + n] if axis == 0 else padded[:, k:k + n]
+            window = padded[k : k + n] if axis == 0 else padded[:, k : k + n]
             acc += weight * window
         out = acc
     return out
@@ -205,16 +206,19 @@ def _blur_plane(vol: np.ndarray, sigma: float) -> np.ndarray:
 _GROUP_PARAMS: dict[str, dict[str, tuple[float, float]]] = {
     # basal LV cavity radius, wall thickness (mm), LV ejection fraction, epicardial length (mm),
     # RV depth factor, RV half-span (deg), RV ejection fraction
-    "NOR": dict(r=(23, 28), w=(7, 9.5), ef=(0.58, 0.72), length=(80, 98),
-                rv=(0.9, 1.2), span=(62, 78), rvef=(0.5, 0.65)),
-    "MINF": dict(r=(27, 33), w=(7, 9.5), ef=(0.25, 0.42), length=(85, 102),
-                 rv=(0.85, 1.15), span=(60, 75), rvef=(0.35, 0.55)),
-    "DCM": dict(r=(32, 40), w=(5.5, 7.5), ef=(0.10, 0.30), length=(92, 110),
-                rv=(0.8, 1.2), span=(60, 78), rvef=(0.25, 0.45)),
-    "HCM": dict(r=(17, 22), w=(13, 19), ef=(0.68, 0.82), length=(76, 92),
-                rv=(0.8, 1.1), span=(58, 72), rvef=(0.5, 0.65)),
-    "RV": dict(r=(22, 27), w=(6.5, 9), ef=(0.5, 0.65), length=(80, 98),
-               rv=(1.6, 2.1), span=(75, 95), rvef=(0.2, 0.38)),
+    "NOR": dict(
+        r=(23, 28), w=(7, 9.5), ef=(0.58, 0.72), length=(80, 98), rv=(0.9, 1.2), span=(62, 78), rvef=(0.5, 0.65)
+    ),
+    "MINF": dict(
+        r=(27, 33), w=(7, 9.5), ef=(0.25, 0.42), length=(85, 102), rv=(0.85, 1.15), span=(60, 75), rvef=(0.35, 0.55)
+    ),
+    "DCM": dict(
+        r=(32, 40), w=(5.5, 7.5), ef=(0.10, 0.30), length=(92, 110), rv=(0.8, 1.2), span=(60, 78), rvef=(0.25, 0.45)
+    ),
+    "HCM": dict(
+        r=(17, 22), w=(13, 19), ef=(0.68, 0.82), length=(76, 92), rv=(0.8, 1.1), span=(58, 72), rvef=(0.5, 0.65)
+    ),
+    "RV": dict(r=(22, 27), w=(6.5, 9), ef=(0.5, 0.65), length=(80, 98), rv=(1.6, 2.1), span=(75, 95), rvef=(0.2, 0.38)),
 }
 
 
@@ -247,15 +251,27 @@ def _draw_heart(rng: np.random.Generator, group: str, length: float, heights: np
     fat = np.clip(_harmonics(rng, 1.0, 1, 6) * 5.0 - rng.uniform(0.5, 2.5), 0.0, None).astype(_F32)
     fat += _F32(rng.uniform(1, 5)) * (_bump(np.pi + 1.35, 0.2) + _bump(np.pi - 1.35, 0.2))  # fat at the RV insertions
     return _Heart(
-        r_endo=r_endo, wall=wall, len_epi=length, apex_wall=apex_wall, taper=float(rng.uniform(1.8, 2.6)),
-        endo_shape=(_harmonics(rng, 0.09, 2, 7)
-                    + _F32(rng.uniform(0.0, 0.08)) * np.cos(2 * (ang - rng.uniform(0, np.pi)))),
+        r_endo=r_endo,
+        wall=wall,
+        len_epi=length,
+        apex_wall=apex_wall,
+        taper=float(rng.uniform(1.8, 2.6)),
+        endo_shape=(
+            _harmonics(rng, 0.09, 2, 7) + _F32(rng.uniform(0.0, 0.08)) * np.cos(2 * (ang - rng.uniform(0, np.pi)))
+        ),
         epi_shape=_harmonics(rng, 0.04, 2, 4),
-        wall_shape=wall_shape.astype(_F32), contraction=contraction, long_shortening=long_shortening,
-        rv_depth=float(rng.uniform(20, 27)) * u("rv"), rv_span=math.radians(u("span")),
-        rv_skew=float(rng.uniform(-0.25, 0.25)), rv_len=float(rng.uniform(0.62, 0.84)) * length,
-        rv_wall=float(rng.uniform(2.0, 3.5)), rv_contraction=math.sqrt(1.0 - rv_ef),
-        rv_shape=_harmonics(rng, 0.25, 1, 4), fat=fat, papillary_angles=pap,
+        wall_shape=wall_shape.astype(_F32),
+        contraction=contraction,
+        long_shortening=long_shortening,
+        rv_depth=float(rng.uniform(20, 27)) * u("rv"),
+        rv_span=math.radians(u("span")),
+        rv_skew=float(rng.uniform(-0.25, 0.25)),
+        rv_len=float(rng.uniform(0.62, 0.84)) * length,
+        rv_wall=float(rng.uniform(2.0, 3.5)),
+        rv_contraction=math.sqrt(1.0 - rv_ef),
+        rv_shape=_harmonics(rng, 0.25, 1, 4),
+        fat=fat,
+        papillary_angles=pap,
         papillary_radius=float(rng.uniform(2.5, 4.5)),
         apex_drift=(float(rng.uniform(-8, 8)), float(rng.uniform(-8, 8))),
     )
@@ -277,8 +293,11 @@ def _draw_acquisition(rng: np.random.Generator, nz: int, sz: float, heights: np.
     """In-plane matrix (160-232 voxels) and spacing (1.3-1.9 mm), and a random world origin."""
     nx, ny = (int(rng.integers(80, 117)) * 2 for _ in range(2))
     sxy = round(float(rng.uniform(1.3, 1.9)), 4)
-    origin = (float(rng.uniform(-40, 40) - nx * sxy / 2), float(rng.uniform(-40, 40) - ny * sxy / 2),
-              float(rng.uniform(-60, 0)))
+    origin = (
+        float(rng.uniform(-40, 40) - nx * sxy / 2),
+        float(rng.uniform(-40, 40) - ny * sxy / 2),
+        float(rng.uniform(-60, 0)),
+    )
     return _Acquisition((nx, ny, nz), (sxy, sxy, float(sz)), np.asarray(heights, np.float64), origin)
 
 
@@ -289,18 +308,33 @@ def _draw_scene(rng: np.random.Generator, acq: _Acquisition) -> _Scene:
     body_angle = float(rng.uniform(-0.5, 0.5))
     heart_offset = (float(rng.uniform(5, 35)), float(rng.uniform(-40, -10)))
     c, s = math.cos(body_angle), math.sin(body_angle)
-    body_centre = (float(heart_in_fov[0] - (c * heart_offset[0] - s * heart_offset[1])),
-                   float(heart_in_fov[1] - (s * heart_offset[0] + c * heart_offset[1])))
+    body_centre = (
+        float(heart_in_fov[0] - (c * heart_offset[0] - s * heart_offset[1])),
+        float(heart_in_fov[1] - (s * heart_offset[0] + c * heart_offset[1])),
+    )
     tissue = {
-        "lv_blood": rng.uniform(0.95, 1.05), "rv_blood": rng.uniform(0.82, 1.0), "myo": rng.uniform(0.16, 0.32),
-        "fat": rng.uniform(0.7, 1.0), "muscle": rng.uniform(0.18, 0.34), "soft": rng.uniform(0.28, 0.5),
-        "liver": rng.uniform(0.25, 0.45), "lung": rng.uniform(0.02, 0.07), "spine": rng.uniform(0.3, 0.55),
-        "aorta": rng.uniform(0.7, 1.0), "stomach": rng.uniform(0.1, 0.9),
+        "lv_blood": rng.uniform(0.95, 1.05),
+        "rv_blood": rng.uniform(0.82, 1.0),
+        "myo": rng.uniform(0.16, 0.32),
+        "fat": rng.uniform(0.7, 1.0),
+        "muscle": rng.uniform(0.18, 0.34),
+        "soft": rng.uniform(0.28, 0.5),
+        "liver": rng.uniform(0.25, 0.45),
+        "lung": rng.uniform(0.02, 0.07),
+        "spine": rng.uniform(0.3, 0.55),
+        "aorta": rng.uniform(0.7, 1.0),
+        "stomach": rng.uniform(0.1, 0.9),
     }
-    return _Scene(body_centre=body_centre, body_angle=body_angle, heart_offset=heart_offset,
-                  heart_angle=float(rng.uniform(-0.6, 0.6)), tissue={k: float(v) for k, v in tissue.items()},
-                  noise=float(rng.uniform(0.015, 0.05)), scale=float(np.exp(rng.uniform(np.log(150), np.log(2500)))),
-                  blur=float(rng.uniform(0.35, 0.8)))
+    return _Scene(
+        body_centre=body_centre,
+        body_angle=body_angle,
+        heart_offset=heart_offset,
+        heart_angle=float(rng.uniform(-0.6, 0.6)),
+        tissue={k: float(v) for k, v in tissue.items()},
+        noise=float(rng.uniform(0.015, 0.05)),
+        scale=float(np.exp(rng.uniform(np.log(150), np.log(2500)))),
+        blur=float(rng.uniform(0.35, 0.8)),
+    )
 
 
 # --------------------------------------------------------------------------------------------- geometry
@@ -315,8 +349,9 @@ def _plane_coords(acq: _Acquisition) -> tuple[np.ndarray, np.ndarray]:
     return px, py
 
 
-def _to_frame(px: np.ndarray, py: np.ndarray, centre: tuple[float, float],
-              angle: float) -> tuple[np.ndarray, np.ndarray]:
+def _to_frame(
+    px: np.ndarray, py: np.ndarray, centre: tuple[float, float], angle: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates in a frame centred at ``centre`` and rotated by ``angle``."""
     c, s = _F32(math.cos(angle)), _F32(math.sin(angle))
     dx, dy = px - _F32(centre[0]), py - _F32(centre[1])
@@ -349,8 +384,13 @@ def _boundaries(heart: _Heart, heights: np.ndarray, state: float) -> dict[str, n
     depth = heart.rv_depth * (1 - state * (1 - heart.rv_contraction)) * rv_prof * crescent * (1 + heart.rv_shape)
     depth = np.where(depth > 1.0, depth, 0.0)
     outer = epi + depth + heart.rv_wall * np.clip(depth / 2.0, 0.0, 1.0)  # thin RV free wall over the cavity
-    return {"endo": endo.astype(_F32), "epi": epi.astype(_F32), "rv": (epi + depth).astype(_F32),
-            "outer": outer.astype(_F32), "fat": (outer + heart.fat[None, :]).astype(_F32)}
+    return {
+        "endo": endo.astype(_F32),
+        "epi": epi.astype(_F32),
+        "rv": (epi + depth).astype(_F32),
+        "outer": outer.astype(_F32),
+        "fat": (outer + heart.fat[None, :]).astype(_F32),
+    }
 
 
 def _lookup(table: np.ndarray, theta_idx: np.ndarray) -> np.ndarray:

@@ -35,7 +35,6 @@ from pix2rep_bundle.data.phantom.anatomy import (
     group_of,
 )
 
-
 # --------------------------------------------------------------------------------------------- rendering
 
 
@@ -47,6 +46,7 @@ def _render_torso(rng: np.random.Generator, acq: _Acquisition, scene: _Scene) ->
     h = acq.heights.astype(_F32)[None, None, :]
     w = acq.spacing[0]
     shape = acq.shape
+
     def tex(cell_mm: float, amp: float) -> np.ndarray:
         return 1.0 + _F32(amp) * _smooth_field(rng, shape, cell_mm / w, 30.0 / acq.spacing[2])
 
@@ -55,7 +55,7 @@ def _render_torso(rng: np.random.Generator, acq: _Acquisition, scene: _Scene) ->
     a_b, b_b = rng.uniform(165, 215), rng.uniform(115, 150)
     theta = np.arctan2(v, u)
     r = np.sqrt(u**2 + v**2)
-    theta_idx = (np.rint((theta + np.pi) * N_ANGLES / (2 * np.pi)).astype(np.intp) % N_ANGLES)
+    theta_idx = np.rint((theta + np.pi) * N_ANGLES / (2 * np.pi)).astype(np.intp) % N_ANGLES
     ang = _angles()
     ell = a_b * b_b / np.sqrt((b_b * np.cos(ang)) ** 2 + (a_b * np.sin(ang)) ** 2)
     r_body = (ell * (1 + _harmonics(rng, 0.06, 2, 5)))[theta_idx[..., 0]][..., None].astype(_F32)
@@ -67,10 +67,28 @@ def _render_torso(rng: np.random.Generator, acq: _Acquisition, scene: _Scene) ->
     _paint(img, _alpha(d_body + fat_t, w), t["muscle"] * tex(6, 0.15))
     inner = _alpha(d_body + fat_t + muscle_t, w)
     _paint(img, inner, t["soft"] * tex(12, 0.25))
-    _paint_ellipse(img, u, v, (-0.3 * a_b, 0.55 * b_b - 0.35 * h), (0.5 * a_b, 0.45 * b_b + 0.2 * h),
-                   rng.uniform(-0.4, 0.4), t["liver"] * tex(15, 0.1), w, inner)
-    _paint_ellipse(img, u, v, (rng.uniform(0.15, 0.35) * a_b, 0.45 * b_b - 0.2 * h),
-                   (rng.uniform(30, 50), rng.uniform(20, 35)), rng.uniform(-1, 1), t["stomach"] * tex(10, 0.2), w, inner)
+    _paint_ellipse(
+        img,
+        u,
+        v,
+        (-0.3 * a_b, 0.55 * b_b - 0.35 * h),
+        (0.5 * a_b, 0.45 * b_b + 0.2 * h),
+        rng.uniform(-0.4, 0.4),
+        t["liver"] * tex(15, 0.1),
+        w,
+        inner,
+    )
+    _paint_ellipse(
+        img,
+        u,
+        v,
+        (rng.uniform(0.15, 0.35) * a_b, 0.45 * b_b - 0.2 * h),
+        (rng.uniform(30, 50), rng.uniform(20, 35)),
+        rng.uniform(-1, 1),
+        t["stomach"] * tex(10, 0.2),
+        w,
+        inner,
+    )
     lung_tex = _F32(t["lung"]) * (1 + 5 * np.maximum(_smooth_field(rng, shape, 3.5 / w) - 1.4, 0))  # vessels
     for side in (-1, 1):
         centre = (side * rng.uniform(0.45, 0.6) * a_b, rng.uniform(-0.15, 0.1) * b_b + 0.1 * h)
@@ -78,20 +96,32 @@ def _render_torso(rng: np.random.Generator, acq: _Acquisition, scene: _Scene) ->
         _paint_ellipse(img, u, v, centre, axes, rng.uniform(-0.5, 0.5), lung_tex, w, inner)
     spine_c = (rng.uniform(-10, 10), 0.8 * b_b)
     _paint_ellipse(img, u, v, spine_c, (rng.uniform(35, 45), rng.uniform(25, 35)), 0.0, t["muscle"], w, inner)
-    _paint_ellipse(img, u, v, spine_c, (rng.uniform(14, 19), rng.uniform(12, 17)), 0.0, t["spine"] * tex(5, 0.2),
-                   w, inner)
-    _paint_ellipse(img, u, v, (spine_c[0] + rng.uniform(15, 30), spine_c[1] - rng.uniform(22, 32)),
-                   (rng.uniform(9, 13),) * 2, 0.0, t["aorta"], w, inner)
+    _paint_ellipse(
+        img, u, v, spine_c, (rng.uniform(14, 19), rng.uniform(12, 17)), 0.0, t["spine"] * tex(5, 0.2), w, inner
+    )
+    _paint_ellipse(
+        img,
+        u,
+        v,
+        (spine_c[0] + rng.uniform(15, 30), spine_c[1] - rng.uniform(22, 32)),
+        (rng.uniform(9, 13),) * 2,
+        0.0,
+        t["aorta"],
+        w,
+        inner,
+    )
     hc = scene.heart_offset
     med = rng.uniform(60, 75)
-    _paint_ellipse(img, u, v, (hc[0] - 10, hc[1]), (med, med * 0.85), rng.uniform(-1, 1), t["soft"] * tex(10, 0.3),
-                   12.0, inner)  # mediastinum, soft-edged
+    _paint_ellipse(
+        img, u, v, (hc[0] - 10, hc[1]), (med, med * 0.85), rng.uniform(-1, 1), t["soft"] * tex(10, 0.3), 12.0, inner
+    )  # mediastinum, soft-edged
     _paint_blobs(rng, img, u, v, h, (a_b, b_b), hc, med, w, inner)
     return img
 
 
-def _paint_ellipse(img: np.ndarray, u: np.ndarray, v: np.ndarray, centre, axes, angle: float,
-                   value, w: float, mask: np.ndarray) -> None:
+def _paint_ellipse(
+    img: np.ndarray, u: np.ndarray, v: np.ndarray, centre, axes, angle: float, value, w: float, mask: np.ndarray
+) -> None:
     """Paint a (possibly slice-dependent) rotated ellipse, restricted by ``mask``, inside its bounding box."""
     box = _box(u, v, centre, max(float(np.max(axes[0])), float(np.max(axes[1]))) + 2 * w)
     if box is None:
@@ -112,16 +142,30 @@ def _paint_ellipse(img: np.ndarray, u: np.ndarray, v: np.ndarray, centre, axes, 
 def _box(u: np.ndarray, v: np.ndarray, centre, radius: float) -> tuple[slice, slice] | None:
     """In-plane index box of the voxels within ``radius`` (mm, per axis) of ``centre`` in the (u, v) frame."""
     cu, cv = np.asarray(centre[0]), np.asarray(centre[1])
-    near = ((u[..., 0] > cu.min() - radius) & (u[..., 0] < cu.max() + radius)
-            & (v[..., 0] > cv.min() - radius) & (v[..., 0] < cv.max() + radius))
+    near = (
+        (u[..., 0] > cu.min() - radius)
+        & (u[..., 0] < cu.max() + radius)
+        & (v[..., 0] > cv.min() - radius)
+        & (v[..., 0] < cv.max() + radius)
+    )
     rows, cols = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
     if rows.size == 0 or cols.size == 0:
         return None
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _paint_blobs(rng: np.random.Generator, img: np.ndarray, u, v, h, body: tuple[float, float],
-                 heart: tuple[float, float], keep_out: float, w: float, mask: np.ndarray) -> None:
+def _paint_blobs(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    u,
+    v,
+    h,
+    body: tuple[float, float],
+    heart: tuple[float, float],
+    keep_out: float,
+    w: float,
+    mask: np.ndarray,
+) -> None:
     """A dozen soft blobs (vessels, bowel, fat) of random size and brightness away from the heart."""
     for _ in range(int(rng.integers(8, 16))):
         for _try in range(10):
@@ -158,8 +202,15 @@ def _heart_crop(acq: _Acquisition, heart: _Heart, centre: tuple[float, float]) -
     return out[0], out[1]
 
 
-def _render_heart(img: np.ndarray, acq: _Acquisition, scene: _Scene, heart: _Heart, state: float,
-                  crop: tuple[slice, slice], blood_tex: np.ndarray) -> np.ndarray:
+def _render_heart(
+    img: np.ndarray,
+    acq: _Acquisition,
+    scene: _Scene,
+    heart: _Heart,
+    state: float,
+    crop: tuple[slice, slice],
+    blood_tex: np.ndarray,
+) -> np.ndarray:
     """Paint the heart at cycle ``state`` into ``img`` (in place) and return the label volume."""
     centre, angle = _heart_frame(scene)
     px, py = _plane_coords(acq)
@@ -190,8 +241,17 @@ def _render_heart(img: np.ndarray, acq: _Acquisition, scene: _Scene, heart: _Hea
     return labels
 
 
-def _paint_papillary(sub: np.ndarray, a: np.ndarray, b: np.ndarray, heart: _Heart, endo_tab: np.ndarray,
-                     heights: np.ndarray, state: float, w: float, value: float) -> None:
+def _paint_papillary(
+    sub: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    heart: _Heart,
+    endo_tab: np.ndarray,
+    heights: np.ndarray,
+    state: float,
+    w: float,
+    value: float,
+) -> None:
     """Two dark papillary muscles inside the mid-ventricular LV cavity (labelled LV, as in ACDC)."""
     len_endo = heart.len_epi - heart.apex_wall
     t = heights / len_endo
@@ -255,7 +315,17 @@ def make_subject(subject_id: int, seed: int = 0, with_cine: bool = False) -> Pha
         images[frame] = _acquire(clean, scene, bias, np.random.default_rng([int(seed), int(subject_id), 1, frame]))
     cine = np.stack([images[f] for f in frames], axis=-1) if with_cine else None
     keep = (1, es_frame)
-    return PhantomSubject(subject_id=int(subject_id), group=group, spacing=acq.spacing, ed_frame=1,
-                          es_frame=es_frame, num_frames=num_frames, height=height, weight=weight,
-                          images={f: images[f] for f in keep}, labels={f: labels[f] for f in keep},
-                          cine=cine, origin=acq.origin)
+    return PhantomSubject(
+        subject_id=int(subject_id),
+        group=group,
+        spacing=acq.spacing,
+        ed_frame=1,
+        es_frame=es_frame,
+        num_frames=num_frames,
+        height=height,
+        weight=weight,
+        images={f: images[f] for f in keep},
+        labels={f: labels[f] for f in keep},
+        cine=cine,
+        origin=acq.origin,
+    )

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
+from pix2rep_bundle.data.jobs import FileLock, run_jobs
 from pix2rep_bundle.data.phantom.anatomy import GROUPS, LABELS, PhantomSubject, subject_name
 from pix2rep_bundle.data.phantom.rendering import make_subject
-from pix2rep_bundle.data.jobs import FileLock, run_jobs
 from pix2rep_bundle.io import write_json_atomic
 from pix2rep_bundle.outputs import check_replaceable, replaced_directory
 
@@ -28,8 +28,10 @@ PHANTOM_VERSION = 1  # bump when the generator's output changes: ensure_phantom 
 
 def info_text(subject: PhantomSubject) -> str:
     """``Info.cfg`` content in ACDC's exact format."""
-    return (f"ED: {subject.ed_frame}\nES: {subject.es_frame}\nGroup: {subject.group}\n"
-            f"Height: {subject.height:.1f}\nNbFrame: {subject.num_frames}\nWeight: {subject.weight:.1f}\n")
+    return (
+        f"ED: {subject.ed_frame}\nES: {subject.es_frame}\nGroup: {subject.group}\n"
+        f"Height: {subject.height:.1f}\nNbFrame: {subject.num_frames}\nWeight: {subject.weight:.1f}\n"
+    )
 
 
 def read_info(path: str | os.PathLike) -> dict[str, str]:
@@ -60,8 +62,7 @@ def write_subject(subject: PhantomSubject, out_dir: str | os.PathLike) -> Path:
     for frame in (subject.ed_frame, subject.es_frame):
         stem = f"{subject.name}_frame{frame:02d}"
         nib.save(_nifti(subject.images[frame], subject.spacing, subject.origin, np.int16), folder / f"{stem}.nii.gz")
-        nib.save(_nifti(subject.labels[frame], subject.spacing, subject.origin, np.uint8),
-                 folder / f"{stem}_gt.nii.gz")
+        nib.save(_nifti(subject.labels[frame], subject.spacing, subject.origin, np.uint8), folder / f"{stem}_gt.nii.gz")
     if subject.cine is not None:
         nib.save(_nifti(subject.cine, subject.spacing, subject.origin, np.int16), folder / f"{subject.name}_4d.nii.gz")
     (folder / "Info.cfg").write_text(info_text(subject))
@@ -73,18 +74,35 @@ def _make_and_write(args: tuple[int, int, bool, str]) -> dict:
     subject_id, seed, with_cine, out_dir = args
     subject = make_subject(subject_id, seed=seed, with_cine=with_cine)
     write_subject(subject, out_dir)
-    return {"id": subject.name, "group": subject.group, "ed": subject.ed_frame, "es": subject.es_frame,
-            "shape": list(subject.images[subject.ed_frame].shape), "spacing": list(subject.spacing)}
+    return {
+        "id": subject.name,
+        "group": subject.group,
+        "ed": subject.ed_frame,
+        "es": subject.es_frame,
+        "shape": list(subject.images[subject.ed_frame].shape),
+        "spacing": list(subject.spacing),
+    }
 
 
 def _params(num_subjects: int, seed: int, first_id: int, with_cine: bool) -> dict:
     """The parameters that define a phantom dataset (what the marker file must match)."""
-    return {"num_subjects": int(num_subjects), "seed": int(seed), "first_id": int(first_id),
-            "with_cine": bool(with_cine), "phantom_version": PHANTOM_VERSION}
+    return {
+        "num_subjects": int(num_subjects),
+        "seed": int(seed),
+        "first_id": int(first_id),
+        "with_cine": bool(with_cine),
+        "phantom_version": PHANTOM_VERSION,
+    }
 
 
-def write_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: int = 0, first_id: int = 1,
-                  with_cine: bool = False, num_workers: int = 0) -> Path:
+def write_phantom(
+    out_dir: str | os.PathLike,
+    num_subjects: int = 100,
+    seed: int = 0,
+    first_id: int = 1,
+    with_cine: bool = False,
+    num_workers: int = 0,
+) -> Path:
     """Generate ``num_subjects`` subjects into ``out_dir`` atomically, with the marker ``phantom.json``."""
     from pix2rep_bundle import __version__
 
@@ -101,9 +119,14 @@ def write_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: int
             summaries.append(summary)
             if done % max(1, num_subjects // 10) == 0 or done == num_subjects:
                 print(f"phantom: {done}/{num_subjects} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
-        marker = {**_params(num_subjects, seed, first_id, with_cine), "package_version": __version__,
-                  "generator": "pix2rep_bundle.data.phantom", "groups": list(GROUPS), "labels": LABELS,
-                  "subjects": summaries}
+        marker = {
+            **_params(num_subjects, seed, first_id, with_cine),
+            "package_version": __version__,
+            "generator": "pix2rep_bundle.data.phantom",
+            "groups": list(GROUPS),
+            "labels": LABELS,
+            "subjects": summaries,
+        }
         write_json_atomic(tmp / MARKER, marker)
         _make_readable(tmp)
     print(f"phantom: wrote {num_subjects} subjects to {out_dir} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -123,8 +146,9 @@ def _make_readable(folder: Path) -> None:
     _chmod_default(folder / MARKER, 0o666)
 
 
-def phantom_matches(out_dir: str | os.PathLike, num_subjects: int = 100, seed: int = 0, first_id: int = 1,
-                    with_cine: bool = False) -> bool:
+def phantom_matches(
+    out_dir: str | os.PathLike, num_subjects: int = 100, seed: int = 0, first_id: int = 1, with_cine: bool = False
+) -> bool:
     """Whether ``out_dir`` holds a complete phantom made with these parameters."""
     out_dir = Path(out_dir)
     try:
@@ -137,12 +161,12 @@ def phantom_matches(out_dir: str | os.PathLike, num_subjects: int = 100, seed: i
     return all((out_dir / subject_name(i) / "Info.cfg").is_file() for i in range(first_id, first_id + num_subjects))
 
 
-def ensure_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: int = 0,
-                   with_cine: bool = False) -> Path:
+def ensure_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: int = 0, with_cine: bool = False) -> Path:
     """Return ``out_dir`` after making sure it holds the phantom with these parameters (generated if not).
 
     A folder that exists, is not empty and was not made as a phantom by the bundle is left alone and a DataError
-    is raised (:func:`pix2rep_bundle.outputs.check_replaceable`). Concurrent callers (e.g. several ranks) are serialised by a lock file.
+    is raised (:func:`pix2rep_bundle.outputs.check_replaceable`). Concurrent callers (e.g. several ranks) are
+    serialised by a lock file.
     """
     out_dir = Path(out_dir)
     if phantom_matches(out_dir, num_subjects, seed, 1, with_cine):

@@ -1,0 +1,93 @@
+"""scripts/reproduce_acdc.py end to end on a 100-subject phantom (the subject names of the published split), tiny:
+the three steps through the bundle's configs, the resumable state, refusal of other settings, shipping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_FEATURES
+
+from pix2rep_bundle.data.phantom import ensure_phantom
+from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.networks import read_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "image_size": [48, 48],
+    "spacing": [4.0, 4.0],
+    "features": TINY_FEATURES,
+    "projection_hidden": 8,
+    "projection_dim": 8,
+    "batch_size": 4,
+    "num_workers": 0,
+    "val_batch_size": 16,
+}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce_acdc", REPO / "scripts" / "reproduce_acdc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def phantom_100(tmp_path_factory) -> Path:
+    return Path(ensure_phantom(tmp_path_factory.mktemp("phantom") / "acdc_like", num_subjects=100, seed=0))
+
+
+def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_ships(phantom_100, tmp_path):
+    script = load_script()
+    root = tmp_path / "bundle"
+    (root / "configs").mkdir(parents=True)
+    shutil.copy(REPO / "configs" / "metadata.json", root / "configs" / "metadata.json")
+    settings = dict(
+        dataset_dir=str(phantom_100),
+        bundle_root=str(root),
+        pretrain_epochs=1,
+        finetune_epochs=1,
+        finetune_iterations_per_epoch=2,
+        overrides=TINY,
+    )
+    state = script.main(**settings)
+    out = root / "runs" / "acdc"
+    assert [state["steps"][s]["done"] for s in script.STEPS] == [True, True, True]
+    assert state["total_seconds"] > 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["overall"]["num_volumes"] == 40  # ED and ES of the 20 test subjects
+    assert read_backbone(out / "pretrain" / "pix2rep_backbone.pt")["features"] == TINY_FEATURES
+    finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
+    assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
+    assert not (root / "models").exists(), "nothing is shipped without --ship true"
+
+    model_time = (out / "finetune" / "model.pt").stat().st_mtime_ns
+    again = script.main(**settings)  # every step done: nothing rerun
+    assert (out / "finetune" / "model.pt").stat().st_mtime_ns == model_time
+    assert again["total_seconds"] == state["total_seconds"]
+
+    with pytest.raises(
+        DataError,
+        match=r"reproduce_state.json: records a reproduction with other settings " r"\(--pretrain_epochs: 1 -> 2\)",
+    ):
+        script.main(**{**settings, "pretrain_epochs": 2})
+
+    script.main(**settings, ship=True)
+    shipped = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert all(
+        torch.equal(v, torch.load(out / "finetune" / "model.pt", weights_only=True)[k]) for k, v in shipped.items()
+    )
+    assert (root / "models" / "pretrain" / "pix2rep_backbone.pt").read_bytes() == (
+        out / "pretrain" / "pix2rep_backbone.pt"
+    ).read_bytes()
+    metrics = json.loads((root / "configs" / "metadata.json").read_text())["eval_metrics"]
+    assert metrics["dice_mean"] == pytest.approx(summary["overall"]["dice_mean"]["mean"], abs=1e-4)
+
+
+def test_a_missing_acdc_folder_is_named(tmp_path):
+    with pytest.raises(DataError, match="nowhere: ACDC folder not found"):
+        load_script().main(dataset_dir=str(tmp_path / "nowhere"), bundle_root=str(tmp_path))
