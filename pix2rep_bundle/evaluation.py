@@ -34,6 +34,7 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from pix2rep_bundle.data.preprocessing import volume_loader
+from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import write_json_atomic, write_text_atomic
 
 STRUCTURES = ("RV", "MYO", "LV")  # label values 1, 2, 3; 0 is background
@@ -149,6 +150,29 @@ def evaluate_volumes(
                 f"MYO {row['dice_MYO']:.3f} LV {row['dice_LV']:.3f} mean {row['dice_mean']:.3f}, "
                 f"HD95 mean {row['hd95_mean']:.1f} mm"
             )
+    return rows
+
+
+def score_segmentations(
+    entries: Iterable[Mapping[str, Any]], segmentations: Mapping[str, str], log: Any = print
+) -> list[dict[str, Any]]:
+    """Score written segmentations on their inputs' own grids: one row per entry (``image`` and ``label`` paths),
+    ``segmentations`` mapping each input image (absolute path) to its segmentation file. DataError for an entry
+    without a label or a missing segmentation."""
+    loader = volume_loader()
+    rows = []
+    for entry in entries:
+        if "label" not in entry:
+            raise DataError(entry["image"], "has no label to score against")
+        segmentation = segmentations[os.path.abspath(os.fspath(entry["image"]))]
+        if not os.path.isfile(segmentation):
+            raise DataError(segmentation, "segmentation not found (run configs/inference.yaml with the same overrides)")
+        label = loader(entry["label"])
+        pred = np.rint(np.asarray(loader(segmentation))).astype(np.int64)
+        metrics = volume_metrics(pred, np.rint(np.asarray(label)).astype(np.int64), voxel_spacing(label))
+        rows.append({k: entry.get(k, "") for k in INFO_COLUMNS} | {"image": entry["image"]} | metrics)
+        if log is not None:
+            log(f"{os.path.basename(segmentation)}: Dice mean {metrics['dice_mean']:.3f}")
     return rows
 
 

@@ -68,7 +68,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=4) + "\n")  # as the Model Zoo's pretty-format-json hook
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:

@@ -9,10 +9,12 @@ Steps (split ``semi_70_10_20``: 70 training, 10 validation, 20 test subjects; do
    labels, best validation loss on the validation subjects -> ``<output_dir>/pretrain/pix2rep_backbone.pt``;
 2. ``finetune``: ``configs/train.yaml --mode finetune`` from that backbone on all labelled training subjects,
    the network with the best validation Dice -> ``<output_dir>/finetune/model.pt``;
-3. ``evaluate``: ``configs/evaluate.yaml`` on the 20 test subjects (3D Dice and HD95 per structure)
-   -> ``<output_dir>/eval/summary.json``; nothing of the test subjects is used before this step;
-4. with ``--ship true``: the two weight files copied (atomically) to ``models/pretrain/pix2rep_backbone.pt`` and
-   ``models/model.pt``, and the measured test metrics written into ``configs/metadata.json`` (``eval_metrics``).
+3. ``evaluate``: ``configs/evaluate.yaml`` on the 20 test subjects (3D Dice and HD95 per structure, in the
+   bundle's input space) -> ``<output_dir>/eval/summary.json``; nothing of the test subjects is used before;
+4. ``native``: ``configs/inference.yaml`` segments the 40 test volumes as they are (``<output_dir>/segmentations/``),
+   scored on their own grids against the ground truth -> ``<output_dir>/eval_native/summary.json``;
+5. with ``--ship true``: the two weight files copied (atomically) to ``models/pretrain/pix2rep_backbone.pt`` and
+   ``models/model.pt``, and the test metrics of step 4 written into ``configs/metadata.json`` (``eval_metrics``).
 
 The preparation of the data (resampling, cropping) happens inside step 1 (``cache/prepared/``). Progress goes to
 the terminal; ``<output_dir>/reproduce_state.json`` records the settings, each finished step and the seconds it
@@ -37,14 +39,16 @@ import fire  # noqa: E402
 
 from pix2rep_bundle.data.datasets import load_datalist  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
-from pix2rep_bundle.io import atomic_path, write_json_atomic  # noqa: E402
+from pix2rep_bundle.evaluation import score_segmentations, write_report  # noqa: E402
+from pix2rep_bundle.inference import output_paths  # noqa: E402
+from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pix2rep_bundle.outputs import claim_output_dir  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SPLIT = "semi_70_10_20"
 STATE_FILE = "reproduce_state.json"
-STEPS = ("pretrain", "finetune", "evaluate")
+STEPS = ("pretrain", "finetune", "evaluate", "native")
 # the recipe (docs/README.md, "Recipe"): chosen on the validation subjects of the split
 RECIPE = {"pretrain_epochs": 20, "finetune_epochs": 40, "finetune_iterations_per_epoch": 50}
 STRUCTURES = ("RV", "MYO", "LV", "mean")
@@ -67,7 +71,7 @@ def read_state(path: Path, settings: Mapping[str, Any], overwrite: bool) -> dict
     if not path.is_file() or overwrite:
         return {"settings": dict(settings), "steps": {}}
     state = json.loads(path.read_text())
-    old = state.get("settings", {})
+    old = {"overrides": {}, **state.get("settings", {})}  # states of earlier versions lack "overrides"
     differences = [
         f"--{k}: {old.get(k)!r} -> {settings.get(k)!r}"
         for k in sorted(set(old) | set(settings))
@@ -114,11 +118,24 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
                 "resume": resume,
             },
         )
-    return (
-        "evaluate.yaml",
-        "run",
-        {**common, "ckpt_path": str(out / "finetune" / "model.pt"), "split": "test", "output_dir": str(out / "eval")},
-    )
+    model = {"ckpt_path": str(out / "finetune" / "model.pt"), "overwrite": True}  # an earlier try is replaced
+    if step == "native":  # the test volumes as they are, segmented by inference.yaml (then scored: score_native)
+        return "inference.yaml", "run", {**common, **model, "output_dir": str(out / "segmentations")}
+    return "evaluate.yaml", "run", {**common, **model, "split": "test", "output_dir": str(out / "eval")}
+
+
+def score_native(step_settings: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """Score the segmentations of the ``native`` step on the test volumes' own grids (``eval_native/``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG_DIR / "inference.yaml"))
+    parser.update(dict(step_settings))
+    entries = parser.get_parsed_content("input_entries")
+    outputs = output_paths(entries, step_settings["output_dir"], parser.get_parsed_content("output_postfix"))
+    claim_output_dir(out / "eval_native", "evaluation", overwrite=True)
+    rows = score_segmentations(entries, outputs)
+    return write_report(rows, out / "eval_native", extra={"scored": "configs/inference.yaml outputs, input grids"})
 
 
 def labeled_pool_size(settings: Mapping[str, Any]) -> int:
@@ -163,7 +180,8 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 def ship_files(out: Path, root: Path, summary: Mapping[str, Any]) -> None:
-    """The weights into models/, the measured test metrics into configs/metadata.json."""
+    """The weights into models/, the measured test metrics (``summary``: the inference outputs scored on the test
+    volumes' own grids) into configs/metadata.json."""
     copy_atomic(out / "pretrain" / "pix2rep_backbone.pt", root / "models" / "pretrain" / "pix2rep_backbone.pt")
     copy_atomic(out / "finetune" / "model.pt", root / "models" / "model.pt")
     metadata_path = root / "configs" / "metadata.json"
@@ -175,7 +193,7 @@ def ship_files(out: Path, root: Path, summary: Mapping[str, Any]) -> None:
         for s in STRUCTURES
         if overall[f"{metric}_{s}"]["mean"] is not None
     }
-    write_json_atomic(metadata_path, metadata)
+    write_text_atomic(metadata_path, json.dumps(metadata, indent=4) + "\n")  # as the Zoo's pretty-format-json
     log(
         f"shipped: {root / 'models' / 'model.pt'}, {root / 'models' / 'pretrain' / 'pix2rep_backbone.pt'}, "
         f"eval_metrics in {metadata_path}"
@@ -227,16 +245,16 @@ def main(
             log(f"step {number}/{len(STEPS)} {step}: done earlier ({record['seconds']:.0f} s), skipped")
             continue
         num_labeled = labeled_pool_size(settings) if step == "finetune" else 0
-        config, run_id, overrides = step_overrides(step, settings, out, num_labeled)
-        if step == "evaluate":
-            overrides["overwrite"] = True  # the evaluation folder is this script's own: an earlier try is replaced
+        config, run_id, step_settings = step_overrides(step, settings, out, num_labeled)
         log(
             f"step {number}/{len(STEPS)} {step}: configs/{config} "
-            + " ".join(f"--{k} {v}" for k, v in overrides.items())
+            + " ".join(f"--{k} {v}" for k, v in step_settings.items())
         )
         began = time.perf_counter()
         try:
-            run_config(config, run_id, overrides)
+            run_config(config, run_id, step_settings)
+            if step == "native":
+                score_native(step_settings, out)
         finally:
             record["seconds"] = round(record["seconds"] + time.perf_counter() - began, 1)
             write_json_atomic(state_path, state)
@@ -246,11 +264,13 @@ def main(
     total = sum(r["seconds"] for r in state["steps"].values())
     state["total_seconds"] = round(total, 1)
     write_json_atomic(state_path, state)
-    summary = json.loads((out / "eval" / "summary.json").read_text())
     log(f"this invocation {time.perf_counter() - start:.0f} s; all steps {total:.0f} s ({total / 60:.1f} min)")
-    print(metrics_table(summary), flush=True)
+    summaries = {}
+    for name, title in (("eval", "configs/evaluate.yaml (bundle space)"), ("eval_native", "inference outputs")):
+        summaries[name] = json.loads((out / name / "summary.json").read_text())
+        print(f"\ntest subjects, {title}:\n" + metrics_table(summaries[name]), flush=True)
     if as_bool(ship, "ship"):
-        ship_files(out, root, summary)
+        ship_files(out, root, summaries["eval_native"])
     return state
 
 

@@ -95,7 +95,9 @@ def test_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
     assert "torch==2.13.0" in (REPO / "pyproject.toml").read_text()
 
 
-@pytest.mark.parametrize("name, kind", [("train.yaml", "train"), ("inference.yaml", "infer")])
+@pytest.mark.parametrize(
+    "name, kind", [("pretrain.yaml", "train"), ("train.yaml", "train"), ("inference.yaml", "infer")]
+)
 def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind):
     import torch
     from monai.bundle import ConfigWorkflow
@@ -116,6 +118,9 @@ def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind
         features=features,
         mode="scratch",
         ckpt_path=str(ckpt),
+        projection_hidden=8,
+        projection_dim=8,
+        batch_size=4,
     )
     workflow.initialize()
     assert workflow.check_properties() == [], f"configs/{name} lacks required {kind} properties"

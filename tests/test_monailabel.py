@@ -90,6 +90,8 @@ def build_app(root: Path) -> tuple[Path, Path]:
             "compact",
             "--bundle_root",
             str(bundle),
+            "--output_dir",
+            str(bundle / "models"),
         ],
         cwd=bundle,
         check=True,

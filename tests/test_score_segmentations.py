@@ -1,0 +1,60 @@
+"""scripts/score_segmentations.py: the outputs of configs/inference.yaml scored on the input grids."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import tiny_settings
+from monai.bundle import ConfigParser
+
+from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.inference import output_paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("score_segmentations", REPO / "scripts" / "score_segmentations.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.yaml"))
+    parser.update(settings)
+    entries = parser.get_parsed_content("input_entries")
+    return entries, output_paths(entries, parser.get_parsed_content("output_dir"), "seg")
+
+
+def test_truth_scores_one_a_lost_structure_zero_and_a_missing_output_is_named(tmp_path):
+    settings = tiny_settings(tmp_path)
+    entries, outputs = planned_outputs(settings)
+    for entry in entries:  # "segmentations" equal to the ground truth, at the planned paths
+        target = Path(outputs[os.path.abspath(entry["image"])])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry["label"], target)
+    summary = load_script().main(**settings)
+    assert summary["overall"]["num_volumes"] == len(entries) > 0
+    assert summary["overall"]["dice_mean"]["mean"] == pytest.approx(1.0)
+    assert summary["overall"]["hd95_mean"]["mean"] == pytest.approx(0.0)
+
+    first = Path(outputs[os.path.abspath(entries[0]["image"])])
+    image = nib.load(str(first))
+    labels = np.asarray(image.dataobj).copy()
+    labels[labels == 1] = 0  # the RV lost in one volume
+    nib.save(nib.Nifti1Image(labels, image.affine, image.header), str(first))
+    rescored = load_script().main(**settings, overwrite=True)
+    assert rescored["overall"]["dice_RV"]["mean"] == pytest.approx((len(entries) - 1) / len(entries))
+    assert rescored["overall"]["dice_LV"]["mean"] == pytest.approx(1.0)
+
+    first.unlink()
+    with pytest.raises(DataError, match=f"{first.name}: segmentation not found"):
+        load_script().main(**settings, overwrite=True)
