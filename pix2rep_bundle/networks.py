@@ -149,6 +149,14 @@ def read_backbone(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def backbone_network(path: str | os.PathLike) -> nn.Module:
+    """The feature U-Net of a backbone checkpoint, with its weights, in eval mode (dense features out)."""
+    ckpt = read_backbone(path)
+    network = feature_unet(ckpt["features"], in_channels=ckpt["in_channels"])
+    network.load_state_dict(ckpt["backbone"])
+    return network.eval()
+
+
 def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Copy a pretrained backbone into a segmentation ``BasicUNet``, leaving its ``final_conv`` as it is.
 

@@ -305,6 +305,7 @@ def main(
     train_overrides: Mapping[str, Any] | None = None,
     pretrain_overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    eval_split: str = "test",
 ) -> list[dict[str, Any]]:
     """Run the sweep and write the results; returns the rows of results.csv.
 
@@ -323,6 +324,8 @@ def main(
         overrides: further overrides for every config, e.g. ``{"features": [8, 8, 16, 32, 64, 16]}``.
         train_overrides, pretrain_overrides: further overrides of train.yaml / pretrain.yaml only.
         overwrite: redo runs whose results exist; write into an output folder the bundle did not make.
+        eval_split: the subjects each run is scored on: ``test`` (the results), or ``validation`` (to choose a
+            recipe without looking at the test subjects).
     """
     ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
@@ -359,6 +362,9 @@ def main(
         **dict(train_overrides or {}),
         "pretrained_ckpt": str(backbone),
     }
+    if eval_split not in ("test", "validation"):
+        raise ValueError(f"--eval_split must be test or validation, got {eval_split!r}")
+    evaluate = common if eval_split == "test" else {**common, "split": eval_split}
     total, rows, start = len(ks) * len(seeds) * len(modes), [], time.perf_counter()
     for k in ks:
         for seed in seeds:
@@ -373,7 +379,7 @@ def main(
                     "seed": seed,
                 }
                 request = run_request(
-                    train_configs(mode), run_train, common, backbone if mode in PRETRAINED_MODES else None
+                    train_configs(mode), run_train, evaluate, backbone if mode in PRETRAINED_MODES else None
                 )
                 differences = finished_run(run_dir, request)
                 if differences and not overwrite:
@@ -385,13 +391,13 @@ def main(
                     )
                 if overwrite or differences is None or differences:
                     log(f"{label}: training and evaluation in {run_dir}")
-                    train_and_evaluate(run_dir, train_configs(mode), run_train, common)
+                    train_and_evaluate(run_dir, train_configs(mode), run_train, evaluate)
                     write_json_atomic(run_dir / SWEEP_RECORD, request)
                 else:
                     log(f"{label}: results of the same settings exist in {run_dir}, reused")
                 rows.append(result_row(mode, k, seed, run_dir))
                 log(
-                    f"{label}: test Dice mean {rows[-1]['dice_mean']:.3f} "
+                    f"{label}: {eval_split} Dice mean {rows[-1]['dice_mean']:.3f} "
                     f"({time.perf_counter() - start:.0f} s elapsed)"
                 )
 

@@ -118,11 +118,30 @@ def _few_shot_pool(
     return _pool(datalist, datalist_path, pool), subjects
 
 
-def labeled_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
+LABEL_SELECTIONS = ("random", "representative")
+
+
+def labeled_entries(
+    datalist_path: str | os.PathLike,
+    num_subjects: int,
+    label_seed: int,
+    selection: str = "random",
+    backbone: str | os.PathLike | None = None,
+) -> list[dict]:
     """The labelled training entries of a few-shot run: the published combination ``c{label_seed + 1}`` of K
     subjects for splits that have them (chaitanya2020), else K subjects drawn from ``label_seed``
-    (:func:`select_labeled_subjects`)."""
+    (:func:`select_labeled_subjects`), or, with ``selection="representative"``, the K subjects that best cover the
+    pool in the feature space of the Pix2Rep ``backbone`` (:mod:`pix2rep_bundle.selection`; no label is read)."""
+    if selection not in LABEL_SELECTIONS:
+        raise ValueError(f"unknown label selection {selection!r}: choose one of {list(LABEL_SELECTIONS)}")
     entries, fixed = _few_shot_pool(datalist_path, "labeled", num_subjects, label_seed)
+    if selection == "representative":
+        if fixed is not None:
+            raise ValueError("this split fixes its labelled subjects: --label_selection representative does not apply")
+        from pix2rep_bundle.selection import choose_from_datalist
+
+        chosen, _ = choose_from_datalist(os.fspath(datalist_path), os.fspath(backbone), int(num_subjects))
+        return _of_subjects(entries, chosen, "labeled", datalist_path)
     if fixed is None:
         return select_labeled_subjects(entries, num_subjects, label_seed)
     return _of_subjects(entries, fixed, "labeled", datalist_path)

@@ -1,0 +1,167 @@
+"""Which subjects to label first: a cold-start choice from the Pix2Rep representation alone (no label is read).
+
+1. **Descriptor.** Every slice of a subject's images goes through the pretrained backbone; the dense features
+   (L2-normalised per pixel) of up to ``pixels_per_subject`` pixels inside the body (intensity above
+   ``body_threshold`` of the [0, 1]-scaled image) are kept. A codebook of ``codebook_size`` feature clusters
+   (k-means over a sample of every subject's pixels) turns each subject into the share of its pixels in each
+   cluster: what tissues and structures, as the representation sees them, the subject is made of. Subjects
+   are compared by the Hellinger distance between those distributions.
+2. **Choice.** The K subjects that best cover the pool: the k-medoids of the distance matrix (greedy BUILD then
+   SWAP, deterministic). K = 1 gives the most typical subject (the medoid); given subjects already labelled,
+   :func:`next_subjects` adds those that most reduce the distance of the pool to its nearest labelled subject.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pix2rep_bundle.data.preprocessing import volume_loader
+
+
+@torch.no_grad()
+def subject_pixels(
+    backbone: nn.Module,
+    volumes: Sequence[str],
+    pixels_per_subject: int = 4000,
+    body_threshold: float = 0.1,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Dense features (L2-normalised) of up to ``pixels_per_subject`` body pixels of one subject's prepared volumes
+    (each ``(H, W, S)`` in [0, 1]), drawn evenly at random over its slices: ``(P, D)`` float32."""
+    loader = volume_loader()
+    features, rng = [], np.random.default_rng(seed)
+    for path in volumes:
+        volume = torch.as_tensor(np.asarray(loader(path)), dtype=torch.float32)  # (H, W, S)
+        slices = volume.permute(2, 0, 1)[:, None]  # (S, 1, H, W)
+        for start in range(0, slices.shape[0], batch_size):
+            batch = slices[start : start + batch_size]
+            dense = nn.functional.normalize(backbone(batch.to(device)).float().cpu(), dim=1)  # (B, D, H, W)
+            body = batch[:, 0] > body_threshold  # (B, H, W)
+            features.append(dense.permute(0, 2, 3, 1)[body])  # (pixels, D)
+    pixels = torch.cat(features).numpy() if features else np.zeros((0, 0), np.float32)
+    if len(pixels) > pixels_per_subject:
+        pixels = pixels[np.sort(rng.choice(len(pixels), pixels_per_subject, replace=False))]
+    return pixels.astype(np.float32)
+
+
+def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Cluster centres of ``points`` (N, D): k-means++ initialisation from ``seed``, then Lloyd iterations."""
+    if len(points) < k:
+        raise ValueError(f"{len(points)} points cannot make {k} clusters")
+    rng = np.random.default_rng(seed)
+    centres = [points[rng.integers(len(points))]]
+    nearest = ((points - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        centres.append(points[rng.choice(len(points), p=nearest / nearest.sum())])
+        nearest = np.minimum(nearest, ((points - centres[-1]) ** 2).sum(1))
+    centres = np.stack(centres)
+    for _ in range(iterations):
+        assignment = nearest_centre(points, centres)
+        updated = np.stack(
+            [points[assignment == c].mean(0) if (assignment == c).any() else centres[c] for c in range(k)]
+        )
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    return centres
+
+
+def nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre of every point."""
+    distances = (points**2).sum(1)[:, None] - 2 * points @ centres.T + (centres**2).sum(1)[None]
+    return distances.argmin(1)
+
+
+def cluster_shares(pixels: Sequence[np.ndarray], centres: np.ndarray) -> np.ndarray:
+    """(subjects, clusters): the share of each subject's pixels nearest to each centre."""
+    shares = np.zeros((len(pixels), len(centres)))
+    for i, points in enumerate(pixels):
+        shares[i] = np.bincount(nearest_centre(points, centres), minlength=len(centres)) / max(len(points), 1)
+    return shares
+
+
+def hellinger_distances(shares: np.ndarray) -> np.ndarray:
+    """Pairwise Hellinger distances between the rows of ``shares`` (each a distribution)."""
+    roots = np.sqrt(shares)
+    squared = np.clip((roots**2).sum(1)[:, None] + (roots**2).sum(1)[None] - 2 * roots @ roots.T, 0, None)
+    return np.sqrt(squared / 2)
+
+
+def _cost(distances: np.ndarray, medoids: Sequence[int]) -> float:
+    """Sum over the pool of the distance to the nearest medoid."""
+    return float(distances[:, list(medoids)].min(1).sum())
+
+
+def k_medoids(distances: np.ndarray, k: int, fixed: Sequence[int] = ()) -> list[int]:
+    """Indices of ``k`` medoids of a distance matrix (added to the ``fixed`` ones, which stay): greedy BUILD (each
+    step adds the point that lowers the total distance to the nearest medoid most), then SWAP (exchange a chosen
+    medoid with another point while that lowers it). Deterministic: ties go to the lowest index."""
+    n = len(distances)
+    fixed = [int(i) for i in fixed]
+    if k < 0 or k + len(fixed) > n:
+        raise ValueError(f"cannot choose {k} of {n - len(fixed)} unchosen points")
+    chosen: list[int] = []
+    for _ in range(k):
+        candidates = [i for i in range(n) if i not in chosen and i not in fixed]
+        chosen.append(min(candidates, key=lambda i: (_cost(distances, fixed + chosen + [i]), i)))
+    improved = True
+    while improved and fixed + chosen:
+        improved = False
+        for slot in range(len(chosen)):
+            for other in range(n):
+                if other in chosen or other in fixed:
+                    continue
+                trial = chosen[:slot] + [other] + chosen[slot + 1 :]
+                if _cost(distances, fixed + trial) < _cost(distances, fixed + chosen) - 1e-12:
+                    chosen, improved = trial, True
+    return chosen
+
+
+def choose_subjects(
+    backbone: nn.Module,
+    volumes_by_subject: Mapping[str, Sequence[str]],
+    k: int,
+    labelled: Sequence[str] = (),
+    codebook_size: int = 16,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[list[str], dict[str, np.ndarray | list[str]]]:
+    """The ``k`` subjects to label next (after ``labelled``), and the evidence: subject names, cluster shares and
+    the distance matrix (for figures)."""
+    subjects = sorted(volumes_by_subject)
+    unknown = sorted(set(labelled) - set(subjects))
+    if unknown:
+        raise ValueError(f"labelled subjects not in the pool: {unknown}")
+    backbone = backbone.eval().to(device)
+    pixels = [subject_pixels(backbone, volumes_by_subject[s], seed=seed, device=device) for s in subjects]
+    sample = np.concatenate([p[::8] for p in pixels])  # every 8th pixel of every subject for the codebook
+    shares = cluster_shares(pixels, kmeans(sample, min(codebook_size, len(sample)), seed=seed))
+    distances = hellinger_distances(shares)
+    fixed = [subjects.index(s) for s in labelled]
+    chosen = k_medoids(distances, k, fixed=fixed)
+    return [subjects[i] for i in chosen], {"subjects": subjects, "shares": shares, "distances": distances}
+
+
+def choose_from_datalist(
+    datalist_path: str,
+    backbone_path: str,
+    k: int,
+    labelled: Sequence[str] = (),
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[list[str], dict[str, np.ndarray | list[str]]]:
+    """:func:`choose_subjects` over the ``labeled`` pool of a prepared datalist (its images only), with the backbone
+    of ``backbone_path``."""
+    from pix2rep_bundle.data.datasets import load_datalist
+    from pix2rep_bundle.networks import backbone_network
+
+    volumes: dict[str, list[str]] = {}
+    for entry in load_datalist(datalist_path, "labeled"):
+        volumes.setdefault(str(entry["subject"]), []).append(entry["image"])
+    return choose_subjects(backbone_network(backbone_path), volumes, k, labelled=labelled, seed=seed, device=device)

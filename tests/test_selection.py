@@ -1,0 +1,96 @@
+"""Cold-start subject selection (pix2rep_bundle/selection.py): the k-medoids choice, the distances, and the whole
+choice on a tiny phantom from a backbone file, reading images only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import find_in_chain, tiny_settings
+from monai.bundle import ConfigParser
+
+from pix2rep_bundle.selection import choose_from_datalist, hellinger_distances, k_medoids, kmeans
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def euclidean(points: np.ndarray) -> np.ndarray:
+    return np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+
+
+def test_one_medoid_is_the_most_central_point_and_k_medoids_cover_the_clusters():
+    line = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+    assert k_medoids(euclidean(line), 1) == [2]  # least total distance to the others
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10]])
+    points = np.concatenate([c + rng.normal(0, 0.5, (6, 2)) for c in centres])
+    chosen = k_medoids(euclidean(points), 3)
+    assert sorted(i // 6 for i in chosen) == [0, 1, 2], "one medoid per cluster"
+    more = k_medoids(euclidean(points), 1, fixed=[chosen[0]])
+    assert more[0] // 6 != chosen[0] // 6, "the next subject covers another cluster than the labelled one"
+    with pytest.raises(ValueError, match="cannot choose 19 of 18"):
+        k_medoids(euclidean(points), 19)
+
+
+def test_hellinger_distances_are_zero_on_equal_shares_and_one_on_disjoint_ones():
+    shares = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    distances = hellinger_distances(shares)
+    assert distances[0, 1] == pytest.approx(0.0, abs=1e-7)
+    assert distances[0, 2] == pytest.approx(1.0)
+    assert np.allclose(distances, distances.T)
+
+
+def test_kmeans_finds_separated_clusters():
+    rng = np.random.default_rng(1)
+    points = np.concatenate([rng.normal(c, 0.1, (50, 2)) for c in (-5.0, 5.0)])
+    centres = np.sort(kmeans(points, 2, seed=0)[:, 0])
+    assert centres == pytest.approx([-5.0, 5.0], abs=0.1)
+
+
+def test_choice_from_a_datalist_is_deterministic_distinct_and_reads_no_label(tmp_path, backbone, monkeypatch):
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "train.yaml"))
+    parser.update(tiny_settings(tmp_path))
+    datalist = parser.get_parsed_content("datalist")
+    pool = {e["subject"] for e in json.loads(Path(datalist).read_text())["labeled"]}
+
+    import pix2rep_bundle.data.preprocessing as preprocessing
+
+    reader = preprocessing.HeaderSpacingNibabelReader.read
+
+    def no_labels(self, data, **kwargs):
+        assert "_gt.nii" not in str(data), f"a label was read: {data}"
+        return reader(self, data, **kwargs)
+
+    monkeypatch.setattr(preprocessing.HeaderSpacingNibabelReader, "read", no_labels)
+    chosen, evidence = choose_from_datalist(datalist, str(backbone), 2)
+    assert len(set(chosen)) == 2 and set(chosen) <= pool
+    assert choose_from_datalist(datalist, str(backbone), 2)[0] == chosen
+    assert evidence["distances"].shape == (len(pool), len(pool))
+    following, _ = choose_from_datalist(datalist, str(backbone), 1, labelled=chosen[:1])
+    assert following[0] != chosen[0]
+
+
+def test_train_config_labels_the_representative_subjects_on_request(tmp_path, backbone):
+    def subjects(selection: str) -> tuple[list[str], ConfigParser]:
+        parser = ConfigParser()
+        parser.read_config(str(REPO / "configs" / "train.yaml"))
+        parser.update(
+            {
+                **tiny_settings(tmp_path),
+                "pretrained_ckpt": str(backbone),
+                "num_labeled_subjects": 2,
+                "label_selection": selection,
+            }
+        )
+        return sorted({e["subject"] for e in parser.get_parsed_content("train#dataset#data")}), parser
+
+    representative, parser = subjects("representative")
+    expected, _ = choose_from_datalist(parser.get_parsed_content("datalist"), str(backbone), 2)
+    assert representative == sorted(expected)
+    assert len(subjects("random")[0]) == 2
+    with pytest.raises(Exception) as unknown:
+        subjects("best")
+    assert find_in_chain(unknown.value, ValueError, r"unknown label selection 'best': choose one of")
