@@ -141,6 +141,7 @@ def labeled_entries(
         from pix2rep_bundle.selection import choose_from_datalist
 
         chosen, _ = choose_from_datalist(os.fspath(datalist_path), os.fspath(backbone), int(num_subjects))
+        print(f"label selection (representative, {backbone}): {', '.join(chosen)}", flush=True)
         return _of_subjects(entries, chosen, "labeled", datalist_path)
     if fixed is None:
         return select_labeled_subjects(entries, num_subjects, label_seed)
