@@ -38,3 +38,14 @@ def acdc_dir() -> Path:
     """Real ACDC training data: ``PIX2REP_ACDC_DIR``, else ``shared/data/ACDC/training`` beside the project."""
     default = Path(__file__).resolve().parents[2] / "shared/data/ACDC/training"
     return Path(os.environ.get("PIX2REP_ACDC_DIR", default))
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), imported afresh."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

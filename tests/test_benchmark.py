@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_smoke(tmp_path, capsys):
     """Both paths, one after the other, print every figure and the ratio (a smoke test: nothing is timed)."""
-    figures = load_script().main(quick=True, bundle_root=str(tmp_path), num_workers=0)
+    figures = load_script("benchmark").main(quick=True, bundle_root=str(tmp_path), num_workers=0)
     out = capsys.readouterr().out
     for line in (
         "plain path:",
@@ -55,7 +48,7 @@ def test_benchmark_smoke(tmp_path, capsys):
 
 def test_unknown_path_is_named():
     with pytest.raises(ValueError, match="unknown path"):
-        load_script().main(paths="plain,turbo")
+        load_script("benchmark").main(paths="plain,turbo")
 
 
 @pytest.mark.parametrize(
@@ -64,7 +57,7 @@ def test_unknown_path_is_named():
 def test_malformed_counts_are_named(setting):
     name = next(iter(setting))
     with pytest.raises(ValueError, match=f"--{name} must be a whole number"):
-        load_script().main(**setting)
+        load_script("benchmark").main(**setting)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

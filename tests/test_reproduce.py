@@ -3,37 +3,24 @@ the three steps through the bundle's configs, the resumable state, refusal of ot
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_FEATURES
+from helpers import TINY_FEATURES, load_script, tiny_settings
 
 from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.networks import read_backbone
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "image_size": [48, 48],
-    "spacing": [4.0, 4.0],
-    "features": TINY_FEATURES,
-    "projection_hidden": 8,
-    "projection_dim": 8,
-    "batch_size": 4,
+# the tiny network and images of the other tests, with the few settings of the reproduction's own configs
+TINY = {k: v for k, v in tiny_settings(".").items() if k not in ("bundle_root", "phantom_subjects")} | {
     "num_workers": 0,
     "val_batch_size": 16,
 }
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_acdc", REPO / "scripts" / "reproduce_acdc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +29,7 @@ def phantom_100(tmp_path_factory) -> Path:
 
 
 def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_ships(phantom_100, tmp_path):
-    script = load_script()
+    script = load_script("reproduce_acdc")
     root = tmp_path / "bundle"
     (root / "configs").mkdir(parents=True)
     shutil.copy(REPO / "configs" / "metadata.json", root / "configs" / "metadata.json")
@@ -93,4 +80,4 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
 
 def test_a_missing_acdc_folder_is_named(tmp_path):
     with pytest.raises(DataError, match="nowhere: ACDC folder not found"):
-        load_script().main(dataset_dir=str(tmp_path / "nowhere"), bundle_root=str(tmp_path))
+        load_script("reproduce_acdc").main(dataset_dir=str(tmp_path / "nowhere"), bundle_root=str(tmp_path))

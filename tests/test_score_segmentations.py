@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -10,20 +9,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import tiny_settings
+from helpers import load_script, tiny_settings
 from monai.bundle import ConfigParser
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("score_segmentations", REPO / "scripts" / "score_segmentations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
@@ -41,7 +33,7 @@ def test_truth_scores_one_a_lost_structure_zero_and_a_missing_output_is_named(tm
         target = Path(outputs[os.path.abspath(entry["image"])])
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(entry["label"], target)
-    summary = load_script().main(**settings)
+    summary = load_script("score_segmentations").main(**settings)
     assert summary["overall"]["num_volumes"] == len(entries) > 0
     assert summary["overall"]["dice_mean"]["mean"] == pytest.approx(1.0)
     assert summary["overall"]["hd95_mean"]["mean"] == pytest.approx(0.0)
@@ -51,10 +43,10 @@ def test_truth_scores_one_a_lost_structure_zero_and_a_missing_output_is_named(tm
     labels = np.asarray(image.dataobj).copy()
     labels[labels == 1] = 0  # the RV lost in one volume
     nib.save(nib.Nifti1Image(labels, image.affine, image.header), str(first))
-    rescored = load_script().main(**settings, overwrite=True)
+    rescored = load_script("score_segmentations").main(**settings, overwrite=True)
     assert rescored["overall"]["dice_RV"]["mean"] == pytest.approx((len(entries) - 1) / len(entries))
     assert rescored["overall"]["dice_LV"]["mean"] == pytest.approx(1.0)
 
     first.unlink()
     with pytest.raises(DataError, match=f"{first.name}: segmentation not found"):
-        load_script().main(**settings, overwrite=True)
+        load_script("score_segmentations").main(**settings, overwrite=True)
