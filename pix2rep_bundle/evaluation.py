@@ -140,9 +140,7 @@ def evaluate_volumes(
     rows = []
     for entry in entries:
         image, label = loader(entry["image"]), loader(entry["label"])
-        pred = predict_volume(network, image, batch_size=batch_size, device=device)
-        metrics = volume_metrics(pred, np.rint(np.asarray(label)).astype(np.int64), voxel_spacing(label))
-        row = {k: entry.get(k, "") for k in INFO_COLUMNS} | metrics
+        row = _volume_row(entry, predict_volume(network, image, batch_size=batch_size, device=device), label)
         rows.append(row)
         if log is not None:
             log(
@@ -167,13 +165,40 @@ def score_segmentations(
         segmentation = segmentations[os.path.abspath(os.fspath(entry["image"]))]
         if not os.path.isfile(segmentation):
             raise DataError(segmentation, "segmentation not found (run configs/inference.yaml with the same overrides)")
-        label = loader(entry["label"])
         pred = np.rint(np.asarray(loader(segmentation))).astype(np.int64)
-        metrics = volume_metrics(pred, np.rint(np.asarray(label)).astype(np.int64), voxel_spacing(label))
-        rows.append({k: entry.get(k, "") for k in INFO_COLUMNS} | {"image": entry["image"]} | metrics)
+        rows.append(_volume_row(entry, pred, loader(entry["label"])))
         if log is not None:
-            log(f"{os.path.basename(segmentation)}: Dice mean {metrics['dice_mean']:.3f}")
+            log(f"{os.path.basename(segmentation)}: Dice mean {rows[-1]['dice_mean']:.3f}")
     return rows
+
+
+def score_inference_outputs(
+    config_file: str | os.PathLike, overrides: Mapping[str, Any], report_dir: str | os.PathLike, overwrite: bool = False
+) -> dict[str, Any]:
+    """Score what ``config_file`` (configs/inference.yaml) parsed with ``overrides`` wrote, each output on its input's
+    own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary."""
+    from monai.bundle import ConfigParser
+
+    from pix2rep_bundle.inference import output_paths
+    from pix2rep_bundle.outputs import claim_output_dir
+
+    parser = ConfigParser()
+    parser.read_config(os.fspath(config_file))
+    parser.update(dict(overrides))
+    entries = parser.get_parsed_content("input_entries")
+    outputs = output_paths(
+        entries, parser.get_parsed_content("output_dir"), parser.get_parsed_content("output_postfix")
+    )
+    claim_output_dir(report_dir, "evaluation", overwrite=overwrite)
+    rows = score_segmentations(entries, outputs)
+    return write_report(rows, report_dir, extra={"scored": "configs/inference.yaml outputs, on the input grids"})
+
+
+def _volume_row(entry: Mapping[str, Any], pred: torch.Tensor | np.ndarray, label: MetaTensor) -> dict[str, Any]:
+    """One row of the report: the entry's information columns and the metrics of ``pred`` against ``label``, with
+    HD95 in mm from the label's voxel size."""
+    metrics = volume_metrics(pred, np.rint(np.asarray(label)).astype(np.int64), voxel_spacing(label))
+    return {k: entry.get(k, "") for k in INFO_COLUMNS} | metrics
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | int]:

@@ -350,14 +350,16 @@ def main(
         else (shipped_backbone if shipped_backbone.is_file() else own_backbone)
     )
     needs_backbone = any(m in PRETRAINED_MODES for m in modes)
-    if needs_backbone and backbone.is_file():
+    existing_backbone = needs_backbone and backbone.is_file()
+    if existing_backbone:
         check_backbone(backbone, common)  # a backbone of another network stops the sweep before it writes anything
     claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
     if needs_backbone:
         pretrain = {"epochs": pretrain_epochs} if pretrain_epochs is not None else {}
         pretrain.update(pretrain_overrides or {})
         ensure_backbone(backbone, pretrained_ckpt is not None, common, pretrain)
-        check_backbone(backbone, common)
+        if not existing_backbone:  # just pretrained (possibly with other --pretrain_overrides)
+            check_backbone(backbone, common)
 
     train = {
         **common,

@@ -39,8 +39,7 @@ import fire  # noqa: E402
 
 from pix2rep_bundle.data.datasets import load_datalist  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
-from pix2rep_bundle.evaluation import score_segmentations, write_report  # noqa: E402
-from pix2rep_bundle.inference import output_paths  # noqa: E402
+from pix2rep_bundle.evaluation import score_inference_outputs  # noqa: E402
 from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pix2rep_bundle.outputs import claim_output_dir  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
@@ -119,23 +118,9 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
             },
         )
     model = {"ckpt_path": str(out / "finetune" / "model.pt"), "overwrite": True}  # an earlier try is replaced
-    if step == "native":  # the test volumes as they are, segmented by inference.yaml (then scored: score_native)
+    if step == "native":  # the test volumes as they are, segmented by inference.yaml (then scored on their own grids)
         return "inference.yaml", "run", {**common, **model, "output_dir": str(out / "segmentations")}
     return "evaluate.yaml", "run", {**common, **model, "split": "test", "output_dir": str(out / "eval")}
-
-
-def score_native(step_settings: Mapping[str, Any], out: Path) -> dict[str, Any]:
-    """Score the segmentations of the ``native`` step on the test volumes' own grids (``eval_native/``)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG_DIR / "inference.yaml"))
-    parser.update(dict(step_settings))
-    entries = parser.get_parsed_content("input_entries")
-    outputs = output_paths(entries, step_settings["output_dir"], parser.get_parsed_content("output_postfix"))
-    claim_output_dir(out / "eval_native", "evaluation", overwrite=True)
-    rows = score_segmentations(entries, outputs)
-    return write_report(rows, out / "eval_native", extra={"scored": "configs/inference.yaml outputs, input grids"})
 
 
 def labeled_pool_size(settings: Mapping[str, Any]) -> int:
@@ -254,7 +239,9 @@ def main(
         try:
             run_config(config, run_id, step_settings)
             if step == "native":
-                score_native(step_settings, out)
+                score_inference_outputs(
+                    CONFIG_DIR / "inference.yaml", step_settings, out / "eval_native", overwrite=True
+                )
         finally:
             record["seconds"] = round(record["seconds"] + time.perf_counter() - began, 1)
             write_json_atomic(state_path, state)

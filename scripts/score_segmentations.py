@@ -22,9 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
 
-from pix2rep_bundle.evaluation import score_segmentations, write_report  # noqa: E402
-from pix2rep_bundle.inference import output_paths  # noqa: E402
-from pix2rep_bundle.outputs import claim_output_dir  # noqa: E402
+from pix2rep_bundle.evaluation import score_inference_outputs  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "inference.yaml"
@@ -39,19 +37,9 @@ def main(bundle_root: str = ".", report_dir: str | None = None, overwrite: bool 
         overwrite: write into a report folder the bundle did not make.
         overrides: the overrides given to ``configs/inference.yaml`` (e.g. ``--dataset_dir``, ``--output_dir``).
     """
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    parser.update({"bundle_root": bundle_root, **overrides})
-    entries = parser.get_parsed_content("input_entries")
-    outputs = output_paths(
-        entries, parser.get_parsed_content("output_dir"), parser.get_parsed_content("output_postfix")
-    )
     report = Path(report_dir) if report_dir else Path(bundle_root) / "eval" / "native"
-    claim_output_dir(report, "evaluation", overwrite=as_bool(overwrite, "overwrite"))
-    rows = score_segmentations(entries, outputs)
-    return write_report(rows, report, extra={"scored": "configs/inference.yaml outputs, on the input grids"})
+    overrides = {"bundle_root": bundle_root, **overrides}
+    return score_inference_outputs(CONFIG, overrides, report, overwrite=as_bool(overwrite, "overwrite"))
 
 
 if __name__ == "__main__":
