@@ -1,10 +1,11 @@
 """3D evaluation of the slice-wise segmentation: Dice and HD95 per structure on whole volumes.
 
-The network is 2D; :func:`predict_volume` segments every short-axis slice of a volume and stacks the label
-maps back into the volume. :func:`volume_metrics` compares two label volumes per structure (RV, MYO, LV)
-with MONAI's ``DiceMetric`` and ``HausdorffDistanceMetric(percentile=95)``, in millimetres from the voxel
-spacing. :func:`evaluate_volumes` does both for a list of datalist entries and :func:`write_report` writes
-``metrics.csv`` (one row per volume) and ``summary.json`` (mean and std over volumes, overall and by phase).
+``configs/evaluate.yaml`` segments every short-axis slice of a volume with the 2D network (MONAI's
+``SliceInferer`` in the bundle's evaluator) and scores the label volume with :class:`VolumeScores`:
+:func:`volume_metrics` compares two label volumes per structure (RV, MYO, LV) with MONAI's ``DiceMetric`` and
+``HausdorffDistanceMetric(percentile=95)``, in millimetres from the voxel spacing, and :func:`write_report`
+writes ``metrics.csv`` (one row per volume) and ``summary.json`` (mean and std over volumes, overall and by
+phase).
 
 Empty structures (e.g. no RV in a volume cropped below the apex, or a structure the network missed):
 
@@ -28,10 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import SliceInferer
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
-from torch import nn
 
 from pix2rep_bundle.data.preprocessing import volume_loader
 from pix2rep_bundle.errors import DataError
@@ -46,37 +45,6 @@ def metric_columns() -> list[str]:
     """The metric columns of ``metrics.csv``: Dice then HD95, per structure and their mean."""
     names = [*STRUCTURES, "mean"]
     return [f"dice_{s}" for s in names] + [f"hd95_{s}" for s in names]
-
-
-@torch.no_grad()
-def predict_volume(
-    network: nn.Module,
-    volume: torch.Tensor | np.ndarray,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Segment a volume slice by slice with a 2D network.
-
-    Args:
-        network: 2D network mapping (B, 1, H, W) images to (B, C, H, W) logits.
-        volume: (H, W, S) or (1, H, W, S) image; slices are taken along the last axis.
-        batch_size: slices per forward pass.
-        device: where the network runs (default: where its parameters are).
-
-    Returns:
-        (H, W, S) integer label map (argmax over the classes), on the CPU.
-    """
-    volume = torch.as_tensor(volume.as_tensor() if isinstance(volume, MetaTensor) else volume, dtype=torch.float32)
-    if volume.ndim == 4:
-        volume = volume[0]
-    if volume.ndim != 3:
-        raise ValueError(f"expected an (H, W, S) or (1, H, W, S) volume, got shape {tuple(volume.shape)}")
-    device = device or next(network.parameters()).device
-    network.eval()
-    inferer = SliceInferer(roi_size=tuple(volume.shape[:2]), spatial_dim=2, sw_batch_size=batch_size)
-    with torch.no_grad():
-        logits = inferer(volume[None, None].to(device), network)  # (1, C, H, W, S)
-    return logits.argmax(dim=1)[0].cpu()
 
 
 def _one_hot(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -124,31 +92,44 @@ def voxel_spacing(image: MetaTensor) -> list[float]:
     return [float(v) for v in torch.linalg.norm(affine[:3, :3], dim=0)]
 
 
-def evaluate_volumes(
-    network: nn.Module,
-    entries: Iterable[Mapping[str, Any]],
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    log: Any = print,
-) -> list[dict[str, Any]]:
-    """Segment and score every volume of ``entries`` (datalist entries with ``image`` and ``label`` paths).
+class VolumeScores:
+    """Ignite handler of ``configs/evaluate.yaml``'s evaluator: scores every segmented volume (``pred``, an argmax
+    label map, against ``label``; HD95 in mm from the label's voxel size), logs one line per volume and, when the
+    run completes, writes the report (:func:`write_report`) into ``output_dir``.
 
-    Returns one row per volume: the entry's ``subject``, ``frame``, ``phase``, ``group``, ``image`` and the
-    metrics of :func:`volume_metrics`.
+    ``rows`` holds one row per volume: the entry's ``subject``, ``frame``, ``phase``, ``group``, ``image`` (the
+    file) and the metrics of :func:`volume_metrics`.
     """
-    loader = volume_loader()
-    rows = []
-    for entry in entries:
-        image, label = loader(entry["image"]), loader(entry["label"])
-        row = _volume_row(entry, predict_volume(network, image, batch_size=batch_size, device=device), label)
-        rows.append(row)
-        if log is not None:
-            log(
-                f"{row['subject']} {row['phase'] or row['frame']}: Dice RV {row['dice_RV']:.3f} "
-                f"MYO {row['dice_MYO']:.3f} LV {row['dice_LV']:.3f} mean {row['dice_mean']:.3f}, "
-                f"HD95 mean {row['hd95_mean']:.1f} mm"
-            )
-    return rows
+
+    def __init__(self, output_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None, log: Any = print):
+        self.output_dir, self.extra, self.log = os.fspath(output_dir), dict(extra or {}), log
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
+        engine.add_event_handler(Events.COMPLETED, self._report)
+
+    def _started(self, engine) -> None:
+        self.rows = []
+
+    def _score(self, engine) -> None:
+        for data, item in zip(engine.state.batch, engine.state.output):  # decollated: one volume each
+            entry = {k: data.get(k, "") for k in INFO_COLUMNS}
+            entry["image"] = data["image"].meta.get("filename_or_obj", "") if hasattr(data["image"], "meta") else ""
+            row = _volume_row(entry, item["pred"][0], item["label"][0])
+            self.rows.append(row)
+            if self.log is not None:
+                self.log(
+                    f"{row['subject']} {row['phase'] or row['frame']}: Dice RV {row['dice_RV']:.3f} "
+                    f"MYO {row['dice_MYO']:.3f} LV {row['dice_LV']:.3f} mean {row['dice_mean']:.3f}, "
+                    f"HD95 mean {row['hd95_mean']:.1f} mm"
+                )
+
+    def _report(self, engine) -> None:
+        write_report(self.rows, self.output_dir, extra=self.extra, log=self.log)
 
 
 def score_segmentations(
@@ -238,7 +219,7 @@ def write_report(
     """Write ``metrics.csv`` and ``summary.json`` into ``output_dir`` atomically; return the summary.
 
     Args:
-        rows: per-volume rows from :func:`evaluate_volumes`.
+        rows: per-volume rows (:class:`VolumeScores`, :func:`score_segmentations`).
         output_dir: folder of the report (created if needed).
         extra: additional fields stored at the top of ``summary.json`` (e.g. checkpoint and split).
         log: where to print the overall means (``None``: silent).

@@ -67,6 +67,7 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "gather_negatives",
             "mean_teacher",
             "overwrite",
+            "largest_component",
         )
     }
     | {

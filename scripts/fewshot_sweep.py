@@ -19,8 +19,9 @@ bundle's own configs (``monai.bundle.run`` in this process):
    evaluation on the test subjects
    (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A finished run is reused only when
    its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256) equals the
-   new one, so an interrupted sweep continues where it stopped; results made with other settings stop the sweep
-   with the differences named (``--overwrite true`` redoes them).
+   new one, so an interrupted sweep continues where it stopped; a run with other evaluation settings only is
+   evaluated again (its model kept); other training settings stop the sweep with the differences named
+   (``--overwrite true`` redoes them).
    The label seed S also seeds training (initialisation, augmentation).
 3. ``<output_dir>/results.csv`` (one row per run), ``results.md`` (mode x K: mean +- std over seeds of the
    test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed) and
@@ -147,9 +148,12 @@ def run_request(
     return request
 
 
-def finished_run(run_dir: Path, request: Mapping[str, Any]) -> list[str] | None:
-    """None when ``run_dir`` has no results; else the differences between its recorded request and ``request``
-    (empty: the same run, its results can be reused). A run without a record counts as different."""
+def finished_run(
+    run_dir: Path, request: Mapping[str, Any], parts: Sequence[str] = ("train", "evaluate")
+) -> list[str] | None:
+    """None when ``run_dir`` has no results; else the differences between its recorded request and ``request`` in
+    ``parts`` (``train`` includes the backbone; empty: the same run, its results can be reused). A run without a
+    record counts as different."""
     if not (run_dir / "eval" / "summary.json").is_file():
         return None
     try:
@@ -157,31 +161,37 @@ def finished_run(run_dir: Path, request: Mapping[str, Any]) -> list[str] | None:
     except (OSError, ValueError):
         return [f"no {SWEEP_RECORD} to compare with"]
     differences = []
-    for part in ("train", "evaluate"):
+    for part in parts:
         old, new = recorded.get(part, {}), request[part]
         differences += [
-            f"{k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
+            f"{part} {k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
             for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)
         ]
-    if recorded.get("backbone_sha256") != request.get("backbone_sha256"):
+    if "train" in parts and recorded.get("backbone_sha256") != request.get("backbone_sha256"):
         differences.append("the pretrained backbone's content")
     return differences
 
 
 def train_and_evaluate(
-    run_dir: Path, configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any]
+    run_dir: Path, configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any], retrain: bool = True
 ) -> dict[str, Any]:
-    """Train with ``configs`` into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it),
-    evaluate its ``model.pt`` into ``run_dir/eval``; return the times."""
-    train_seconds = run_config(configs, "run", {**train, "output_dir": str(run_dir), "overwrite": True})
+    """Train with ``configs`` into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it;
+    ``retrain`` false keeps the trained ``model.pt``), evaluate its ``model.pt`` into ``run_dir/eval``; return
+    the times."""
+    timing_file = run_dir / "timing.json"
+    timing = json.loads(timing_file.read_text()) if not retrain and timing_file.is_file() else {}
+    if retrain:
+        timing["train_seconds"] = round(
+            run_config(configs, "run", {**train, "output_dir": str(run_dir), "overwrite": True}), 1
+        )
     eval_seconds = run_config(
         "evaluate.yaml",
         "run",
-        {**evaluate, "ckpt_path": str(run_dir / "model.pt"), "output_dir": str(run_dir / "eval")},
+        {**evaluate, "ckpt_path": str(run_dir / "model.pt"), "output_dir": str(run_dir / "eval"), "overwrite": True},
     )
-    timing = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1)}
-    write_text_atomic(run_dir / "timing.json", json.dumps(timing) + "\n")
+    timing["eval_seconds"] = round(eval_seconds, 1)
+    write_text_atomic(timing_file, json.dumps(timing) + "\n")
     return timing
 
 
@@ -306,6 +316,7 @@ def main(
     pretrain_overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     eval_split: str = "test",
+    largest_component: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the sweep and write the results; returns the rows of results.csv.
 
@@ -326,6 +337,9 @@ def main(
         overwrite: redo runs whose results exist; write into an output folder the bundle did not make.
         eval_split: the subjects each run is scored on: ``test`` (the results), or ``validation`` (to choose a
             recipe without looking at the test subjects).
+        largest_component: evaluate.yaml's ``--largest_component`` (each structure's largest connected component;
+            false scores the raw argmax). Runs whose evaluation settings alone differ are evaluated again, their
+            trained model kept.
     """
     ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
@@ -369,7 +383,9 @@ def main(
     }
     if eval_split not in ("test", "validation"):
         raise ValueError(f"--eval_split must be test or validation, got {eval_split!r}")
-    evaluate = common if eval_split == "test" else {**common, "split": eval_split}
+    evaluate = {**common, "largest_component": as_bool(largest_component, "largest_component")}
+    if eval_split != "test":
+        evaluate["split"] = eval_split
     total, rows, start = len(ks) * len(seeds) * len(modes), [], time.perf_counter()
     for k in ks:
         for seed in seeds:
@@ -387,16 +403,20 @@ def main(
                     train_configs(mode), run_train, evaluate, backbone if mode in PRETRAINED_MODES else None
                 )
                 differences = finished_run(run_dir, request)
-                if differences and not overwrite:
+                train_differences = finished_run(run_dir, request, ("train",))
+                if train_differences and not overwrite:  # other evaluation settings only: evaluated again
                     raise DataError(
                         run_dir,
                         "holds results of a run with other settings ("
-                        + "; ".join(differences)
+                        + "; ".join(train_differences)
                         + "): choose another --output_dir, or --overwrite true to redo it",
                     )
                 if overwrite or differences is None or differences:
-                    log(f"{label}: training and evaluation in {run_dir}")
-                    train_and_evaluate(run_dir, train_configs(mode), run_train, evaluate)
+                    retrain = overwrite or differences is None or bool(train_differences)
+                    log(
+                        f"{label}: {'training and evaluation' if retrain else 'evaluation (model reused)'} in {run_dir}"
+                    )
+                    train_and_evaluate(run_dir, train_configs(mode), run_train, evaluate, retrain=retrain)
                     write_json_atomic(run_dir / SWEEP_RECORD, request)
                 else:
                     log(f"{label}: results of the same settings exist in {run_dir}, reused")

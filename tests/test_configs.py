@@ -96,7 +96,8 @@ def test_readme_opens_with_the_two_set_up_commands_and_ci_runs_the_second():
 
 
 @pytest.mark.parametrize(
-    "name, kind", [("pretrain.yaml", "train"), ("train.yaml", "train"), ("inference.yaml", "infer")]
+    "name, kind",
+    [("pretrain.yaml", "train"), ("train.yaml", "train"), ("inference.yaml", "infer"), ("evaluate.yaml", "infer")],
 )
 def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind):
     import torch

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import find_in_chain
-from monai.bundle import run
+from monai.bundle import ConfigParser, run
 from monai.networks.nets import BasicUNet
 from torch import nn
 
 from pix2rep_bundle.errors import CheckpointError
-from pix2rep_bundle.evaluation import evaluate_volumes, metric_columns, predict_volume, volume_metrics, write_report
+from pix2rep_bundle.evaluation import metric_columns, volume_metrics, write_report
+from pix2rep_bundle.postprocessing import LargestComponentsd, keep_largest_components
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = [4, 4, 8, 8, 16, 8]
@@ -87,35 +88,92 @@ def test_hd95_is_in_millimetres():
     assert hd_3mm == pytest.approx(3 * hd_1mm)
 
 
-def test_predict_volume_segments_every_slice_and_reassembles_the_volume():
-    labels = toy_labels((24, 20, 5))
-    net = OneHotNet()
-    pred = predict_volume(net, torch.as_tensor(labels, dtype=torch.float32)[None], batch_size=2)
-    assert pred.shape == labels.shape and torch.equal(pred, torch.as_tensor(labels))
-    assert net.calls == 3  # 5 slices in batches of 2
-    with pytest.raises(ValueError, match="volume"):
-        predict_volume(net, torch.zeros(4, 4))
+def evaluator_of_the_config(tmp_path: Path, entries: list[dict], network: nn.Module, **overrides):
+    """configs/evaluate.yaml's evaluator on ``entries`` with ``network`` in place of the checkpoint's."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "evaluate.yaml"))
+    parser.update({"bundle_root": str(tmp_path), "dataset#data": entries, "network": network, **overrides})
+    return parser.get_parsed_content("evaluator")
 
 
-def test_evaluate_volumes_and_report_on_a_perfect_prediction(tmp_path):
-    labels = toy_labels()
+def labelled_entries(folder: Path, labels: np.ndarray, image: np.ndarray | None = None) -> list[dict]:
+    """Three volumes (two subjects, ED/ES) whose image is ``image`` (default: the labels themselves)."""
     entries = []
     for subject, phase, frame in [("patient001", "ED", 1), ("patient001", "ES", 9), ("patient002", "ED", 1)]:
         stem = f"{subject}_frame{frame:02d}"
         entries.append(
             {
-                "image": write_volume(tmp_path / f"{stem}.nii.gz", labels, (1.5, 1.5, 10.0)),
-                "label": write_volume(tmp_path / f"{stem}_gt.nii.gz", labels, (1.5, 1.5, 10.0)),
+                "image": write_volume(folder / f"{stem}.nii.gz", labels if image is None else image, (1.5, 1.5, 10.0)),
+                "label": write_volume(folder / f"{stem}_gt.nii.gz", labels, (1.5, 1.5, 10.0)),
                 "subject": subject,
                 "frame": frame,
                 "phase": phase,
                 "group": "NOR",
             }
         )
-    rows = evaluate_volumes(OneHotNet(), entries, batch_size=3, log=None)
-    assert [r["subject"] for r in rows] == ["patient001", "patient001", "patient002"]
-    assert all(r["dice_mean"] == pytest.approx(1.0) and r["hd95_mean"] == 0.0 for r in rows)
+    return entries
 
+
+def test_the_evaluator_segments_every_slice_scores_each_volume_and_writes_the_report(tmp_path):
+    labels = toy_labels((24, 20, 5))
+    entries = labelled_entries(tmp_path, labels)
+    net = OneHotNet()
+    out = tmp_path / "report"
+    evaluator = evaluator_of_the_config(tmp_path, entries, net, output_dir=str(out), image_size=[24, 20], batch_size=2)
+    evaluator.run()
+    assert net.calls == 3 * 3  # 5 slices in batches of 2, for each of the 3 volumes
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "test" and summary["largest_component"] is True
+    with open(out / "metrics.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["subject"] for r in table] == ["patient001", "patient001", "patient002"]
+    assert [r["image"] for r in table] == [e["image"] for e in entries]  # the file, not the loaded image
+    assert all(float(r["dice_mean"]) == pytest.approx(1.0) and float(r["hd95_mean"]) == 0.0 for r in table)
+
+
+def test_largest_component_removes_a_stray_blob_and_only_it(tmp_path):
+    labels = toy_labels((24, 20, 5))
+    image = labels.copy()
+    image[19:24, 0:3, 1:4] = 1  # the network "sees" an RV blob far from the heart
+    entries = labelled_entries(tmp_path, labels, image)[:1]
+    scores = {}
+    for keep in (False, True):
+        out = tmp_path / f"report_{keep}"
+        evaluator_of_the_config(
+            tmp_path, entries, OneHotNet(), output_dir=str(out), image_size=[24, 20], largest_component=keep
+        ).run()
+        with open(out / "metrics.csv") as f:
+            scores[keep] = next(csv.DictReader(f))
+    assert float(scores[False]["dice_RV"]) < 1.0 and float(scores[False]["hd95_RV"]) > 0.0
+    assert float(scores[True]["dice_RV"]) == pytest.approx(1.0) and float(scores[True]["hd95_RV"]) == 0.0
+    assert float(scores[True]["dice_LV"]) == float(scores[False]["dice_LV"]) == pytest.approx(1.0)
+
+
+def test_keep_largest_components_per_structure():
+    labels = np.zeros((1, 10, 10, 3), dtype=np.int64)
+    labels[0, 0:4, 0:4, 0] = 1  # the large RV, over two slices
+    labels[0, 0:4, 0:4, 1] = 1
+    labels[0, 8:10, 8:10, 2] = 1  # a stray RV
+    labels[0, 6, 0:3, 0] = 3  # two LV pieces: the larger one stays
+    labels[0, 6, 6:10, 2] = 3
+    kept = keep_largest_components(torch.as_tensor(labels))
+    assert isinstance(kept, torch.Tensor) and kept.shape == labels.shape
+    expected = labels.copy()
+    expected[0, 8:10, 8:10, 2] = 0
+    expected[0, 6, 0:3, 0] = 0
+    np.testing.assert_array_equal(kept.numpy(), expected)
+    np.testing.assert_array_equal(labels[0, 0:4, 0:4, 0], 1)  # the input is not modified
+    with pytest.raises(ValueError, match="channel-first"):
+        LargestComponentsd("pred")({"pred": torch.zeros(2, 4, 4)})
+
+
+def test_report_summarises_the_rows_overall_and_by_phase(tmp_path):
+    labels = toy_labels()
+    rows = [
+        {"subject": s, "frame": f, "phase": p, "group": "NOR", "image": "x"}
+        | volume_metrics(labels, labels, spacing=(1.5, 1.5, 10.0))
+        for s, p, f in [("patient001", "ED", 1), ("patient001", "ES", 9), ("patient002", "ED", 1)]
+    ]
     out = tmp_path / "report"
     summary = write_report(rows, out, extra={"split": "test"}, log=None)
     assert summary["split"] == "test"

@@ -295,8 +295,23 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         timeout=300,
         cwd=tmp_path,
     )
-    assert changed.returncode != 0 and "holds results of a run with other settings (epochs: 1 -> 2" in changed.stderr
+    assert (
+        changed.returncode != 0 and "holds results of a run with other settings (train epochs: 1 -> 2" in changed.stderr
+    )
     assert (out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_bytes() == before
+    # other evaluation settings only: the trained model is kept and evaluated again
+    model = (out / "mean_teacher_scratch_k1_seed0" / "model.pt").read_bytes()
+    raw = subprocess.run(
+        cmd + ["--modes", '["mean_teacher_scratch"]', "--largest_component", "false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert raw.returncode == 0 and "evaluation (model reused)" in raw.stdout, raw.stdout[-2000:] + raw.stderr[-2000:]
+    assert (out / "mean_teacher_scratch_k1_seed0" / "model.pt").read_bytes() == model
+    summary = json.loads((out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_text())
+    assert summary["largest_component"] is False
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
