@@ -1,6 +1,7 @@
-"""MONAI Label serves the bundle: a real ``monailabel start_server`` (the ``monaibundle`` sample app, with this
-bundle as a local model) lists it at /info/, segments a phantom volume at /infer/ and trains from saved labels
-at /train/.
+"""MONAI Label serves the bundle as git ships it: a real ``monailabel start_server`` (the ``monaibundle`` sample app,
+with ``git archive HEAD`` of this bundle as a local model) lists it at /info/, segments phantom volumes at /infer/
+with the shipped ``models/model.pt`` at once, and at /train/ fine-tunes from the shipped Pix2Rep backbone with one
+labelled subject (its ED and ES volumes: one to train on, one to validate), the few-shot loop inside MONAI Label.
 
 MONAI Label 0.8.5 needs torch 2.14.1 and torchvision, so it runs from its own environment:
 ``bash tests/monailabel/setup_venv.sh .venv-monailabel`` then
@@ -10,12 +11,14 @@ MONAI Label 0.8.5 needs torch 2.14.1 and torchvision, so it runs from its own en
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -32,9 +35,8 @@ pytestmark = pytest.mark.skipif(
     reason="MONAI Label environment not set up " "(PIX2REP_MONAILABEL_PYTHON; see tests/monailabel/setup_venv.sh)",
 )
 MODEL = "pix2rep"
-BUNDLE_PARTS = ("configs", "pix2rep_bundle", "LICENSE")
-LABELLED_SUBJECTS = 4  # of the 6 phantom subjects in the studies folder; the other 2 are left to segment
-DICE_FLOOR = 0.5  # mean Dice (RV, MYO, LV) of a briefly trained model on unseen phantom volumes
+LABELLED_SUBJECTS = 1  # of the 6 phantom subjects in the studies folder; the other 5 are left to segment
+DICE_FLOOR = 0.5  # mean Dice (RV, MYO, LV) of the shipped ACDC model on the phantom volumes (0.70 on the default one)
 START_TIMEOUT_S = 300
 
 
@@ -60,48 +62,15 @@ def multipart(fields: dict[str, str]) -> tuple[bytes, str]:
 
 
 def build_app(root: Path) -> tuple[Path, Path]:
-    """The monaibundle sample app with this bundle under model/pix2rep, a trained models/model.pt and a backbone."""
-    from pix2rep_bundle.networks import Pix2RepNet, save_backbone
-
+    """The monaibundle sample app with this bundle, as ``git archive HEAD`` ships it, under model/pix2rep."""
     prefix = subprocess.check_output([ML_PYTHON, "-c", "import sys; print(sys.prefix)"], text=True).strip()
     app = root / "app"
     shutil.copytree(Path(prefix) / "monailabel" / "sample-apps" / "monaibundle", app)
     bundle = app / "model" / MODEL
     bundle.mkdir(parents=True)
-    for part in BUNDLE_PARTS:
-        source = REPO / part
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, bundle / part)
-    # models/model.pt: the bundle's own train.yaml, scratch mode, on its default phantom (a short run)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/train.yaml",
-            "--mode",
-            "scratch",
-            "--num_labeled_subjects",
-            "10",
-            "--epochs",
-            "6",
-            "--profile",
-            "compact",
-            "--bundle_root",
-            str(bundle),
-            "--output_dir",
-            str(bundle / "models"),
-        ],
-        cwd=bundle,
-        check=True,
-        capture_output=True,
-    )
-    # a Pix2Rep backbone for fine-tuning (MONAI Label's /train/ then loads models/model.pt over it)
-    save_backbone(
-        Pix2RepNet([16, 16, 32, 64, 128, 32], projection_hidden=64, projection_dim=64),
-        bundle / "models" / "pretrain" / "pix2rep_backbone.pt",
-    )
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(bundle, filter="data")
     return app, bundle
 
 
@@ -251,10 +220,18 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
     assert mean.mean() > DICE_FLOOR, dices
 
 
-def test_train_from_saved_labels_writes_a_new_model(server):
+def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(server):
+    """/train/ without the served model (``pretrained: false``): train.yaml's default, fine-tuning from the shipped
+    Pix2Rep backbone, on the one labelled subject (ED to train on, ES to validate); the new model.pt replaces the
+    served one and starts from the backbone (its body lies nearer the backbone than the shipped model's does)."""
+    import torch
+
+    from pix2rep_bundle.networks import read_backbone
+
     model = server["bundle"] / "models" / "model.pt"
-    before = model.stat().st_mtime_ns
-    params = {"max_epochs": 1, "val_split": 0.25, "device": "cpu", "multi_gpu": False}
+    shipped = torch.load(model, weights_only=True)
+    backbone = read_backbone(server["bundle"] / "models" / "pretrain" / "pix2rep_backbone.pt")["backbone"]
+    params = {"max_epochs": 1, "val_split": 0.5, "pretrained": False, "device": "cpu", "multi_gpu": False}
     request(
         f"{server['url']}/train/{MODEL}?run_sync=true",
         method="POST",
@@ -262,10 +239,17 @@ def test_train_from_saved_labels_writes_a_new_model(server):
         headers={"Content-Type": "application/json"},
     )
     log = server["log"].read_text()
-    assert model.stat().st_mtime_ns > before, f"model.pt was not rewritten:\n{log[-5000:]}"
-    import torch
+    trained = torch.load(model, weights_only=True)
+    assert not torch.equal(trained["final_conv.weight"], shipped["final_conv.weight"]), log[-5000:]
+    assert trained["final_conv.weight"].shape[0] == 4
+    # the 2 labelled studies were read as raw volumes and prepared on the fly: one to train on, one to validate
+    assert "VolumeSliceDataset: 1 volumes" in log and "val_mean_dice improved" in log, log[-5000:]
+    run_info = json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]
+    assert run_info["mode"] == "finetune" and run_info["pretrained_ckpt"].endswith("pix2rep_backbone.pt")
+    body = [k for k in backbone if k in trained and not k.startswith("final_conv")]
+    assert body, "no body parameter in common with the backbone"
 
-    state = torch.load(model, weights_only=True)
-    assert state["final_conv.weight"].shape[0] == 4
-    # the 6 training studies (8 labelled, val_split 0.25) were read as raw volumes and prepared on the fly
-    assert "VolumeSliceDataset: 6 volumes" in log and "val_mean_dice improved" in log, log[-5000:]
+    def distance(a: dict, b: dict) -> float:
+        return sum(float((a[k].float() - b[k].float()).norm()) for k in body)
+
+    assert distance(trained, backbone) < distance(shipped, backbone), "the new model did not start from the backbone"
