@@ -50,7 +50,9 @@ class LargestComponentsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             if d[key].shape[0] != 1:
-                raise ValueError(f"{key}: expected a channel-first argmax label map (1, ...), got {tuple(d[key].shape)}")
+                raise ValueError(
+                    f"{key}: expected a channel-first argmax label map (1, ...), got {tuple(d[key].shape)}"
+                )
             d[key] = keep_largest_components(d[key], self.structures)
         return d
 

@@ -8,12 +8,15 @@
    are compared by the Hellinger distance between those distributions.
 2. **Choice.** The K subjects that best cover the pool: the k-medoids of the distance matrix (greedy BUILD then
    SWAP, deterministic). K = 1 gives the most typical subject (the medoid); given subjects already labelled,
-   :func:`next_subjects` adds those that most reduce the distance of the pool to its nearest labelled subject.
+   :func:`choose_subjects` with ``labelled`` adds those that most reduce the distance of the pool to its nearest
+   labelled subject (MONAI Label's ``/activelearning/`` strategy, :mod:`pix2rep_bundle.active_learning`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +34,12 @@ def subject_pixels(
     batch_size: int = 32,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    loader: Callable[[str], torch.Tensor] | None = None,
 ) -> np.ndarray:
     """Dense features (L2-normalised) of up to ``pixels_per_subject`` body pixels of one subject's prepared volumes
-    (each ``(H, W, S)`` in [0, 1]), drawn evenly at random over its slices: ``(P, D)`` float32."""
-    loader = volume_loader()
+    (each ``(H, W, S)`` in [0, 1]; ``loader`` reads one, by default a prepared file as it is), drawn evenly at random
+    over its slices: ``(P, D)`` float32."""
+    loader = loader or volume_loader()
     features, rng = [], np.random.default_rng(seed)
     for path in volumes:
         volume = torch.as_tensor(np.asarray(loader(path)), dtype=torch.float32)  # (H, W, S)
@@ -131,15 +136,18 @@ def choose_subjects(
     codebook_size: int = 16,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    loader: Callable[[str], torch.Tensor] | None = None,
 ) -> tuple[list[str], dict[str, np.ndarray | list[str]]]:
     """The ``k`` subjects to label next (after ``labelled``), and the evidence: subject names, cluster shares and
-    the distance matrix (for figures)."""
+    the distance matrix (for figures). ``loader``: see :func:`subject_pixels`."""
     subjects = sorted(volumes_by_subject)
     unknown = sorted(set(labelled) - set(subjects))
     if unknown:
         raise ValueError(f"labelled subjects not in the pool: {unknown}")
     backbone = backbone.eval().to(device)
-    pixels = [subject_pixels(backbone, volumes_by_subject[s], seed=seed, device=device) for s in subjects]
+    pixels = [
+        subject_pixels(backbone, volumes_by_subject[s], seed=seed, device=device, loader=loader) for s in subjects
+    ]
     sample = np.concatenate([p[::8] for p in pixels])  # every 8th pixel of every subject for the codebook
     shares = cluster_shares(pixels, kmeans(sample, min(codebook_size, len(sample)), seed=seed))
     distances = hellinger_distances(shares)
@@ -165,3 +173,48 @@ def choose_from_datalist(
     for entry in load_datalist(datalist_path, "labeled"):
         volumes.setdefault(str(entry["subject"]), []).append(entry["image"])
     return choose_subjects(backbone_network(backbone_path), volumes, k, labelled=labelled, seed=seed, device=device)
+
+
+def bundle_settings(bundle_path: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's input space (``spacing``, ``image_size``) and backbone file (``pretrained_ckpt``), as its
+    configs define them by default."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(os.fspath(bundle_path), "configs", "train.yaml"))
+    parser.update({"bundle_root": os.fspath(bundle_path)})
+    return {key: parser.get_parsed_content(key) for key in ("spacing", "image_size", "pretrained_ckpt")}
+
+
+def prepared_image_loader(spacing: Any, image_size: Any):
+    """``loader(path)`` -> the (H, W, S) prepared image of a raw 3D volume file (the inference preparation)."""
+    from pix2rep_bundle.data.preprocessing import volume_preprocessing
+
+    prepare = volume_preprocessing(["image"], spacing, image_size)
+
+    def loader(path: str) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(prepare({"image": path})["image"][0]), dtype=torch.float32)
+
+    return loader
+
+
+def propose_next_study(
+    bundle_path: str | os.PathLike, unlabelled: dict[str, str], labelled: dict[str, str], device: str = "cpu"
+) -> str | None:
+    """The id of the study (of ``unlabelled``, ids to image files) to annotate after those of ``labelled``."""
+    if not unlabelled:
+        return None
+    from pix2rep_bundle.networks import backbone_network
+
+    settings = bundle_settings(bundle_path)
+    backbone = backbone_network(settings["pretrained_ckpt"])
+    volumes = {study: [path] for study, path in {**unlabelled, **labelled}.items()}
+    chosen, _ = choose_subjects(
+        backbone,
+        volumes,
+        1,
+        labelled=sorted(labelled),
+        device=device,
+        loader=prepared_image_loader(settings["spacing"], settings["image_size"]),
+    )
+    return chosen[0]

@@ -71,7 +71,24 @@ def build_app(root: Path) -> tuple[Path, Path]:
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, capture_output=True, check=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(bundle, filter="data")
+    # the bundle's active-learning strategy, added to the sample app as docs/README.md shows
+    main = app / "main.py"
+    text = main.read_text()
+    anchor = '            "first": First(),\n        }\n'
+    assert anchor in text, "the monaibundle sample app changed: update the strategy patch"
+    main.write_text(text.replace(anchor, anchor + STRATEGY_PATCH))
     return app, bundle
+
+
+STRATEGY_PATCH = """\
+        import sys
+
+        for name, bundle_path in self.models.items():
+            sys.path.insert(0, bundle_path)  # the bundle's own package
+            from pix2rep_bundle.active_learning import RepresentativeStudy
+
+            strategies[f"{name}_representative"] = RepresentativeStudy(bundle_path)
+"""
 
 
 def build_studies(root: Path) -> tuple[Path, dict[str, Path]]:
@@ -221,9 +238,11 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
 
 
 def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(server):
-    """/train/ without the served model (``pretrained: false``): train.yaml's default, fine-tuning from the shipped
-    Pix2Rep backbone, on the one labelled subject (ED to train on, ES to validate); the new model.pt replaces the
-    served one and starts from the backbone (its body lies nearer the backbone than the shipped model's does)."""
+    """/train/ without the served model: train.yaml's default, fine-tuning from the shipped Pix2Rep backbone, on the
+    one labelled subject (ED to train on, ES to validate); the new model.pt replaces the served one and starts from
+    the backbone (its body lies nearer the backbone than the shipped model's does). MONAI Label 0.8.5 fails on
+    ``pretrained: false`` (``os.path.exists(None)``); a ``model_filename`` that does not exist skips the served
+    model the same way (docs/README.md, MONAI Label)."""
     import torch
 
     from pix2rep_bundle.networks import read_backbone
@@ -231,7 +250,13 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     model = server["bundle"] / "models" / "model.pt"
     shipped = torch.load(model, weights_only=True)
     backbone = read_backbone(server["bundle"] / "models" / "pretrain" / "pix2rep_backbone.pt")["backbone"]
-    params = {"max_epochs": 1, "val_split": 0.5, "pretrained": False, "device": "cpu", "multi_gpu": False}
+    params = {
+        "max_epochs": 1,
+        "val_split": 0.5,
+        "model_filename": "from_backbone.pt",
+        "device": "cpu",
+        "multi_gpu": False,
+    }
     request(
         f"{server['url']}/train/{MODEL}?run_sync=true",
         method="POST",
@@ -239,6 +264,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
         headers={"Content-Type": "application/json"},
     )
     log = server["log"].read_text()
+    assert "Add Checkpoint Loader" not in log, "the served model was loaded"
     trained = torch.load(model, weights_only=True)
     assert not torch.equal(trained["final_conv.weight"], shipped["final_conv.weight"]), log[-5000:]
     assert trained["final_conv.weight"].shape[0] == 4
@@ -253,3 +279,29 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
         return sum(float((a[k].float() - b[k].float()).norm()) for k in body)
 
     assert distance(trained, backbone) < distance(shipped, backbone), "the new model did not start from the backbone"
+
+
+def test_activelearning_proposes_the_study_that_best_completes_the_labelled_ones(server):
+    """/activelearning/pix2rep_representative: an unlabelled study, the one the bundle's selection criterion picks
+    given the labelled studies (pix2rep_bundle.selection.propose_next_study, computed here independently)."""
+    from pix2rep_bundle.selection import propose_next_study
+
+    info = json.loads(request(f"{server['url']}/info/"))
+    assert f"{MODEL}_representative" in info["strategies"], info["strategies"]
+    studies = server["studies"]
+    labelled = {p.name[: -len(".nii.gz")] for p in (studies / "labels" / "final").glob("*.nii.gz")}
+    images = {p.name[: -len(".nii.gz")]: str(p) for p in studies.glob("*.nii.gz")}
+    expected = propose_next_study(
+        server["bundle"],
+        {k: v for k, v in images.items() if k not in labelled},
+        {k: v for k, v in images.items() if k in labelled},
+    )
+    result = json.loads(
+        request(
+            f"{server['url']}/activelearning/{MODEL}_representative",
+            method="POST",
+            body=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    assert result["id"] == expected and result["id"] not in labelled, (result, expected, labelled)

@@ -94,3 +94,21 @@ def test_train_config_labels_the_representative_subjects_on_request(tmp_path, ba
     with pytest.raises(Exception) as unknown:
         subjects("best")
     assert find_in_chain(unknown.value, ValueError, r"unknown label selection 'best': choose one of")
+
+
+def test_the_next_study_for_monai_label_completes_the_labelled_ones(tmp_path):
+    """propose_next_study (MONAI Label's strategy) on raw phantom volumes (prepared on the fly) with the shipped
+    backbone: deterministic, never a labelled study, nothing to propose once every study is labelled."""
+    from pix2rep_bundle.data.phantom import write_phantom
+    from pix2rep_bundle.selection import propose_next_study
+
+    repo = Path(__file__).resolve().parents[1]
+    write_phantom(tmp_path / "phantom", num_subjects=3, seed=5)
+    studies = {p.name[: -len(".nii.gz")]: str(p) for p in sorted((tmp_path / "phantom").glob("*/*_frame??.nii.gz"))}
+    assert len(studies) == 6
+    first = propose_next_study(repo, studies, {})
+    assert first in studies and propose_next_study(repo, studies, {}) == first
+    rest = {k: v for k, v in studies.items() if k != first}
+    second = propose_next_study(repo, rest, {first: studies[first]})
+    assert second in rest
+    assert propose_next_study(repo, {}, studies) is None
