@@ -112,3 +112,22 @@ def test_the_next_study_for_monai_label_completes_the_labelled_ones(tmp_path):
     second = propose_next_study(repo, rest, {first: studies[first]})
     assert second in rest
     assert propose_next_study(repo, {}, studies) is None
+
+
+def test_selection_figure_marks_the_chosen_subjects_on_the_pool(tmp_path, backbone):
+    from helpers import load_script
+
+    figure = tmp_path / "pool.png"
+    chosen = load_script("show_selection").main(
+        out=str(figure), k=2, seeds=[0, 1], pretrained_ckpt=str(backbone), **tiny_settings(tmp_path)
+    )
+    assert len(chosen) == 2 and len(set(chosen)) == 2
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_classical_mds_recovers_planar_distances():
+    from helpers import load_script
+
+    points = np.random.default_rng(0).normal(size=(12, 2))
+    xy = load_script("show_selection").classical_mds(euclidean(points))
+    np.testing.assert_allclose(euclidean(xy), euclidean(points), atol=1e-8)

@@ -1,0 +1,105 @@
+"""Show the labelled pool in the Pix2Rep feature space and the subjects chosen for labelling.
+
+    python scripts/show_selection.py --dataset_dir /data/ACDC/training --subject_split semi_70_10_20 \
+        --out docs/selection_pool.png
+    ... --k 2 --seeds "[0,1,2,3,4]" --pretrained_ckpt runs/pretrain/pix2rep_backbone.pt
+
+Every subject of the training pool becomes a point: its descriptor (shares of its body pixels' dense features over
+a codebook of feature clusters, ``pix2rep_bundle.selection``) placed in 2D by classical multidimensional scaling of
+the Hellinger distances, coloured by pathology group (read from the datalist for the figure only; the selection
+reads no label or group). Marked: the K subjects ``--label_selection representative`` chooses (stars) and those of
+the random stratified draws of ``--seeds`` (numbered circles), as ``configs/train.yaml`` would label them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fire  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pix2rep_bundle.io import atomic_path  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
+
+
+def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
+    """(N, dims) coordinates whose Euclidean distances best match ``distances`` (Torgerson's classical MDS)."""
+    n = len(distances)
+    centring = np.eye(n) - np.ones((n, n)) / n
+    gram = -0.5 * centring @ (distances**2) @ centring
+    values, vectors = np.linalg.eigh(gram)
+    order = np.argsort(values)[::-1][:dims]
+    return vectors[:, order] * np.sqrt(np.clip(values[order], 0, None))
+
+
+def main(
+    out: str = "docs/selection_pool.png",
+    k: int = 1,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    pretrained_ckpt: str | None = None,
+    **overrides,
+) -> list[str]:
+    """Draw the figure into ``out``; return the representative subjects.
+
+    Args:
+        out: the PNG to write.
+        k: how many subjects are labelled.
+        seeds: label seeds of the random draws to mark.
+        pretrained_ckpt: the backbone (default: train.yaml's, the shipped one).
+        overrides: train.yaml overrides that choose the data (``--dataset_dir``, ``--subject_split``, ...).
+    """
+    from monai.bundle import ConfigParser
+
+    from pix2rep_bundle.data.datasets import labeled_entries, load_datalist
+    from pix2rep_bundle.selection import choose_from_datalist
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update({**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})})
+    datalist, backbone = parser.get_parsed_content("datalist"), parser.get_parsed_content("pretrained_ckpt")
+    chosen, evidence = choose_from_datalist(datalist, backbone, int(k))
+    subjects = list(evidence["subjects"])
+    groups = {str(e["subject"]): str(e.get("group", "?")) for e in load_datalist(datalist, "labeled")}
+    draws = {int(s): sorted({str(e["subject"]) for e in labeled_entries(datalist, int(k), int(s))}) for s in seeds}
+    xy = classical_mds(np.asarray(evidence["distances"]))
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for group in sorted(set(groups.values())):
+        idx = [i for i, s in enumerate(subjects) if groups.get(s) == group]
+        ax.scatter(xy[idx, 0], xy[idx, 1], s=25, label=group, alpha=0.8)
+    for seed, drawn in draws.items():
+        for subject in drawn:
+            i = subjects.index(subject)
+            ax.scatter(*xy[i], s=160, facecolors="none", edgecolors="black", linewidths=1.2)
+            ax.annotate(str(seed), xy[i], textcoords="offset points", xytext=(6, 6), fontsize=8)
+    for subject in chosen:
+        i = subjects.index(subject)
+        ax.scatter(*xy[i], s=260, marker="*", color="red", edgecolors="black", zorder=5)
+        ax.annotate(subject, xy[i], textcoords="offset points", xytext=(8, -12), fontsize=8, color="red")
+    ax.set_title(
+        f"{len(subjects)} training subjects in the Pix2Rep feature space (classical MDS of Hellinger distances)\n"
+        f"red star: representative K = {k}; circles: random draws (label seed)",
+        fontsize=9,
+    )
+    ax.legend(title="group", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    print(f"representative K = {k}: {', '.join(chosen)}; random draws: {draws}; figure: {out}", flush=True)
+    return chosen
+
+
+if __name__ == "__main__":
+    fire.Fire(main, serialize=lambda chosen: None)
