@@ -1,7 +1,7 @@
 """Generate the synthetic short-axis cardiac cine MR phantom in the ACDC layout, optionally with a preview.
 
     python scripts/make_phantom.py --out_dir cache/phantom --num_subjects 100 --seed 0 [--with_cine] \
-        [--num_workers 2] [--preview docs/phantom_preview.png]
+        [--num_workers 2] [--preview docs/phantom_preview.png --overwrite_preview true]
 
 Writes ``out_dir/patientXXX/`` folders (ED/ES frames, labels, ``Info.cfg``, ``_4d`` with --with_cine) and the
 marker ``out_dir/phantom.json``, atomically. The preview shows up to four subjects of distinct groups, ED and
@@ -20,6 +20,8 @@ import fire  # noqa: E402
 from phantom_preview import draw_preview  # noqa: E402  (scripts/phantom_preview.py)
 
 from pix2rep_bundle.data.phantom import write_phantom  # noqa: E402
+from pix2rep_bundle.io import refuse_existing_file  # noqa: E402
+from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 
 def main(
@@ -31,8 +33,12 @@ def main(
     num_workers: int = 0,
     preview: str | None = None,
     preview_subjects: int = 4,
+    overwrite_preview: bool = False,
 ) -> str:
-    """Write the phantom to ``out_dir`` (and the preview PNG to ``preview``); return ``out_dir``."""
+    """Write the phantom to ``out_dir`` (and the preview PNG to ``preview``, replacing an existing file only with
+    ``overwrite_preview``); return ``out_dir``."""
+    if preview:
+        refuse_existing_file(preview, as_bool(overwrite_preview, "overwrite_preview"))
     start = time.perf_counter()
     write_phantom(
         out_dir, num_subjects=num_subjects, seed=seed, first_id=first_id, with_cine=with_cine, num_workers=num_workers

@@ -1,7 +1,7 @@
 """The phantom's preview figure: short-axis slices of a few subjects (rows: subject x frame; columns: slices base to
 apex) with RV/MYO/LV contours. Used by ``scripts/make_phantom.py --preview``; also on its own:
 
-    python scripts/phantom_preview.py --folder cache/phantom --png docs/phantom_preview.png
+    python scripts/phantom_preview.py --folder cache/phantom --png docs/phantom_preview.png --overwrite true
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pix2rep_bundle.data.phantom import LABELS, PhantomSubject, read_info, subject_name  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
-from pix2rep_bundle.io import atomic_path  # noqa: E402
+from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
 
 _CONTOUR_COLOURS = {"RV": "#ff4040", "MYO": "#40e040", "LV": "#40a0ff"}
 
@@ -158,4 +158,11 @@ def _draw_row(ax_row, image: np.ndarray, label: np.ndarray | None, title: str) -
 if __name__ == "__main__":
     import fire
 
-    fire.Fire(lambda folder, png, max_subjects=4: print(draw_preview(folder, png, max_subjects=max_subjects)))
+    from pix2rep_bundle.settings import as_bool
+
+    def main(folder: str, png: str, max_subjects: int = 4, overwrite: bool = False) -> None:
+        """Preview of an ACDC-layout folder into ``png`` (an existing file is replaced only with ``overwrite``)."""
+        refuse_existing_file(png, as_bool(overwrite, "overwrite"))
+        print(draw_preview(folder, png, max_subjects=max_subjects))
+
+    fire.Fire(main)

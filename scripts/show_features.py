@@ -1,7 +1,7 @@
 """Show what pretraining learned: the first principal components of the dense features, as RGB.
 
     python scripts/show_features.py --volume cache/prepared/<data>/volumes/patient001_frame01.nii.gz \
-        --checkpoint models/pretrain/pix2rep_backbone.pt --out docs/pix2rep_features.png
+        --checkpoint models/pretrain/pix2rep_backbone.pt --out docs/pix2rep_features.png --overwrite true
 
 For a few slices of one prepared volume it draws the image, the features of a randomly initialised
 network (before pretraining) and the features of the pretrained backbone (after), each projected on
@@ -25,8 +25,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pix2rep_bundle.io import atomic_path  # noqa: E402
+from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
 from pix2rep_bundle.networks import feature_unet, read_backbone  # noqa: E402
+from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 
 def pca_rgb(features: torch.Tensor) -> np.ndarray:
@@ -48,9 +49,16 @@ def _slices(volume: str, num_slices: int) -> torch.Tensor:
 
 
 def main(
-    volume: str, checkpoint: str, out: str = "docs/pix2rep_features.png", num_slices: int = 4, seed: int = 0
+    volume: str,
+    checkpoint: str,
+    out: str = "runs/pix2rep_features.png",
+    num_slices: int = 4,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> str:
-    """Draw image / before / after feature PCA for ``num_slices`` slices of a prepared volume."""
+    """Draw image / before / after feature PCA for ``num_slices`` slices of a prepared volume into ``out`` (an
+    existing file is replaced only with ``overwrite``)."""
+    refuse_existing_file(out, as_bool(overwrite, "overwrite"))
     ckpt = read_backbone(checkpoint)
     images = _slices(volume, num_slices)
     torch.manual_seed(seed)

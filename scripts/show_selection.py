@@ -1,7 +1,7 @@
 """Show the labelled pool in the Pix2Rep feature space and the subjects chosen for labelling.
 
     python scripts/show_selection.py --dataset_dir /data/ACDC/training --subject_split semi_70_10_20 \
-        --out docs/selection_pool.png
+        --out docs/selection_pool.png --overwrite true
     ... --k 2 --seeds "[0,1,2,3,4]" --pretrained_ckpt runs/pretrain/pix2rep_backbone.pt
 
 Every subject of the training pool becomes a point: its descriptor (shares of its body pixels' dense features over
@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pix2rep_bundle.io import atomic_path  # noqa: E402
+from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
+from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
@@ -42,10 +43,11 @@ def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
 
 
 def main(
-    out: str = "docs/selection_pool.png",
+    out: str = "runs/selection_pool.png",
     k: int = 1,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
     pretrained_ckpt: str | None = None,
+    overwrite: bool = False,
     **overrides,
 ) -> list[str]:
     """Draw the figure into ``out``; return the representative subjects.
@@ -55,8 +57,10 @@ def main(
         k: how many subjects are labelled.
         seeds: label seeds of the random draws to mark.
         pretrained_ckpt: the backbone (default: train.yaml's, the shipped one).
+        overwrite: replace ``out`` when it exists (refused otherwise).
         overrides: train.yaml overrides that choose the data (``--dataset_dir``, ``--subject_split``, ...).
     """
+    refuse_existing_file(out, as_bool(overwrite, "overwrite"))
     from monai.bundle import ConfigParser
 
     from pix2rep_bundle.data.datasets import labeled_entries, load_datalist

@@ -93,6 +93,26 @@ def test_cli_scripts_refuse_with_one_line(dataset, tmp_path):
     assert snapshot(mine) == before
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["scripts/show_selection.py", "--out"],
+        ["scripts/show_features.py", "--volume", "v.nii.gz", "--checkpoint", "b.pt", "--out"],
+        ["scripts/phantom_preview.py", "--folder", "somewhere", "--png"],
+        ["scripts/make_phantom.py", "--out_dir", "cache/never_made", "--num_subjects", "1", "--preview"],
+    ],
+    ids=["show_selection", "show_features", "phantom_preview", "make_phantom"],
+)
+def test_figure_scripts_never_replace_an_existing_file_unasked(tmp_path, args):
+    figure = tmp_path / "mine.png"
+    figure.write_bytes(b"the user's own figure")
+    done = subprocess.run([sys.executable, *args, str(figure)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert f"{figure} already exists" in done.stderr and "--overwrite true" in done.stderr
+    assert figure.read_bytes() == b"the user's own figure"
+    assert not (REPO / "cache" / "never_made").exists()  # refused before any work
+
+
 def test_a_config_prepared_dir_pointing_at_a_users_folder_is_refused(tmp_path):
     mine = user_folder(tmp_path / "mine")
     before = snapshot(mine)
