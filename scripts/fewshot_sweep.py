@@ -134,6 +134,15 @@ def train_configs(mode: str) -> list[str]:
     return ["train.yaml", "mean_teacher.yaml"] if mode in MEAN_TEACHER_MODES else ["train.yaml"]
 
 
+def train_default(name: str) -> Any:
+    """The value of ``name`` in train.yaml as written (a plain setting, e.g. ``augmentation``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG_DIR / "train.yaml"))
+    return parser.get(name)
+
+
 def run_request(
     configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any], backbone: Path | None
 ) -> dict[str, Any]:
@@ -378,6 +387,7 @@ def main(
     train = {
         **common,
         **{k: v for k, v in train_settings.items() if v is not None},
+        "augmentation": train_default("augmentation"),  # recorded, so that runs made under another default differ
         **dict(train_overrides or {}),
         "pretrained_ckpt": str(backbone),
     }

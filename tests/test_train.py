@@ -98,6 +98,40 @@ def test_unknown_mode_and_bad_checkpoints_give_clear_errors(tmp_path, backbone):
         load_segmentation_weights(unet(), tmp_path / "model.pt")
 
 
+@pytest.mark.parametrize("augmentation", ["strong", "standard"])
+def test_augmentation_moves_image_and_labels_together(augmentation):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser["augmentation"] = augmentation
+    augment = parser.get_parsed_content("train#preprocessing")
+    image = torch.zeros(1, 64, 64)
+    image[:, 20:36, 28:44] = 1.0  # a bright structure, labelled LV (3), off the centre
+    label = 3.0 * (image > 0.5)
+    torch.manual_seed(0)
+    augment.set_random_state(seed=0)
+    moved = 0
+    for _ in range(20):
+        out = augment({"image": image.numpy(), "label": label.numpy()})
+        new_image, new_label = torch.as_tensor(out["image"]).float(), torch.as_tensor(out["label"]).float()
+        assert set(new_label.unique().tolist()) <= {0.0, 3.0}  # nearest neighbour: no new label values
+        inside = new_label == 3
+        assert inside.sum() > 50  # the structure stays in view
+        assert new_image[inside].mean() > new_image[~inside].mean() + 0.3  # and the labels stay on it
+        moved += int(not torch.equal(new_label, label))
+    assert moved >= 10
+
+
+def test_an_unknown_augmentation_is_named_before_any_work(tmp_path):
+    with pytest.raises(Exception) as unknown:
+        run("run", config_file=TRAIN, augmentation="heavy", output_dir=str(tmp_path / "never"))
+    assert find_in_chain(
+        unknown.value, ValueError, r"unknown augmentation 'heavy': choose one of \['standard', 'strong'\]"
+    )
+    assert not (tmp_path / "never").exists()
+
+
 def test_segmentation_weights_load_plain_or_under_model_key(tmp_path):
     net = unet()
     torch.save(net.state_dict(), tmp_path / "plain.pt")
@@ -312,6 +346,15 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     assert (out / "mean_teacher_scratch_k1_seed0" / "model.pt").read_bytes() == model
     summary = json.loads((out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_text())
     assert summary["largest_component"] is False
+    # a run made under another augmentation default (recorded in its request) is not taken for a current one
+    record = out / "mean_teacher_scratch_k1_seed0" / "sweep_run.json"
+    request = json.loads(record.read_text())
+    assert request["train"]["augmentation"] == "strong"  # train.yaml's default, recorded though not overridden
+    record.write_text(json.dumps({**request, "train": {**request["train"], "augmentation": "standard"}}))
+    older = subprocess.run(
+        cmd + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert older.returncode != 0 and "train augmentation: 'standard' -> 'strong'" in older.stderr
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
