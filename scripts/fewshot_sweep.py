@@ -63,6 +63,8 @@ PRETRAINED_MODES = ("linear_probe", "finetune", "mean_teacher_finetune")
 MEAN_TEACHER_MODES = {"mean_teacher_scratch": "scratch", "mean_teacher_finetune": "finetune"}
 STRUCTURES = ("RV", "MYO", "LV", "mean")
 SWEEP_RECORD = "sweep_run.json"
+# settings that records written before they existed do not name: their runs were made with these values
+RECORDED_BEFORE = {"train": {"augmentation": "standard"}}
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
 RESULT_COLUMNS = [
     "mode",
@@ -171,7 +173,7 @@ def finished_run(
         return [f"no {SWEEP_RECORD} to compare with"]
     differences = []
     for part in parts:
-        old, new = recorded.get(part, {}), request[part]
+        old, new = {**RECORDED_BEFORE.get(part, {}), **recorded.get(part, {})}, request[part]
         differences += [
             f"{part} {k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
             for k in sorted(set(old) | set(new))

@@ -355,6 +355,20 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         cmd + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert older.returncode != 0 and "train augmentation: 'standard' -> 'strong'" in older.stderr
+    del request["train"]["augmentation"]  # a record from before the setting existed: made with "standard"
+    record.write_text(json.dumps(request))
+    legacy_cmd = [
+        json.dumps({**train, "augmentation": "standard"}) if cmd[i - 1] == "--train_overrides" else a
+        for i, a in enumerate(cmd)
+    ]
+    legacy = subprocess.run(
+        legacy_cmd + ["--modes", '["mean_teacher_scratch"]', "--largest_component", "false"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert legacy.returncode == 0 and "results of the same settings exist" in legacy.stdout, legacy.stderr[-2000:]
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
