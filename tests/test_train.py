@@ -314,34 +314,26 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         assert settings.get("mean_teacher", False) is mean_teacher and settings["mode"] == mode.split("_")[-1], mode
     assert (out / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pretraining skipped" in result.stdout
-    again = subprocess.run(
-        cmd + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+
+    def rerun(args: list[str]) -> subprocess.CompletedProcess:
+        """The sweep again, for the mean_teacher_scratch row only."""
+        return subprocess.run(
+            args + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+
+    again = rerun(cmd)
     assert (
         again.returncode == 0 and "mean_teacher_scratch K=1 seed=0: results of the same settings exist" in again.stdout
     ), again.stdout[-2000:]
     before = (out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_bytes()
-    changed = subprocess.run(
-        [("2" if a == "1" and cmd[i - 1] == "--epochs" else a) for i, a in enumerate(cmd)]
-        + ["--modes", '["mean_teacher_scratch"]'],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    changed = rerun([("2" if a == "1" and cmd[i - 1] == "--epochs" else a) for i, a in enumerate(cmd)])
     assert (
         changed.returncode != 0 and "holds results of a run with other settings (train epochs: 1 -> 2" in changed.stderr
     )
     assert (out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_bytes() == before
     # other evaluation settings only: the trained model is kept and evaluated again
     model = (out / "mean_teacher_scratch_k1_seed0" / "model.pt").read_bytes()
-    raw = subprocess.run(
-        cmd + ["--modes", '["mean_teacher_scratch"]', "--largest_component", "false"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    raw = rerun(cmd + ["--largest_component", "false"])
     assert raw.returncode == 0 and "evaluation (model reused)" in raw.stdout, raw.stdout[-2000:] + raw.stderr[-2000:]
     assert (out / "mean_teacher_scratch_k1_seed0" / "model.pt").read_bytes() == model
     summary = json.loads((out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_text())
@@ -351,9 +343,7 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     request = json.loads(record.read_text())
     assert request["train"]["augmentation"] == "strong"  # train.yaml's default, recorded though not overridden
     record.write_text(json.dumps({**request, "train": {**request["train"], "augmentation": "standard"}}))
-    older = subprocess.run(
-        cmd + ["--modes", '["mean_teacher_scratch"]'], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    older = rerun(cmd)
     assert older.returncode != 0 and "train augmentation: 'standard' -> 'strong'" in older.stderr
     del request["train"]["augmentation"]  # a record from before the setting existed: made with "standard"
     record.write_text(json.dumps(request))
@@ -361,13 +351,7 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         json.dumps({**train, "augmentation": "standard"}) if cmd[i - 1] == "--train_overrides" else a
         for i, a in enumerate(cmd)
     ]
-    legacy = subprocess.run(
-        legacy_cmd + ["--modes", '["mean_teacher_scratch"]', "--largest_component", "false"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    legacy = rerun(legacy_cmd + ["--largest_component", "false"])
     assert legacy.returncode == 0 and "results of the same settings exist" in legacy.stdout, legacy.stderr[-2000:]
 
 
