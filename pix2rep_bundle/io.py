@@ -83,8 +83,8 @@ def refuse_existing_file(path: str | os.PathLike, overwrite: bool) -> Path:
     """``path`` as a Path, unless something already lies there and ``overwrite`` is false: then FileExistsError
     naming it (a figure or report must not silently replace a file the user may not want to lose)."""
     path = Path(path)
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise FileExistsError(f"{path} already exists: choose another output path, or pass --overwrite true")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path} already exists: choose another output path, or pass --overwrite true")
     return path
