@@ -35,10 +35,15 @@ def subject_pixels(
     seed: int = 0,
     device: str | torch.device = "cpu",
     loader: Callable[[str], torch.Tensor] | None = None,
+    centre_fraction: float = 1.0,
 ) -> np.ndarray:
     """Dense features (L2-normalised) of up to ``pixels_per_subject`` body pixels of one subject's prepared volumes
     (each ``(H, W, S)`` in [0, 1]; ``loader`` reads one, by default a prepared file as it is), drawn evenly at random
-    over its slices: ``(P, D)`` float32."""
+    over its slices: ``(P, D)`` float32. ``centre_fraction`` < 1 keeps only the pixels of the central square of that
+    fraction of the image's height and width (where the heart lies in a centred cardiac field of view); the whole
+    image still goes through the backbone."""
+    if not 0 < centre_fraction <= 1:
+        raise ValueError(f"centre_fraction must be in (0, 1], got {centre_fraction}")
     loader = loader or volume_loader()
     features, rng = [], np.random.default_rng(seed)
     for path in volumes:
@@ -47,12 +52,21 @@ def subject_pixels(
         for start in range(0, slices.shape[0], batch_size):
             batch = slices[start : start + batch_size]
             dense = nn.functional.normalize(backbone(batch.to(device)).float().cpu(), dim=1)  # (B, D, H, W)
-            body = batch[:, 0] > body_threshold  # (B, H, W)
+            body = (batch[:, 0] > body_threshold) & central_square(batch.shape[-2:], centre_fraction)  # (B, H, W)
             features.append(dense.permute(0, 2, 3, 1)[body])  # (pixels, D)
     pixels = torch.cat(features).numpy() if features else np.zeros((0, 0), np.float32)
     if len(pixels) > pixels_per_subject:
         pixels = pixels[np.sort(rng.choice(len(pixels), pixels_per_subject, replace=False))]
     return pixels.astype(np.float32)
+
+
+def central_square(size: Sequence[int], fraction: float) -> torch.Tensor:
+    """(H, W) boolean mask of the central ``fraction`` of the height and the width (at least one pixel each)."""
+    mask = torch.zeros(tuple(size), dtype=torch.bool)
+    h, w = (max(1, round(n * fraction)) for n in size)
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    mask[top : top + h, left : left + w] = True
+    return mask
 
 
 def kmeans(points: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> np.ndarray:
@@ -137,16 +151,20 @@ def choose_subjects(
     seed: int = 0,
     device: str | torch.device = "cpu",
     loader: Callable[[str], torch.Tensor] | None = None,
+    centre_fraction: float = 1.0,
 ) -> tuple[list[str], dict[str, np.ndarray | list[str]]]:
     """The ``k`` subjects to label next (after ``labelled``), and the evidence: subject names, cluster shares and
-    the distance matrix (for figures). ``loader``: see :func:`subject_pixels`."""
+    the distance matrix (for figures). ``loader``, ``centre_fraction``: see :func:`subject_pixels`."""
     subjects = sorted(volumes_by_subject)
     unknown = sorted(set(labelled) - set(subjects))
     if unknown:
         raise ValueError(f"labelled subjects not in the pool: {unknown}")
     backbone = backbone.eval().to(device)
     pixels = [
-        subject_pixels(backbone, volumes_by_subject[s], seed=seed, device=device, loader=loader) for s in subjects
+        subject_pixels(
+            backbone, volumes_by_subject[s], seed=seed, device=device, loader=loader, centre_fraction=centre_fraction
+        )
+        for s in subjects
     ]
     sample = np.concatenate([p[::8] for p in pixels])  # every 8th pixel of every subject for the codebook
     shares = cluster_shares(pixels, kmeans(sample, min(codebook_size, len(sample)), seed=seed))
@@ -163,6 +181,7 @@ def choose_from_datalist(
     labelled: Sequence[str] = (),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    centre_fraction: float = 1.0,
 ) -> tuple[list[str], dict[str, np.ndarray | list[str]]]:
     """:func:`choose_subjects` over the ``labeled`` pool of a prepared datalist (its images only), with the backbone
     of ``backbone_path``."""
@@ -172,7 +191,15 @@ def choose_from_datalist(
     volumes: dict[str, list[str]] = {}
     for entry in load_datalist(datalist_path, "labeled"):
         volumes.setdefault(str(entry["subject"]), []).append(entry["image"])
-    return choose_subjects(backbone_network(backbone_path), volumes, k, labelled=labelled, seed=seed, device=device)
+    return choose_subjects(
+        backbone_network(backbone_path),
+        volumes,
+        k,
+        labelled=labelled,
+        seed=seed,
+        device=device,
+        centre_fraction=centre_fraction,
+    )
 
 
 def bundle_settings(bundle_path: str | os.PathLike) -> dict[str, Any]:

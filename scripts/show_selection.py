@@ -58,7 +58,8 @@ def main(
         seeds: label seeds of the random draws to mark.
         pretrained_ckpt: the backbone (default: train.yaml's, the shipped one).
         overwrite: replace ``out`` when it exists (refused otherwise).
-        overrides: train.yaml overrides that choose the data (``--dataset_dir``, ``--subject_split``, ...).
+        overrides: train.yaml overrides that choose the data (``--dataset_dir``, ``--subject_split``, ...) or the
+            descriptor (``--selection_centre_fraction``).
     """
     refuse_existing_file(out, as_bool(overwrite, "overwrite"))
     from monai.bundle import ConfigParser
@@ -70,7 +71,8 @@ def main(
     parser.read_config(str(CONFIG))
     parser.update({**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})})
     datalist, backbone = parser.get_parsed_content("datalist"), parser.get_parsed_content("pretrained_ckpt")
-    chosen, evidence = choose_from_datalist(datalist, backbone, int(k))
+    centre_fraction = float(parser.get_parsed_content("selection_centre_fraction"))
+    chosen, evidence = choose_from_datalist(datalist, backbone, int(k), centre_fraction=centre_fraction)
     subjects = list(evidence["subjects"])
     groups = {str(e["subject"]): str(e.get("group", "?")) for e in load_datalist(datalist, "labeled")}
     draws = {int(s): sorted({str(e["subject"]) for e in labeled_entries(datalist, int(k), int(s))}) for s in seeds}

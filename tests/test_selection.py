@@ -8,10 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import find_in_chain, tiny_settings
 from monai.bundle import ConfigParser
 
-from pix2rep_bundle.selection import choose_from_datalist, hellinger_distances, k_medoids, kmeans
+from pix2rep_bundle.selection import (
+    central_square,
+    choose_from_datalist,
+    hellinger_distances,
+    k_medoids,
+    kmeans,
+    subject_pixels,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +57,35 @@ def test_kmeans_finds_separated_clusters():
     assert centres == pytest.approx([-5.0, 5.0], abs=0.1)
 
 
+def test_central_square_keeps_the_centre_of_the_image():
+    mask = central_square((8, 6), 0.5)
+    assert mask.sum() == 4 * 3
+    assert mask[2:6, 1:4].all() and not mask[:2].any() and not mask[6:].any()
+    assert central_square((8, 6), 1.0).all()
+    assert central_square((5, 5), 0.01).sum() == 1 and central_square((5, 5), 0.01)[2, 2]
+
+
+class PositionFeatures(torch.nn.Module):
+    """A stand-in backbone whose features at pixel (i, j) are (1, i, j): the pixels read are known after the
+    per-pixel L2 normalisation (i = f1 / f0, j = f2 / f0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        rows, cols = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+        return torch.stack([torch.ones_like(rows), rows, cols])[None].expand(x.shape[0], -1, -1, -1)
+
+
+def test_the_descriptor_reads_only_the_central_pixels_on_request():
+    volume = torch.ones(16, 16, 3)  # every pixel is body
+    whole = subject_pixels(PositionFeatures(), ["v"], loader=lambda _: volume)
+    centre = subject_pixels(PositionFeatures(), ["v"], loader=lambda _: volume, centre_fraction=0.5)
+    assert len(whole) == 16 * 16 * 3 and len(centre) == 8 * 8 * 3
+    rows, cols = np.rint(centre[:, 1] / centre[:, 0]), np.rint(centre[:, 2] / centre[:, 0])
+    assert rows.min() == 4 and rows.max() == 11 and cols.min() == 4 and cols.max() == 11
+    with pytest.raises(ValueError, match=r"centre_fraction must be in \(0, 1\], got 0"):
+        subject_pixels(PositionFeatures(), ["v"], loader=lambda _: volume, centre_fraction=0)
+
+
 def test_choice_from_a_datalist_is_deterministic_distinct_and_reads_no_label(tmp_path, backbone, monkeypatch):
     parser = ConfigParser()
     parser.read_config(str(REPO / "configs" / "train.yaml"))
@@ -74,7 +111,7 @@ def test_choice_from_a_datalist_is_deterministic_distinct_and_reads_no_label(tmp
 
 
 def test_train_config_labels_the_representative_subjects_on_request(tmp_path, backbone):
-    def subjects(selection: str) -> tuple[list[str], ConfigParser]:
+    def subjects(selection: str, centre_fraction: float = 1.0) -> tuple[list[str], ConfigParser]:
         parser = ConfigParser()
         parser.read_config(str(REPO / "configs" / "train.yaml"))
         parser.update(
@@ -83,6 +120,7 @@ def test_train_config_labels_the_representative_subjects_on_request(tmp_path, ba
                 "pretrained_ckpt": str(backbone),
                 "num_labeled_subjects": 2,
                 "label_selection": selection,
+                "selection_centre_fraction": centre_fraction,
             }
         )
         return sorted({e["subject"] for e in parser.get_parsed_content("train#dataset#data")}), parser
@@ -90,6 +128,12 @@ def test_train_config_labels_the_representative_subjects_on_request(tmp_path, ba
     representative, parser = subjects("representative")
     expected, _ = choose_from_datalist(parser.get_parsed_content("datalist"), str(backbone), 2)
     assert representative == sorted(expected)
+    central, _ = subjects("representative", centre_fraction=0.25)
+    expected, _ = choose_from_datalist(parser.get_parsed_content("datalist"), str(backbone), 2, centre_fraction=0.25)
+    assert central == sorted(expected)
+    with pytest.raises(Exception) as outside:
+        subjects("representative", centre_fraction=1.5)
+    assert find_in_chain(outside.value, ValueError, r"centre_fraction must be in \(0, 1\], got 1.5")
     assert len(subjects("random")[0]) == 2
     with pytest.raises(Exception) as unknown:
         subjects("best")

@@ -127,11 +127,13 @@ def labeled_entries(
     label_seed: int,
     selection: str = "random",
     backbone: str | os.PathLike | None = None,
+    centre_fraction: float = 1.0,
 ) -> list[dict]:
     """The labelled training entries of a few-shot run: the published combination ``c{label_seed + 1}`` of K
     subjects for splits that have them (chaitanya2020), else K subjects drawn from ``label_seed``
     (:func:`select_labeled_subjects`), or, with ``selection="representative"``, the K subjects that best cover the
-    pool in the feature space of the Pix2Rep ``backbone`` (:mod:`pix2rep_bundle.selection`; no label is read)."""
+    pool in the feature space of the Pix2Rep ``backbone`` (:mod:`pix2rep_bundle.selection`; no label is read), its
+    descriptor read from the central ``centre_fraction`` of each image."""
     if selection not in LABEL_SELECTIONS:
         raise ValueError(f"unknown label selection {selection!r}: choose one of {list(LABEL_SELECTIONS)}")
     entries, fixed = _few_shot_pool(datalist_path, "labeled", num_subjects, label_seed)
@@ -140,7 +142,9 @@ def labeled_entries(
             raise ValueError("this split fixes its labelled subjects: --label_selection representative does not apply")
         from pix2rep_bundle.selection import choose_from_datalist
 
-        chosen, _ = choose_from_datalist(os.fspath(datalist_path), os.fspath(backbone), int(num_subjects))
+        chosen, _ = choose_from_datalist(
+            os.fspath(datalist_path), os.fspath(backbone), int(num_subjects), centre_fraction=float(centre_fraction)
+        )
         print(f"label selection (representative, {backbone}): {', '.join(chosen)}", flush=True)
         return _of_subjects(entries, chosen, "labeled", datalist_path)
     if fixed is None:
