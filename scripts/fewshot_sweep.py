@@ -18,8 +18,8 @@ bundle's own configs (``monai.bundle.run`` in this process):
    ``--mode scratch`` / ``--mode finetune`` with ``configs/mean_teacher.yaml`` merged over train.yaml), then 3D
    evaluation on the test subjects
    (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A finished run is reused only when
-   its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256) equals the
-   new one, so an interrupted sweep continues where it stopped; a run with other evaluation settings only is
+   its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256; and every
+   resolved training setting, defaults included, against the run's own ``run_info.json``) equals the new one, so an interrupted sweep continues where it stopped; a run with other evaluation settings only is
    evaluated again (its model kept); other training settings stop the sweep with the differences named
    (``--overwrite true`` redoes them).
    The label seed S also seeds training (initialisation, augmentation).
@@ -64,7 +64,10 @@ MEAN_TEACHER_MODES = {"mean_teacher_scratch": "scratch", "mean_teacher_finetune"
 STRUCTURES = ("RV", "MYO", "LV", "mean")
 SWEEP_RECORD = "sweep_run.json"
 # settings that records written before they existed do not name: their runs were made with these values
-RECORDED_BEFORE = {"train": {"augmentation": "standard"}}
+RECORDED_BEFORE = {"train": {"augmentation": "standard", "selection_centre_fraction": 1.0}}
+# run_info.json settings that say how a run was executed, not what it is: a run reused on another device is the same
+EXECUTION_SETTINGS = ("resume", "device")
+RUN_INFO = "run_info.json"
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
 RESULT_COLUMNS = [
     "mode",
@@ -145,14 +148,30 @@ def train_default(name: str) -> Any:
     return parser.get(name)
 
 
+def resolved_train_settings(configs: Sequence[str], train: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting that defines a training run, defaults included: the ``run_record`` of the training configs with
+    ``train`` applied (what the run writes into its ``run_info.json``), without how it is executed (device,
+    resume)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIG_DIR / c) for c in configs])
+    parser.update(dict(train))
+    record = parser.get_parsed_content("run_record")
+    return {str(k): plain_value(v) for k, v in record.items() if k not in EXECUTION_SETTINGS}
+
+
 def run_request(
     configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any], backbone: Path | None
 ) -> dict[str, Any]:
     """What defines one run of the sweep: the training configs and their overrides, evaluate.yaml's overrides, and
-    the backbone's content (its SHA-256) for the modes that load it. Kept in ``<run_dir>/sweep_run.json``."""
+    the backbone's content (its SHA-256) for the modes that load it; with every resolved training setting
+    (``train_settings``), so that a changed default of the configs also makes a run count as different. Kept in
+    ``<run_dir>/sweep_run.json``."""
     request: dict[str, Any] = {
         "train": plain_value(dict(train) | {"configs": list(configs)}),
         "evaluate": plain_value(dict(evaluate)),
+        "train_settings": resolved_train_settings(configs, train),
     }
     if backbone is not None:
         request["backbone_sha256"] = hashlib.sha256(backbone.read_bytes()).hexdigest()
@@ -163,7 +182,8 @@ def finished_run(
     run_dir: Path, request: Mapping[str, Any], parts: Sequence[str] = ("train", "evaluate")
 ) -> list[str] | None:
     """None when ``run_dir`` has no results; else the differences between its recorded request and ``request`` in
-    ``parts`` (``train`` includes the backbone; empty: the same run, its results can be reused). A run without a
+    ``parts`` (``train`` includes the backbone and every resolved training setting, compared with the settings the
+    run itself wrote into its ``run_info.json``; empty: the same run, its results can be reused). A run without a
     record counts as different."""
     if not (run_dir / "eval" / "summary.json").is_file():
         return None
@@ -173,15 +193,34 @@ def finished_run(
         return [f"no {SWEEP_RECORD} to compare with"]
     differences = []
     for part in parts:
-        old, new = {**RECORDED_BEFORE.get(part, {}), **recorded.get(part, {})}, request[part]
+        new = request[part]  # a setting the record does not name but the request does: see RECORDED_BEFORE
+        old = {**{k: v for k, v in RECORDED_BEFORE.get(part, {}).items() if k in new}, **recorded.get(part, {})}
         differences += [
             f"{part} {k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
             for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)
         ]
-    if "train" in parts and recorded.get("backbone_sha256") != request.get("backbone_sha256"):
-        differences.append("the pretrained backbone's content")
+    if "train" in parts:
+        if recorded.get("backbone_sha256") != request.get("backbone_sha256"):
+            differences.append("the pretrained backbone's content")
+        overridden = set(recorded.get("train", {})) | set(request["train"])  # compared above
+        differences += default_differences(run_dir, request.get("train_settings", {}), overridden)
     return differences
+
+
+def default_differences(run_dir: Path, settings: Mapping[str, Any], overridden: set[str]) -> list[str]:
+    """The resolved training ``settings`` (not ``overridden``) that differ from those the run in ``run_dir`` was made
+    with (its ``run_info.json``; a setting it does not name had the value of ``RECORDED_BEFORE``)."""
+    try:
+        made_with = json.loads((run_dir / RUN_INFO).read_text())["settings"]
+    except (OSError, ValueError, KeyError):
+        return [f"no {RUN_INFO} with the run's settings to compare with"]
+    made_with = {**RECORDED_BEFORE["train"], **made_with}
+    return [
+        f"train {k} (the configs' default): {made_with.get(k, '(not set)')!r} -> {settings[k]!r}"
+        for k in sorted(settings)
+        if k not in overridden and made_with.get(k) != settings[k]
+    ]
 
 
 def train_and_evaluate(

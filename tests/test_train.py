@@ -353,6 +353,18 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     ]
     legacy = rerun(legacy_cmd + ["--largest_component", "false"])
     assert legacy.returncode == 0 and "results of the same settings exist" in legacy.stdout, legacy.stderr[-2000:]
+    # a run made under another default of the configs (what its run_info.json says) is not taken for a current one
+    info_file = out / "mean_teacher_scratch_k1_seed0" / "run_info.json"
+    info = json.loads(info_file.read_text())
+    lr_head = info["settings"]["lr_head"]
+    info_file.write_text(json.dumps({**info, "settings": {**info["settings"], "lr_head": lr_head * 2}}))
+    stale = rerun(legacy_cmd + ["--largest_component", "false"])
+    message = f"train lr_head (the configs' default): {lr_head * 2!r} -> {lr_head!r}"
+    assert stale.returncode != 0 and message in stale.stderr, stale.stderr[-2000:]
+    del info["settings"]["selection_centre_fraction"]  # a run from before the setting existed: made with 1.0
+    info_file.write_text(json.dumps(info))
+    before_setting = rerun(legacy_cmd + ["--largest_component", "false"])
+    assert before_setting.returncode == 0 and "results of the same settings exist" in before_setting.stdout
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
