@@ -20,8 +20,9 @@ bundle's own configs (``monai.bundle.run`` in this process):
    (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A finished run is reused only when
    its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256; and every
    resolved training setting, defaults included, against the run's own ``run_info.json``) equals the new one, so
-   an interrupted sweep continues where it stopped; a run with other evaluation settings only is evaluated again (its model kept); other training settings stop the sweep with the differences named
-   (``--overwrite true`` redoes them).
+   an interrupted sweep continues where it stopped; a run with other evaluation settings only is evaluated again
+   (its model kept); other training settings stop the sweep with the differences named (``--overwrite true``
+   redoes them).
    The label seed S also seeds training (initialisation, augmentation).
 3. ``<output_dir>/results.csv`` (one row per run), ``results.md`` (mode x K: mean +- std over seeds of the
    test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed) and
