@@ -203,14 +203,15 @@ def choose_from_datalist(
 
 
 def bundle_settings(bundle_path: str | os.PathLike) -> dict[str, Any]:
-    """The bundle's input space (``spacing``, ``image_size``) and backbone file (``pretrained_ckpt``), as its
-    configs define them by default."""
+    """The bundle's input space (``spacing``, ``image_size``), backbone file (``pretrained_ckpt``) and descriptor
+    region (``selection_centre_fraction``), as its configs define them by default."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(os.path.join(os.fspath(bundle_path), "configs", "train.yaml"))
     parser.update({"bundle_root": os.fspath(bundle_path)})
-    return {key: parser.get_parsed_content(key) for key in ("spacing", "image_size", "pretrained_ckpt")}
+    keys = ("spacing", "image_size", "pretrained_ckpt", "selection_centre_fraction")
+    return {key: parser.get_parsed_content(key) for key in keys}
 
 
 def prepared_image_loader(spacing: Any, image_size: Any):
@@ -228,7 +229,8 @@ def prepared_image_loader(spacing: Any, image_size: Any):
 def propose_next_study(
     bundle_path: str | os.PathLike, unlabelled: dict[str, str], labelled: dict[str, str], device: str = "cpu"
 ) -> str | None:
-    """The id of the study (of ``unlabelled``, ids to image files) to annotate after those of ``labelled``."""
+    """The id of the study (of ``unlabelled``, ids to image files) to annotate after those of ``labelled``, by the
+    criterion of ``train.yaml --label_selection representative`` with the bundle's defaults."""
     if not unlabelled:
         return None
     from pix2rep_bundle.networks import backbone_network
@@ -243,5 +245,6 @@ def propose_next_study(
         labelled=sorted(labelled),
         device=device,
         loader=prepared_image_loader(settings["spacing"], settings["image_size"]),
+        centre_fraction=float(settings["selection_centre_fraction"]),
     )
     return chosen[0]
