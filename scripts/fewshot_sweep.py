@@ -7,6 +7,7 @@ Teacher (from scratch and from Pix2Rep).
         --dataset_dir /data/ACDC/training
     ... --pretrained_ckpt models/pretrain/pix2rep_backbone.pt --epochs 5 --iterations_per_epoch 10
     ... --overrides '{"features": [8, 8, 16, 32, 64, 16]}'         any override, for every config
+    ... --report_only true                                          the table so far: trains nothing
 
 Everything goes under ``--output_dir`` (default ``<bundle_root>/runs/fewshot_sweep``). Steps, all through the
 bundle's own configs (``monai.bundle.run`` in this process):
@@ -289,8 +290,11 @@ def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
-    """Markdown table: one line per (mode, K), test Dice mean +- std over label seeds."""
+def results_markdown(
+    rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], missing: Sequence[str] = ()
+) -> str:
+    """Markdown table: one line per (mode, K), test Dice mean +- std over label seeds; then the runs of the grid left
+    out (``missing``), if any."""
     lines = [
         "# Few-shot segmentation: test Dice (3D volumes) versus the number K of labelled subjects",
         "",
@@ -308,6 +312,8 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, A
             digits = 1 if column.startswith("hd95") else 3
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
         lines.append(f"| {mode} | {k} | {len(group)} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"Left out ({len(missing)} runs of the grid): " + ", ".join(missing)]
     return "\n".join(lines) + "\n"
 
 
@@ -336,10 +342,12 @@ def plot_dice_vs_k(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(rows: Sequence[Mapping[str, Any]], output_dir: Path, settings: Mapping[str, Any]) -> None:
+def write_results(
+    rows: Sequence[Mapping[str, Any]], output_dir: Path, settings: Mapping[str, Any], missing: Sequence[str] = ()
+) -> None:
     """results.csv, results.md and dice_vs_k.png in ``output_dir``."""
     write_text_atomic(output_dir / "results.csv", results_csv(rows))
-    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings))
+    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings, missing))
     plot_dice_vs_k(rows, output_dir / "dice_vs_k.png")
 
 
@@ -368,6 +376,7 @@ def main(
     overwrite: bool = False,
     eval_split: str = "test",
     largest_component: bool = True,
+    report_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the sweep and write the results; returns the rows of results.csv.
 
@@ -391,6 +400,8 @@ def main(
         largest_component: evaluate.yaml's ``--largest_component`` (each structure's largest connected component;
             false scores the raw argmax). Runs whose evaluation settings alone differ are evaluated again, their
             trained model kept.
+        report_only: train and evaluate nothing: write the results of the runs of the grid that are finished with
+            these settings (the table so far of a sweep that spans sessions), naming the others.
     """
     ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
@@ -403,6 +414,9 @@ def main(
     root = Path(bundle_root).resolve()
     out = Path(output_dir).resolve() if output_dir else root / "runs" / "fewshot_sweep"
     overwrite = as_bool(overwrite, "overwrite")
+    report_only = as_bool(report_only, "report_only")
+    if report_only and not out.is_dir():
+        raise FileNotFoundError(f"{out}: no sweep there to report (--report_only true trains nothing)")
 
     common = {"bundle_root": str(root), **dict(overrides or {})}
     common.update({k: v for k, v in {"profile": profile, "dataset_dir": dataset_dir}.items() if v is not None})
@@ -418,8 +432,11 @@ def main(
     existing_backbone = needs_backbone and backbone.is_file()
     if existing_backbone:
         check_backbone(backbone, common)  # a backbone of another network stops the sweep before it writes anything
-    claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
-    if needs_backbone:
+    if not report_only:
+        claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
+    if needs_backbone and report_only and not backbone.is_file():
+        raise FileNotFoundError(f"{backbone}: the backbone of the runs to report is missing")
+    if needs_backbone and not report_only:
         pretrain = {"epochs": pretrain_epochs} if pretrain_epochs is not None else {}
         pretrain.update(pretrain_overrides or {})
         ensure_backbone(backbone, pretrained_ckpt is not None, common, pretrain)
@@ -438,45 +455,39 @@ def main(
     evaluate = {**common, "largest_component": as_bool(largest_component, "largest_component")}
     if eval_split != "test":
         evaluate["split"] = eval_split
-    total, rows, start = len(ks) * len(seeds) * len(modes), [], time.perf_counter()
-    for k in ks:
-        for seed in seeds:
-            for mode in modes:
-                run_dir = out / f"{mode}_k{k}_seed{seed}"
-                label = f"[{len(rows) + 1}/{total}] {mode} K={k} seed={seed}"
-                run_train = {
-                    **train,
-                    **mode_overrides(mode),
-                    "num_labeled_subjects": k,
-                    "label_seed": seed,
-                    "seed": seed,
-                }
-                request = run_request(
-                    train_configs(mode), run_train, evaluate, backbone if mode in PRETRAINED_MODES else None
-                )
-                differences = finished_run(run_dir, request)
-                train_differences = finished_run(run_dir, request, ("train",))
-                if train_differences and not overwrite:  # other evaluation settings only: evaluated again
-                    raise DataError(
-                        run_dir,
-                        "holds results of a run with other settings ("
-                        + "; ".join(train_differences)
-                        + "): choose another --output_dir, or --overwrite true to redo it",
-                    )
-                if overwrite or differences is None or differences:
-                    retrain = overwrite or differences is None or bool(train_differences)
-                    log(
-                        f"{label}: {'training and evaluation' if retrain else 'evaluation (model reused)'} in {run_dir}"
-                    )
-                    train_and_evaluate(run_dir, train_configs(mode), run_train, evaluate, retrain=retrain)
-                    write_json_atomic(run_dir / SWEEP_RECORD, request)
-                else:
-                    log(f"{label}: results of the same settings exist in {run_dir}, reused")
-                rows.append(result_row(mode, k, seed, run_dir))
-                log(
-                    f"{label}: {eval_split} Dice mean {rows[-1]['dice_mean']:.3f} "
-                    f"({time.perf_counter() - start:.0f} s elapsed)"
-                )
+    grid = [(k, seed, mode) for k in ks for seed in seeds for mode in modes]
+    total, rows, missing, start = len(grid), [], [], time.perf_counter()
+    for index, (k, seed, mode) in enumerate(grid, start=1):
+        run_dir = out / f"{mode}_k{k}_seed{seed}"
+        label = f"[{index}/{total}] {mode} K={k} seed={seed}"
+        run_train = {**train, **mode_overrides(mode), "num_labeled_subjects": k, "label_seed": seed, "seed": seed}
+        request = run_request(train_configs(mode), run_train, evaluate, backbone if mode in PRETRAINED_MODES else None)
+        differences = finished_run(run_dir, request)
+        train_differences = finished_run(run_dir, request, ("train",))
+        if report_only and (differences is None or differences):
+            why = "not finished" if differences is None else "other settings: " + "; ".join(differences)
+            log(f"{label}: left out ({why})")
+            missing.append(f"{run_dir.name} ({why})")
+            continue
+        if train_differences and not overwrite:  # other evaluation settings only: evaluated again
+            raise DataError(
+                run_dir,
+                "holds results of a run with other settings ("
+                + "; ".join(train_differences)
+                + "): choose another --output_dir, or --overwrite true to redo it",
+            )
+        if overwrite or differences is None or differences:
+            retrain = overwrite or differences is None or bool(train_differences)
+            log(f"{label}: {'training and evaluation' if retrain else 'evaluation (model reused)'} in {run_dir}")
+            train_and_evaluate(run_dir, train_configs(mode), run_train, evaluate, retrain=retrain)
+            write_json_atomic(run_dir / SWEEP_RECORD, request)
+        else:
+            log(f"{label}: results of the same settings exist in {run_dir}, reused")
+        rows.append(result_row(mode, k, seed, run_dir))
+        log(
+            f"{label}: {eval_split} Dice mean {rows[-1]['dice_mean']:.3f} "
+            f"({time.perf_counter() - start:.0f} s elapsed)"
+        )
 
     settings = {
         "profile": profile,
@@ -488,9 +499,11 @@ def main(
         **dict(overrides or {}),
         **dict(train_overrides or {}),
     }
-    write_results(rows, out, settings)
+    if not rows:
+        raise DataError(out, "no finished run of the requested grid with these settings: nothing to report")
+    write_results(rows, out, settings, missing)
     log(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'dice_vs_k.png'}")
-    print(results_markdown(rows, settings), flush=True)
+    print(results_markdown(rows, settings, missing), flush=True)
     return rows
 
 

@@ -314,6 +314,23 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         assert settings.get("mean_teacher", False) is mean_teacher and settings["mode"] == mode.split("_")[-1], mode
     assert (out / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pretraining skipped" in result.stdout
+    # the table so far: finished runs only, nothing trained, the others named
+    report = subprocess.run(
+        [("[1,2]" if cmd[i - 1] == "--ks" else a) for i, a in enumerate(cmd)]
+        + ["--modes", '["scratch","finetune"]', "--report_only", "true"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert not (out / "scratch_k2_seed0").exists() and "training and evaluation" not in report.stdout
+    with open(out / "results.csv") as f:
+        assert [(r["mode"], r["k"]) for r in csv.DictReader(f)] == [("scratch", "1"), ("finetune", "1")]
+    assert (
+        "Left out (2 runs of the grid): scratch_k2_seed0 (not finished), finetune_k2_seed0 (not finished)"
+        in (out / "results.md").read_text()
+    )
 
     def rerun(args: list[str]) -> subprocess.CompletedProcess:
         """The sweep again, for the mean_teacher_scratch row only."""
