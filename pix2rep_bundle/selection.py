@@ -2,7 +2,8 @@
 
 1. **Descriptor.** Every slice of a subject's images goes through the pretrained backbone; the dense features
    (L2-normalised per pixel) of up to ``pixels_per_subject`` pixels inside the body (intensity above
-   ``body_threshold`` of the [0, 1]-scaled image) are kept. A codebook of ``codebook_size`` feature clusters
+   ``body_threshold`` of the [0, 1]-scaled image) and inside the central ``centre_fraction`` of the image (the
+   bundle's default 0.5: around the heart) are kept. A codebook of ``codebook_size`` feature clusters
    (k-means over a sample of every subject's pixels) turns each subject into the share of its pixels in each
    cluster: what tissues and structures, as the representation sees them, the subject is made of. Subjects
    are compared by the Hellinger distance between those distributions.
