@@ -381,7 +381,18 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     del info["settings"]["selection_centre_fraction"]  # a run from before the setting existed: made with 1.0
     info_file.write_text(json.dumps(info))
     before_setting = rerun(legacy_cmd + ["--largest_component", "false"])
-    assert before_setting.returncode == 0 and "results of the same settings exist" in before_setting.stdout
+    assert before_setting.returncode != 0  # train.yaml's default is 0.5 now
+    assert "train selection_centre_fraction (the configs' default): 1.0 -> 0.5" in before_setting.stderr
+    as_then = [
+        (
+            json.dumps({**train, "augmentation": "standard", "selection_centre_fraction": 1.0})
+            if legacy_cmd[i - 1] == "--train_overrides"
+            else a
+        )
+        for i, a in enumerate(legacy_cmd)
+    ]
+    reused = rerun(as_then + ["--largest_component", "false"])
+    assert reused.returncode == 0 and "results of the same settings exist" in reused.stdout, reused.stderr[-2000:]
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
