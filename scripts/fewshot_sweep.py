@@ -400,8 +400,9 @@ def main(
         largest_component: evaluate.yaml's ``--largest_component`` (each structure's largest connected component;
             false scores the raw argmax). Runs whose evaluation settings alone differ are evaluated again, their
             trained model kept.
-        report_only: train and evaluate nothing: write the results of the runs of the grid that are finished with
-            these settings (the table so far of a sweep that spans sessions), naming the others.
+        report_only: train and evaluate nothing (even with ``overwrite``): write the results of the runs of the grid
+            that are finished with these settings (the table so far of a sweep that spans sessions), naming the
+            others; into a sweep folder only, as any sweep.
     """
     ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
@@ -432,8 +433,8 @@ def main(
     existing_backbone = needs_backbone and backbone.is_file()
     if existing_backbone:
         check_backbone(backbone, common)  # a backbone of another network stops the sweep before it writes anything
-    if not report_only:
-        claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
+    # a report also writes its tables into the folder: the same rule as a sweep (never a folder of the user's own)
+    claim_output_dir(out, "sweep", overwrite=overwrite, protected={"dataset folder": dataset_dir})
     if needs_backbone and report_only and not backbone.is_file():
         raise FileNotFoundError(f"{backbone}: the backbone of the runs to report is missing")
     if needs_backbone and not report_only:
@@ -476,7 +477,7 @@ def main(
                 + "; ".join(train_differences)
                 + "): choose another --output_dir, or --overwrite true to redo it",
             )
-        if overwrite or differences is None or differences:
+        if not report_only and (overwrite or differences is None or differences):
             retrain = overwrite or differences is None or bool(train_differences)
             log(f"{label}: {'training and evaluation' if retrain else 'evaluation (model reused)'} in {run_dir}")
             train_and_evaluate(run_dir, train_configs(mode), run_train, evaluate, retrain=retrain)

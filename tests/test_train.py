@@ -314,10 +314,10 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
         assert settings.get("mean_teacher", False) is mean_teacher and settings["mode"] == mode.split("_")[-1], mode
     assert (out / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pretraining skipped" in result.stdout
-    # the table so far: finished runs only, nothing trained, the others named
+    # the table so far: finished runs only, nothing trained (not even with --overwrite true), the others named
     report = subprocess.run(
         [("[1,2]" if cmd[i - 1] == "--ks" else a) for i, a in enumerate(cmd)]
-        + ["--modes", '["scratch","finetune"]', "--report_only", "true"],
+        + ["--modes", '["scratch","finetune"]', "--report_only", "true", "--overwrite", "true"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -415,6 +415,13 @@ def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny,
     with pytest.raises(ValueError, match="unknown mode"):
         sweep.main(output_dir=str(tmp_path / "sweep"), modes=["probe"])
     assert not (tmp_path / "sweep").exists()
+    # a report writes its tables into a sweep folder only, never over a folder of the user's own
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my own results\n")
+    with pytest.raises(DataError, match=r"mine: is not empty and was not made by the bundle"):
+        sweep.main(output_dir=str(mine), bundle_root=tiny["bundle_root"], modes=["scratch"], report_only=True)
+    assert (mine / "results.csv").read_text() == "my own results\n"
 
 
 def test_raw_image_label_entries_are_prepared_on_the_fly_and_bad_labels_are_named(tiny, tmp_path):
