@@ -1,7 +1,7 @@
 """Show the labelled pool in the Pix2Rep feature space and the subjects chosen for labelling.
 
     python scripts/show_selection.py --dataset_dir /data/ACDC/training --subject_split semi_70_10_20 \
-        --out docs/selection_pool.png --overwrite true
+        --out docs/selection_pool_central.png --overwrite true
     ... --k 2 --seeds "[0,1,2,3,4]" --pretrained_ckpt runs/pretrain/pix2rep_backbone.pt
 
 Every subject of the training pool becomes a point: its descriptor (shares of its body pixels' dense features over
@@ -78,7 +78,7 @@ def main(
     draws = {int(s): sorted({str(e["subject"]) for e in labeled_entries(datalist, int(k), int(s))}) for s in seeds}
     xy = classical_mds(np.asarray(evidence["distances"]))
 
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(7, 6.3))
     for group in sorted(set(groups.values())):
         idx = [i for i, s in enumerate(subjects) if groups.get(s) == group]
         ax.scatter(xy[idx, 0], xy[idx, 1], s=25, label=group, alpha=0.8)
@@ -91,8 +91,10 @@ def main(
         i = subjects.index(subject)
         ax.scatter(*xy[i], s=260, marker="*", color="red", edgecolors="black", zorder=5)
         ax.annotate(subject, xy[i], textcoords="offset points", xytext=(8, -12), fontsize=8, color="red")
+    region = "whole image" if centre_fraction >= 1 else f"central {centre_fraction:g} of height and width"
     ax.set_title(
         f"{len(subjects)} training subjects in the Pix2Rep feature space (classical MDS of Hellinger distances)\n"
+        f"descriptor: {region}\n"
         f"red star: representative K = {k}; circles: random draws (label seed)",
         fontsize=9,
     )
