@@ -67,6 +67,8 @@ STRUCTURES = ("RV", "MYO", "LV", "mean")
 SWEEP_RECORD = "sweep_run.json"
 # settings that records written before they existed do not name: their runs were made with these values
 RECORDED_BEFORE = {"train": {"augmentation": "standard", "selection_centre_fraction": 1.0}}
+# settings that change nothing unless another setting has a given value: not compared where neither run has it
+INERT_UNLESS = {"selection_centre_fraction": ("label_selection", "representative")}
 # run_info.json settings that say how a run was executed, not what it is: a run reused on another device is the same
 EXECUTION_SETTINGS = ("resume", "device")
 RUN_INFO = "run_info.json"
@@ -221,8 +223,17 @@ def default_differences(run_dir: Path, settings: Mapping[str, Any], overridden: 
     return [
         f"train {k} (the configs' default): {made_with.get(k, '(not set)')!r} -> {settings[k]!r}"
         for k in sorted(settings)
-        if k not in overridden and made_with.get(k) != settings[k]
+        if k not in overridden and made_with.get(k) != settings[k] and not inert(k, made_with, settings)
     ]
+
+
+def inert(name: str, *runs: Mapping[str, Any]) -> bool:
+    """Whether setting ``name`` changes nothing in any of ``runs`` (e.g. the descriptor's region when no run selects
+    its subjects by the descriptor: ``INERT_UNLESS``)."""
+    if name not in INERT_UNLESS:
+        return False
+    switch, value = INERT_UNLESS[name]
+    return all(run.get(switch) != value for run in runs)
 
 
 def train_and_evaluate(

@@ -380,8 +380,20 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     assert stale.returncode != 0 and message in stale.stderr, stale.stderr[-2000:]
     del info["settings"]["selection_centre_fraction"]  # a run from before the setting existed: made with 1.0
     info_file.write_text(json.dumps(info))
-    before_setting = rerun(legacy_cmd + ["--largest_component", "false"])
-    assert before_setting.returncode != 0  # train.yaml's default is 0.5 now
+    # the descriptor's region changes nothing under random selection: such a run is the same as a current one
+    random_selection = rerun(legacy_cmd + ["--largest_component", "false"])
+    assert random_selection.returncode == 0, random_selection.stderr[-2000:]
+    assert "results of the same settings exist" in random_selection.stdout
+    representative_cmd = [
+        (
+            json.dumps({**train, "augmentation": "standard", "label_selection": "representative"})
+            if legacy_cmd[i - 1] == "--train_overrides"
+            else a
+        )
+        for i, a in enumerate(legacy_cmd)
+    ]
+    before_setting = rerun(representative_cmd + ["--largest_component", "false"])
+    assert before_setting.returncode != 0  # train.yaml's default is 0.5 now, and the selection reads it
     assert "train selection_centre_fraction (the configs' default): 1.0 -> 0.5" in before_setting.stderr
     as_then = [
         (
