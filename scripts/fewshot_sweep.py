@@ -188,13 +188,16 @@ def finished_run(
     """None when ``run_dir`` has no results; else the differences between its recorded request and ``request`` in
     ``parts`` (``train`` includes the backbone and every resolved training setting, compared with the settings the
     run itself wrote into its ``run_info.json``; empty: the same run, its results can be reused). A run without a
-    record counts as different."""
+    record counts as different. A training setting inert under both runs' resolved settings (``INERT_UNLESS``) is
+    no difference, whether it was overridden or a default."""
     if not (run_dir / "eval" / "summary.json").is_file():
         return None
     try:
         recorded = json.loads((run_dir / SWEEP_RECORD).read_text())
     except (OSError, ValueError):
         return [f"no {SWEEP_RECORD} to compare with"]
+    made_with = run_settings(run_dir)
+    settings = request.get("train_settings", {})
     differences = []
     for part in parts:
         new = request[part]  # a setting the record does not name but the request does: see RECORDED_BEFORE
@@ -202,24 +205,31 @@ def finished_run(
         differences += [
             f"{part} {k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}"
             for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)
+            if old.get(k) != new.get(k) and not (part == "train" and made_with and inert(k, made_with, settings))
         ]
     if "train" in parts:
         if recorded.get("backbone_sha256") != request.get("backbone_sha256"):
             differences.append("the pretrained backbone's content")
-        overridden = set(recorded.get("train", {})) | set(request["train"])  # compared above
-        differences += default_differences(run_dir, request.get("train_settings", {}), overridden)
+        if made_with is None:
+            differences.append(f"no {RUN_INFO} with the run's settings to compare with")
+        else:
+            overridden = set(recorded.get("train", {})) | set(request["train"])  # compared above
+            differences += default_differences(made_with, settings, overridden)
     return differences
 
 
-def default_differences(run_dir: Path, settings: Mapping[str, Any], overridden: set[str]) -> list[str]:
-    """The resolved training ``settings`` (not ``overridden``) that differ from those the run in ``run_dir`` was made
-    with (its ``run_info.json``; a setting it does not name had the value of ``RECORDED_BEFORE``)."""
+def run_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved training settings the run in ``run_dir`` was made with (its ``run_info.json``; a setting it does
+    not name had the value of ``RECORDED_BEFORE``); None without a readable record."""
     try:
         made_with = json.loads((run_dir / RUN_INFO).read_text())["settings"]
-    except (OSError, ValueError, KeyError):
-        return [f"no {RUN_INFO} with the run's settings to compare with"]
-    made_with = {**RECORDED_BEFORE["train"], **made_with}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return {**RECORDED_BEFORE["train"], **made_with}
+
+
+def default_differences(made_with: Mapping[str, Any], settings: Mapping[str, Any], overridden: set[str]) -> list[str]:
+    """The resolved training ``settings`` (not ``overridden``) that differ from those a run was ``made_with``."""
     return [
         f"train {k} (the configs' default): {made_with.get(k, '(not set)')!r} -> {settings[k]!r}"
         for k in sorted(settings)

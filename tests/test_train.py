@@ -7,6 +7,7 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -384,27 +385,24 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     random_selection = rerun(legacy_cmd + ["--largest_component", "false"])
     assert random_selection.returncode == 0, random_selection.stderr[-2000:]
     assert "results of the same settings exist" in random_selection.stdout
-    representative_cmd = [
-        (
-            json.dumps({**train, "augmentation": "standard", "label_selection": "representative"})
-            if legacy_cmd[i - 1] == "--train_overrides"
-            else a
-        )
-        for i, a in enumerate(legacy_cmd)
-    ]
-    before_setting = rerun(representative_cmd + ["--largest_component", "false"])
+
+    def with_train(**extra: Any) -> list[str]:
+        """legacy_cmd with further --train_overrides."""
+        overrides = json.dumps({**train, "augmentation": "standard", **extra})
+        return [overrides if legacy_cmd[i - 1] == "--train_overrides" else a for i, a in enumerate(legacy_cmd)]
+
+    before_setting = rerun(with_train(label_selection="representative") + ["--largest_component", "false"])
     assert before_setting.returncode != 0  # train.yaml's default is 0.5 now, and the selection reads it
     assert "train selection_centre_fraction (the configs' default): 1.0 -> 0.5" in before_setting.stderr
-    as_then = [
-        (
-            json.dumps({**train, "augmentation": "standard", "selection_centre_fraction": 1.0})
-            if legacy_cmd[i - 1] == "--train_overrides"
-            else a
-        )
-        for i, a in enumerate(legacy_cmd)
-    ]
-    reused = rerun(as_then + ["--largest_component", "false"])
+    reused = rerun(with_train(selection_centre_fraction=1.0) + ["--largest_component", "false"])
     assert reused.returncode == 0 and "results of the same settings exist" in reused.stdout, reused.stderr[-2000:]
+    # an explicit region is as inert as a default one under random selection (both runs), and not otherwise
+    region = rerun(with_train(selection_centre_fraction=0.25) + ["--largest_component", "false"])
+    assert region.returncode == 0 and "results of the same settings exist" in region.stdout, region.stderr[-2000:]
+    chosen = rerun(
+        with_train(selection_centre_fraction=0.25, label_selection="representative") + ["--largest_component", "false"]
+    )
+    assert chosen.returncode != 0 and "train selection_centre_fraction: 1.0 -> 0.25" in chosen.stderr, chosen.stderr
 
 
 def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny, tmp_path):
