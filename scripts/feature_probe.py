@@ -39,22 +39,13 @@ NUM_CLASSES = len(STRUCTURES) + 1  # background 0
 
 
 def load_slices(entries: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prepared image and label volumes of ``entries`` as 2D slices: ``(N, 1, H, W)`` float, ``(N, H, W)`` long."""
-    from pix2rep_bundle.data.preprocessing import volume_loader
+    """The prepared image and label volumes of ``entries`` as 2D slices, ``(N, 1, H, W)`` float and ``(N, H, W)`` long,
+    read by the bundle's :class:`VolumeSliceDataset` (its checks: one channel, labels 0..3, label shape = image's)."""
+    from pix2rep_bundle.data.datasets import VolumeSliceDataset
 
-    loader, images, labels = volume_loader(), [], []
-    for entry in entries:
-        image = torch.as_tensor(np.asarray(loader(entry["image"])), dtype=torch.float32)  # (H, W, S)
-        label = torch.as_tensor(np.asarray(loader(entry["label"]))).round().long()
-        if image.shape != label.shape:
-            raise DataError(entry["label"], f"shape {tuple(label.shape)} differs from its image's {tuple(image.shape)}")
-        if label.min() < 0 or label.max() >= NUM_CLASSES:
-            raise DataError(
-                entry["label"], f"label values {sorted(label.unique().tolist())} outside 0..{NUM_CLASSES - 1}"
-            )
-        images.append(image.permute(2, 0, 1)[:, None])
-        labels.append(label.permute(2, 0, 1))
-    return torch.cat(images), torch.cat(labels)
+    volumes = VolumeSliceDataset(entries, progress=False).volumes
+    images = torch.from_numpy(np.concatenate([v["image"] for v in volumes]))[:, None]
+    return images, torch.from_numpy(np.concatenate([v["label"] for v in volumes])).long()
 
 
 @torch.no_grad()
