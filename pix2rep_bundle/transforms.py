@@ -34,6 +34,7 @@ from monai.transforms import (
 from monai.transforms.spatial.array import RandAffineGrid
 
 from pix2rep_bundle.geometry import SOURCE_AFFINE_KEY, SOURCE_SHAPE_KEY
+from pix2rep_bundle.settings import as_bool
 from pix2rep_bundle.view_settings import ViewSettings, check_scale_range
 
 # ------------------------------------------------------------------------------ spatial: similarity
@@ -59,7 +60,7 @@ class _SimilarityGrid(RandAffineGrid):
     ):
         super().__init__(rotate_range=rotate_range, device=device)
         self.view_scale_range = None if scale_range is None else (float(scale_range[0]), float(scale_range[1]))
-        self.zoom_offset = bool(zoom_offset)
+        self.zoom_offset = as_bool(zoom_offset, "zoom_offset")
         self.translate_fraction = float(translate_fraction)
         self.shift_fractions = [0.0, 0.0]
 

@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pix2rep_bundle.settings import as_bool
+
 
 def check_scale_range(scale_range: Sequence[float] | None) -> None:
     """ValueError unless ``scale_range`` is None or ``0 < s_min <= s_max``."""
@@ -50,7 +52,7 @@ class ViewSettings:
         if self.scale_range is not None:
             object.__setattr__(self, "scale_range", (float(self.scale_range[0]), float(self.scale_range[1])))
         object.__setattr__(self, "blur_sigma", (float(self.blur_sigma[0]), float(self.blur_sigma[1])))
-        object.__setattr__(self, "zoom_offset", bool(self.zoom_offset))
+        object.__setattr__(self, "zoom_offset", as_bool(self.zoom_offset, "view_settings zoom_offset"))
         for field in dataclasses.fields(self):
             if field.type == "float":
                 object.__setattr__(self, field.name, float(getattr(self, field.name)))

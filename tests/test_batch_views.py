@@ -76,6 +76,10 @@ def test_both_paths_take_one_view_settings():
             make(rotation=30)
         with pytest.raises(ValueError, match="scale_range"):
             make(scale_range=(0.9, 0.5))
+        with pytest.raises(ValueError, match="view_settings zoom_offset must be true or false, got 'ture'"):
+            make(zoom_offset="ture")
+    assert ViewSettings.of({"zoom_offset": "false"}).zoom_offset is False  # as the command line delivers it
+    assert BatchPairedViews(zoom_offset="False").settings.zoom_offset is False
 
 
 def test_same_affines_give_the_same_views_and_the_same_alignment():

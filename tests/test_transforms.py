@@ -97,6 +97,16 @@ def test_zoom_offset_keeps_the_window_inside(seed):
     assert view.min() >= 1.0 - 0.5 - 1e-4 and view.max() <= H + 0.5 - 1e-4
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_zoom_offset_false_as_the_command_line_writes_it_centres_the_window(seed):
+    """``--view_settings '{"zoom_offset": false}'`` arrives as the string 'false': the window stays centred."""
+    views = paired_views(**NO_INTENSITY, rotate_degrees=0, flip_prob=0, scale_range=(0.5, 0.5), zoom_offset="false")
+    views.set_random_state(seed)
+    view = views(coordinate_item())["view_1"] - 1.0
+    assert float(view[0].mean()) == pytest.approx((H - 1) / 2, abs=1e-3)
+    assert float(view[1].mean()) == pytest.approx((W - 1) / 2, abs=1e-3)
+
+
 def test_random_similarity_parameters_in_range():
     """Over many draws: isotropic scale in the range, rotation within +-90 degrees, both spread out."""
     views = paired_views(**NO_INTENSITY, flip_prob=0)
