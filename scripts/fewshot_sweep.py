@@ -8,6 +8,8 @@ Teacher (from scratch and from Pix2Rep).
     ... --pretrained_ckpt models/pretrain/pix2rep_backbone.pt --epochs 5 --iterations_per_epoch 10
     ... --overrides '{"features": [8, 8, 16, 32, 64, 16]}'         any override, for every config
     ... --report_only true                                          the table so far: trains nothing
+    ... --seeds "[0,1,2,3,4]" --compare_selection true              + one run per K and mode on the representative
+                                                                    subjects, ranked among the random draws
 
 Everything goes under ``--output_dir`` (default ``<bundle_root>/runs/fewshot_sweep``). Steps, all through the
 bundle's own configs (``monai.bundle.run`` in this process):
@@ -25,9 +27,14 @@ bundle's own configs (``monai.bundle.run`` in this process):
    (its model kept); other training settings stop the sweep with the differences named (``--overwrite true``
    redoes them).
    The label seed S also seeds training (initialisation, augmentation).
+   With ``--compare_selection true``, every K and mode also gets one run on the K subjects that
+   ``--label_selection representative`` chooses from the backbone (``<mode>_k<K>_representative``, trained with the
+   first seed), which the results rank among the random draws of the label seeds.
 3. ``<output_dir>/results.csv`` (one row per run), ``results.md`` (mode x K: mean +- std over seeds of the
-   test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed) and
-   ``dice_vs_k.png`` (mean test Dice versus K per mode, with a +-std band).
+   test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed; with
+   ``--compare_selection``, where the representative subjects fall among the random draws: how many draws they
+   match or beat, against the median and the 75th percentile of the draws) and ``dice_vs_k.png`` (mean test Dice
+   versus K per mode, with a +-std band; the representative runs as stars).
 """
 
 from __future__ import annotations
@@ -73,10 +80,12 @@ INERT_UNLESS = {"selection_centre_fraction": ("label_selection", "representative
 EXECUTION_SETTINGS = ("resume", "device")
 RUN_INFO = "run_info.json"
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
+SELECTIONS = ("random", "representative")
 RESULT_COLUMNS = [
     "mode",
     "k",
     "seed",
+    "selection",
     *[f"dice_{s}" for s in STRUCTURES],
     *[f"hd95_{s}" for s in STRUCTURES],
     "num_volumes",
@@ -268,12 +277,12 @@ def train_and_evaluate(
     return timing
 
 
-def result_row(mode: str, k: int, seed: int, run_dir: Path) -> dict[str, Any]:
+def result_row(mode: str, k: int, seed: int, run_dir: Path, selection: str = "random") -> dict[str, Any]:
     """One line of results.csv from a run folder's ``eval/summary.json`` (and ``timing.json``)."""
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())["overall"]
     timing_file = run_dir / "timing.json"
     timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
-    row: dict[str, Any] = {"mode": mode, "k": k, "seed": seed}
+    row: dict[str, Any] = {"mode": mode, "k": k, "seed": seed, "selection": selection}
     for metric in ("dice", "hd95"):
         for s in STRUCTURES:
             value = summary[f"{metric}_{s}"]["mean"]
@@ -311,11 +320,60 @@ def results_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def rank_among_draws(selected: float, draws: Sequence[float]) -> dict[str, Any]:
+    """Where a selected subject set's Dice falls among random draws: how many draws it matches or beats, the draws'
+    median and 75th percentile (linear interpolation), and whether it reaches each."""
+    arr = np.asarray(draws, dtype=np.float64)
+    median, q75 = float(np.percentile(arr, 50)), float(np.percentile(arr, 75))
+    return {
+        "at_or_above": int((arr <= selected).sum()),
+        "draws": int(arr.size),
+        "median": median,
+        "percentile_75": q75,
+        "above_median": selected > median,
+        "at_or_above_75th": selected >= q75,
+    }
+
+
+def selection_markdown(rows: Sequence[Mapping[str, Any]], selected_rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lines of results.md ranking each representative run (``selected_rows``) among the random draws of the same
+    mode and K (``rows``)."""
+    lines = [
+        "",
+        "## Representative subjects against random draws",
+        "",
+        "Test Dice (mean of RV, MYO, LV) of the K subjects `--label_selection representative` chooses, against the "
+        "random draws of the label seeds (same mode and K).",
+        "",
+        "| mode | K | representative | random draws | matches or beats | median of draws | 75th percentile | "
+        "above the median | at or above the 75th percentile |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    draws_by_group = {key: [r["dice_mean"] for r in group] for key, group in group_rows(rows).items()}
+    for row in selected_rows:
+        draws = draws_by_group.get((row["mode"], row["k"]), [])
+        if not draws:
+            lines.append(f"| {row['mode']} | {row['k']} | {row['dice_mean']:.3f} | none | | | | | |")
+            continue
+        rank = rank_among_draws(row["dice_mean"], draws)
+        lines.append(
+            f"| {row['mode']} | {row['k']} | {row['dice_mean']:.3f} | {', '.join(f'{d:.3f}' for d in draws)} | "
+            f"{rank['at_or_above']} of {rank['draws']} | {rank['median']:.3f} | {rank['percentile_75']:.3f} | "
+            f"{'yes' if rank['above_median'] else 'no'} | {'yes' if rank['at_or_above_75th'] else 'no'} |"
+        )
+    if any(len(d) < 5 for d in draws_by_group.values()):
+        lines += ["", "Fewer than 5 random draws in some rows: their percentiles are coarse."]
+    return lines
+
+
 def results_markdown(
-    rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], missing: Sequence[str] = ()
+    rows: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    missing: Sequence[str] = (),
+    selected_rows: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """Markdown table: one line per (mode, K), test Dice mean +- std over label seeds; then the runs of the grid left
-    out (``missing``), if any."""
+    """Markdown table: one line per (mode, K), test Dice mean +- std over label seeds; the representative runs
+    (``selected_rows``) ranked among them, if any; then the runs of the grid left out (``missing``), if any."""
     lines = [
         "# Few-shot segmentation: test Dice (3D volumes) versus the number K of labelled subjects",
         "",
@@ -333,22 +391,32 @@ def results_markdown(
             digits = 1 if column.startswith("hd95") else 3
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
         lines.append(f"| {mode} | {k} | {len(group)} | " + " | ".join(cells) + " |")
+    if selected_rows:
+        lines += selection_markdown(rows, selected_rows)
     if missing:
         lines += ["", f"Left out ({len(missing)} runs of the grid): " + ", ".join(missing)]
     return "\n".join(lines) + "\n"
 
 
-def plot_dice_vs_k(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Mean test Dice versus K per mode, with a +-std band over seeds (PNG, written atomically)."""
+def plot_dice_vs_k(
+    rows: Sequence[Mapping[str, Any]], path: Path, selected_rows: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Mean test Dice versus K per mode, with a +-std band over seeds, and the representative runs as stars in their
+    mode's colour (PNG, written atomically)."""
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     groups = group_rows(rows)
     for mode in dict.fromkeys(m for m, _ in groups):
         ks = sorted(k for m, k in groups if m == mode)
         stats = [mean_std([r["dice_mean"] for r in groups[(mode, k)]]) for k in ks]
         means, stds = np.array([s[0] for s in stats]), np.array([s[1] for s in stats])
-        ax.plot(ks, means, marker="o", label=mode, linestyle="--" if mode in MEAN_TEACHER_MODES else "-")
+        (line,) = ax.plot(ks, means, marker="o", label=mode, linestyle="--" if mode in MEAN_TEACHER_MODES else "-")
         ax.fill_between(ks, means - stds, means + stds, alpha=0.2)
-    all_ks = sorted({k for _, k in groups})
+        chosen = [r for r in selected_rows if r["mode"] == mode]
+        if chosen:
+            ax.plot([r["k"] for r in chosen], [r["dice_mean"] for r in chosen], "*", color=line.get_color(), ms=11)
+    if selected_rows:
+        ax.plot([], [], "*", color="grey", ms=11, label="representative subjects")
+    all_ks = sorted({k for _, k in groups} | {r["k"] for r in selected_rows})
     ax.set_xscale("log")
     ax.set_xticks(all_ks, [str(k) for k in all_ks])
     ax.minorticks_off()
@@ -364,12 +432,16 @@ def plot_dice_vs_k(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def write_results(
-    rows: Sequence[Mapping[str, Any]], output_dir: Path, settings: Mapping[str, Any], missing: Sequence[str] = ()
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: Path,
+    settings: Mapping[str, Any],
+    missing: Sequence[str] = (),
+    selected_rows: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """results.csv, results.md and dice_vs_k.png in ``output_dir``."""
-    write_text_atomic(output_dir / "results.csv", results_csv(rows))
-    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings, missing))
-    plot_dice_vs_k(rows, output_dir / "dice_vs_k.png")
+    write_text_atomic(output_dir / "results.csv", results_csv([*rows, *selected_rows]))
+    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings, missing, selected_rows))
+    plot_dice_vs_k(rows, output_dir / "dice_vs_k.png", selected_rows)
 
 
 def _as_list(value: Any) -> list:
@@ -398,6 +470,7 @@ def main(
     eval_split: str = "test",
     largest_component: bool = True,
     report_only: bool = False,
+    compare_selection: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the sweep and write the results; returns the rows of results.csv.
 
@@ -424,6 +497,9 @@ def main(
         report_only: train and evaluate nothing (even with ``overwrite``): write the results of the runs of the grid
             that are finished with these settings (the table so far of a sweep that spans sessions), naming the
             others; into a sweep folder only, as any sweep.
+        compare_selection: also train, for every K and mode, on the K subjects ``--label_selection representative``
+            chooses from the backbone (trained with the first seed, ``<mode>_k<K>_representative``), and rank each
+            among the random draws of the seeds (give at least 5 seeds for a meaningful percentile).
     """
     ks = [int(k) for k in _as_list(ks if ks is not None else (QUICK["ks"] if quick else (1, 2, 5, 10)))]
     seeds = [int(s) for s in _as_list(seeds if seeds is not None else (QUICK["seeds"] if quick else (0, 1, 2)))]
@@ -437,6 +513,13 @@ def main(
     out = Path(output_dir).resolve() if output_dir else root / "runs" / "fewshot_sweep"
     overwrite = as_bool(overwrite, "overwrite")
     report_only = as_bool(report_only, "report_only")
+    compare_selection = as_bool(compare_selection, "compare_selection")
+    selection = str((train_overrides or {}).get("label_selection", train_default("label_selection")))
+    if compare_selection and selection != "random":
+        raise ValueError(
+            f"--compare_selection true ranks the representative subjects among random draws: the sweep's own "
+            f"label_selection must be random, got {selection!r} (from --train_overrides)"
+        )
     if report_only and not out.is_dir():
         raise FileNotFoundError(f"{out}: no sweep there to report (--report_only true trains nothing)")
 
@@ -450,7 +533,8 @@ def main(
         if pretrained_ckpt
         else (shipped_backbone if shipped_backbone.is_file() else own_backbone)
     )
-    needs_backbone = any(m in PRETRAINED_MODES for m in modes)
+    # the representative selection reads the backbone, whatever the mode
+    needs_backbone = any(m in PRETRAINED_MODES for m in modes) or compare_selection or selection == "representative"
     existing_backbone = needs_backbone and backbone.is_file()
     if existing_backbone:
         check_backbone(backbone, common)  # a backbone of another network stops the sweep before it writes anything
@@ -477,13 +561,19 @@ def main(
     evaluate = {**common, "largest_component": as_bool(largest_component, "largest_component")}
     if eval_split != "test":
         evaluate["split"] = eval_split
-    grid = [(k, seed, mode) for k in ks for seed in seeds for mode in modes]
-    total, rows, missing, start = len(grid), [], [], time.perf_counter()
-    for index, (k, seed, mode) in enumerate(grid, start=1):
-        run_dir = out / f"{mode}_k{k}_seed{seed}"
-        label = f"[{index}/{total}] {mode} K={k} seed={seed}"
+    grid = [(k, seed, mode, selection) for k in ks for seed in seeds for mode in modes]
+    if compare_selection:
+        grid += [(k, seeds[0], mode, "representative") for k in ks for mode in modes]
+    total, rows, selected_rows, missing, start = len(grid), [], [], [], time.perf_counter()
+    for index, (k, seed, mode, chosen_by) in enumerate(grid, start=1):
+        extra = chosen_by != selection  # a representative run of --compare_selection, beside the seeds' draws
+        run_dir = out / (f"{mode}_k{k}_representative" if extra else f"{mode}_k{k}_seed{seed}")
+        label = f"[{index}/{total}] {mode} K={k} " + ("representative subjects" if extra else f"seed={seed}")
         run_train = {**train, **mode_overrides(mode), "num_labeled_subjects": k, "label_seed": seed, "seed": seed}
-        request = run_request(train_configs(mode), run_train, evaluate, backbone if mode in PRETRAINED_MODES else None)
+        if extra:
+            run_train["label_selection"] = chosen_by
+        reads_backbone = mode in PRETRAINED_MODES or chosen_by == "representative"
+        request = run_request(train_configs(mode), run_train, evaluate, backbone if reads_backbone else None)
         differences = finished_run(run_dir, request)
         train_differences = finished_run(run_dir, request, ("train",))
         if report_only and (differences is None or differences):
@@ -505,11 +595,9 @@ def main(
             write_json_atomic(run_dir / SWEEP_RECORD, request)
         else:
             log(f"{label}: results of the same settings exist in {run_dir}, reused")
-        rows.append(result_row(mode, k, seed, run_dir))
-        log(
-            f"{label}: {eval_split} Dice mean {rows[-1]['dice_mean']:.3f} "
-            f"({time.perf_counter() - start:.0f} s elapsed)"
-        )
+        row = result_row(mode, k, seed, run_dir, chosen_by)
+        (selected_rows if extra else rows).append(row)
+        log(f"{label}: {eval_split} Dice mean {row['dice_mean']:.3f} ({time.perf_counter() - start:.0f} s elapsed)")
 
     settings = {
         "profile": profile,
@@ -523,10 +611,10 @@ def main(
     }
     if not rows:
         raise DataError(out, "no finished run of the requested grid with these settings: nothing to report")
-    write_results(rows, out, settings, missing)
+    write_results(rows, out, settings, missing, selected_rows)
     log(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'dice_vs_k.png'}")
-    print(results_markdown(rows, settings, missing), flush=True)
-    return rows
+    print(results_markdown(rows, settings, missing, selected_rows), flush=True)
+    return [*rows, *selected_rows]
 
 
 if __name__ == "__main__":

@@ -434,6 +434,75 @@ def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny,
     assert (mine / "results.csv").read_text() == "my own results\n"
 
 
+def test_rank_among_random_draws():
+    """The representative subjects ranked among random draws: the K = 1 test figures of the docs (0.683 against
+    five draws), a pair below the median, and the tie rule (matching a draw counts as reaching it)."""
+    from helpers import load_script
+
+    sweep = load_script("fewshot_sweep")
+    draws = [0.546, 0.541, 0.492, 0.551, 0.500]
+    rank = sweep.rank_among_draws(0.683, draws)
+    assert (rank["at_or_above"], rank["draws"]) == (5, 5)
+    assert rank["median"] == pytest.approx(0.541) and rank["percentile_75"] == pytest.approx(0.546)
+    assert rank["above_median"] and rank["at_or_above_75th"]
+    low = sweep.rank_among_draws(0.495, draws)
+    assert low["at_or_above"] == 1 and not low["above_median"] and not low["at_or_above_75th"]
+    tie = sweep.rank_among_draws(0.546, draws)
+    assert tie["at_or_above"] == 4 and tie["at_or_above_75th"] and tie["above_median"]
+    rows = [{"mode": "finetune", "k": 1, "seed": s, "dice_mean": d} for s, d in enumerate(draws)]
+    lines = sweep.selection_markdown(rows, [{"mode": "finetune", "k": 1, "seed": 0, "dice_mean": 0.683}])
+    assert "| finetune | 1 | 0.683 | 0.546, 0.541, 0.492, 0.551, 0.500 | 5 of 5 | 0.541 | 0.546 | yes | yes |" in lines
+    assert not any("coarse" in line for line in lines)
+    two = [{"mode": "finetune", "k": 2, "seed": s, "dice_mean": d} for s, d in enumerate([0.5, 0.7])]
+    few = sweep.selection_markdown(two, [{"mode": "finetune", "k": 2, "seed": 0, "dice_mean": 0.3}])
+    assert "| finetune | 2 | 0.300 | 0.500, 0.700 | 0 of 2 | 0.600 | 0.650 | no | no |" in few
+    assert any("Fewer than 5 random draws" in line for line in few)
+
+
+def test_fewshot_sweep_compares_the_representative_subjects_with_random_draws(tiny, backbone, tmp_path):
+    """--compare_selection true: one more run per K and mode on the representative subjects (the backbone recorded
+    even from scratch, since the choice reads it), ranked among the seeds' random draws in results.md."""
+    import json
+
+    from helpers import load_script
+
+    sweep = load_script("fewshot_sweep")
+    common = dict(
+        output_dir=str(tmp_path / "sweep"),
+        bundle_root=tiny["bundle_root"],
+        ks=[1],
+        seeds=[0, 1],
+        modes=["scratch"],
+        epochs=1,
+        profile="compact",
+        pretrained_ckpt=str(backbone),
+        overrides={k: tiny[k] for k in ("phantom_subjects", "image_size", "spacing", "features")},
+        train_overrides={"iterations_per_epoch": 2, "batch_size": 4, "val_batch_size": 4, "num_workers": 0},
+    )
+    rows = sweep.main(**common, compare_selection="true")
+    out = tmp_path / "sweep"
+    assert [(r["mode"], r["seed"], r["selection"]) for r in rows] == [
+        ("scratch", 0, "random"),
+        ("scratch", 1, "random"),
+        ("scratch", 0, "representative"),
+    ]
+    chosen = out / "scratch_k1_representative"
+    assert json.loads((chosen / "run_info.json").read_text())["settings"]["label_selection"] == "representative"
+    assert "backbone_sha256" in json.loads((chosen / "sweep_run.json").read_text())
+    assert "backbone_sha256" not in json.loads((out / "scratch_k1_seed0" / "sweep_run.json").read_text())
+    with open(out / "results.csv") as f:
+        assert [r["selection"] for r in csv.DictReader(f)] == ["random", "random", "representative"]
+    table = (out / "results.md").read_text()
+    assert "## Representative subjects against random draws" in table
+    assert f"| scratch | 1 | {rows[2]['dice_mean']:.3f} | " in table and " of 2 | " in table
+    assert "| scratch | 1 | 2 |" in table  # the mean over the random draws only
+    with pytest.raises(ValueError, match="label_selection must be random, got 'representative'"):
+        sweep.main(
+            **{**common, "train_overrides": {**common["train_overrides"], "label_selection": "representative"}},
+            compare_selection=True,
+        )
+
+
 def test_raw_image_label_entries_are_prepared_on_the_fly_and_bad_labels_are_named(tiny, tmp_path):
     """MONAI Label's train task overrides the data with raw {"image", "label"} volumes (no subject/frame)."""
     import nibabel as nib
