@@ -80,7 +80,6 @@ INERT_UNLESS = {"selection_centre_fraction": ("label_selection", "representative
 EXECUTION_SETTINGS = ("resume", "device")
 RUN_INFO = "run_info.json"
 QUICK = {"ks": (1, 2), "seeds": (0, 1, 2), "epochs": 6}
-SELECTIONS = ("random", "representative")
 RESULT_COLUMNS = [
     "mode",
     "k",
