@@ -5,8 +5,9 @@
 
 Steps (split ``semi_70_10_20``: 70 training, 10 validation, 20 test subjects; docs/acdc_splits.md):
 
-1. ``pretrain``: Pix2Rep pretraining (``configs/pretrain.yaml``) on the images of the 70 training subjects, no
-   labels, best validation loss on the validation subjects -> ``<output_dir>/pretrain/pix2rep_backbone.pt``;
+1. ``pretrain``: Pix2Rep pretraining (``configs/pretrain.yaml``, with the recipe's ``view_settings``) on the images of
+   the 70 training subjects, no labels, best validation loss on the validation subjects
+   -> ``<output_dir>/pretrain/pix2rep_backbone.pt``;
 2. ``finetune``: ``configs/train.yaml --mode finetune`` from that backbone on all labelled training subjects,
    the network with the best validation Dice -> ``<output_dir>/finetune/model.pt``;
 3. ``evaluate``: ``configs/evaluate.yaml`` on the 20 test subjects (3D Dice and HD95 per structure, in the
@@ -51,8 +52,10 @@ STEPS = ("pretrain", "finetune", "evaluate", "native")
 # the recipe (docs/README.md, "Recipe"): chosen on the validation subjects of the split
 # (the shipped model.pt was trained on all 70 subjects with the milder "standard" augmentation of train.yaml, whose
 # default "strong" was chosen later, for few labelled subjects)
+# (views shifted by up to 15 % of the image: chosen on the validation subjects, docs "Pretraining length and views")
 RECIPE = {
     "pretrain_epochs": 20,
+    "pretrain_view_settings": {"translate_fraction": 0.15},
     "finetune_epochs": 40,
     "finetune_iterations_per_epoch": 50,
     "finetune_augmentation": "standard",
@@ -77,7 +80,8 @@ def read_state(path: Path, settings: Mapping[str, Any], overwrite: bool) -> dict
     if not path.is_file() or overwrite:
         return {"settings": dict(settings), "steps": {}}
     state = json.loads(path.read_text())
-    old = {"overrides": {}, **state.get("settings", {})}  # states of earlier versions lack "overrides"
+    # states of earlier versions lack "overrides" and "pretrain_view_settings" (their views were the defaults)
+    old = {"overrides": {}, "pretrain_view_settings": {}, **state.get("settings", {})}
     differences = [
         f"--{k}: {old.get(k)!r} -> {settings.get(k)!r}"
         for k in sorted(set(old) | set(settings))
@@ -106,7 +110,13 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
         return (
             "pretrain.yaml",
             "pretrain",
-            {**common, "epochs": settings["pretrain_epochs"], "output_dir": str(out / "pretrain"), "resume": resume},
+            {
+                **common,
+                "epochs": settings["pretrain_epochs"],
+                "view_settings": settings["pretrain_view_settings"],
+                "output_dir": str(out / "pretrain"),
+                "resume": resume,
+            },
         )
     if step == "finetune":
         resume = (out / "finetune" / "train_state" / "checkpoint.pt").is_file()
@@ -198,6 +208,7 @@ def main(
     output_dir: str | None = None,
     bundle_root: str = ".",
     pretrain_epochs: int = RECIPE["pretrain_epochs"],
+    pretrain_view_settings: Mapping[str, Any] | None = None,
     finetune_epochs: int = RECIPE["finetune_epochs"],
     finetune_iterations_per_epoch: int = RECIPE["finetune_iterations_per_epoch"],
     ship: bool = False,
@@ -211,6 +222,8 @@ def main(
         output_dir: where the runs go (default ``<bundle_root>/runs/acdc``).
         bundle_root: the bundle's root folder.
         pretrain_epochs, finetune_epochs, finetune_iterations_per_epoch: the recipe (defaults: the shipped one).
+        pretrain_view_settings: the pretraining's ``view_settings`` (default: the recipe's; ``{}`` for the
+            configs' own views).
         ship: copy the weights into models/ and the test metrics into configs/metadata.json.
         overwrite: start afresh over an earlier reproduction with other settings in ``output_dir``.
         overrides: further overrides for every config (e.g. ``{"num_workers": 0}``); they change the recipe.
@@ -223,6 +236,9 @@ def main(
         "dataset_dir": str(dataset_dir),
         "bundle_root": str(bundle_root),
         "pretrain_epochs": int(pretrain_epochs),
+        "pretrain_view_settings": dict(
+            RECIPE["pretrain_view_settings"] if pretrain_view_settings is None else pretrain_view_settings
+        ),
         "finetune_epochs": int(finetune_epochs),
         "finetune_iterations_per_epoch": int(finetune_iterations_per_epoch),
         "overrides": dict(overrides or {}),
