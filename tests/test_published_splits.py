@@ -125,12 +125,14 @@ def test_chaitanya_datalist_and_few_shot_selection_follow_the_published_combinat
             assert subjects_of(validation_entries(path, k, seed)) == sorted(ps.subject_name(n) for n in validation)
 
 
-def test_semi_datalist_draws_k_subjects_from_the_70_and_validates_on_the_10(tmp_path):
+def test_semi_datalist_draws_k_subjects_from_the_70_and_validates_on_the_10(tmp_path, capsys):
     path = fake_datalist(tmp_path, "semi_70_10_20")
     train = {ps.subject_name(n) for n in ps.SEMI_70_10_20_TRAIN}
     for seed in range(3):
         chosen = subjects_of(labeled_entries(path, 3, seed))
         assert len(chosen) == 3 and set(chosen) <= train
+        # the run's log names the subjects it labels
+        assert f"labelled subjects (random, label_seed {seed}): {', '.join(chosen)}" in capsys.readouterr().out
     assert subjects_of(validation_entries(path, 3, 0)) == sorted(
         ps.subject_name(n) for n in ps.SEMI_70_10_20_VALIDATION
     )

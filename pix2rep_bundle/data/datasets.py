@@ -145,11 +145,14 @@ def labeled_entries(
         chosen, _ = choose_from_datalist(
             os.fspath(datalist_path), os.fspath(backbone), int(num_subjects), centre_fraction=float(centre_fraction)
         )
-        print(f"label selection (representative, {backbone}): {', '.join(chosen)}", flush=True)
-        return _of_subjects(entries, chosen, "labeled", datalist_path)
-    if fixed is None:
-        return select_labeled_subjects(entries, num_subjects, label_seed)
-    return _of_subjects(entries, fixed, "labeled", datalist_path)
+        labelled = _of_subjects(entries, chosen, "labeled", datalist_path)
+        how = f"representative, {backbone}"
+    elif fixed is None:
+        labelled, how = select_labeled_subjects(entries, num_subjects, label_seed), f"random, label_seed {label_seed}"
+    else:
+        labelled, how = _of_subjects(entries, fixed, "labeled", datalist_path), f"published, label_seed {label_seed}"
+    print(f"labelled subjects ({how}): {', '.join(sorted({e['subject'] for e in labelled}))}", flush=True)
+    return labelled
 
 
 def validation_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
