@@ -31,10 +31,11 @@ bundle's own configs (``monai.bundle.run`` in this process):
    ``--label_selection representative`` chooses from the backbone (``<mode>_k<K>_representative``, trained with the
    first seed), which the results rank among the random draws of the label seeds.
 3. ``<output_dir>/results.csv`` (one row per run), ``results.md`` (mode x K: mean +- std over seeds of the
-   test Dice per structure and overall; std is the sample standard deviation, 0 for a single seed; with
-   ``--compare_selection``, where the representative subjects fall among the random draws: how many draws they
-   match or beat, against the median and the 75th percentile of the draws) and ``dice_vs_k.png`` (mean test Dice
-   versus K per mode, with a +-std band; the representative runs as stars).
+   Dice per structure and overall on the ``--eval_split`` subjects, test by default, named in the title; std is the
+   sample standard deviation, 0 for a single seed; with ``--compare_selection``, where the representative subjects
+   fall among the random draws: how many draws they match or beat, against the median and the 75th percentile of
+   the draws) and ``dice_vs_k.png`` (mean Dice versus K per mode, with a +-std band; the representative runs as
+   stars).
 """
 
 from __future__ import annotations
@@ -370,11 +371,13 @@ def results_markdown(
     settings: Mapping[str, Any],
     missing: Sequence[str] = (),
     selected_rows: Sequence[Mapping[str, Any]] = (),
+    split: str = "test",
 ) -> str:
-    """Markdown table: one line per (mode, K), test Dice mean +- std over label seeds; the representative runs
-    (``selected_rows``) ranked among them, if any; then the runs of the grid left out (``missing``), if any."""
+    """Markdown table: one line per (mode, K), Dice on the ``split`` subjects, mean +- std over label seeds; the
+    representative runs (``selected_rows``) ranked among them, if any; then the runs of the grid left out
+    (``missing``), if any."""
     lines = [
-        "# Few-shot segmentation: test Dice (3D volumes) versus the number K of labelled subjects",
+        f"# Few-shot segmentation: {split} Dice (3D volumes) versus the number K of labelled subjects",
         "",
         "Mean ± sample std over label seeds (n = number of seeds); per volume Dice of RV, MYO, LV and their mean.",
         "",
@@ -398,10 +401,10 @@ def results_markdown(
 
 
 def plot_dice_vs_k(
-    rows: Sequence[Mapping[str, Any]], path: Path, selected_rows: Sequence[Mapping[str, Any]] = ()
+    rows: Sequence[Mapping[str, Any]], path: Path, selected_rows: Sequence[Mapping[str, Any]] = (), split: str = "test"
 ) -> None:
-    """Mean test Dice versus K per mode, with a +-std band over seeds, and the representative runs as stars in their
-    mode's colour (PNG, written atomically)."""
+    """Mean Dice on the ``split`` subjects versus K per mode, with a +-std band over seeds, and the representative
+    runs as stars in their mode's colour (PNG, written atomically)."""
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     groups = group_rows(rows)
     for mode in dict.fromkeys(m for m, _ in groups):
@@ -420,7 +423,7 @@ def plot_dice_vs_k(
     ax.set_xticks(all_ks, [str(k) for k in all_ks])
     ax.minorticks_off()
     ax.set_xlabel("labelled subjects K")
-    ax.set_ylabel("test Dice (mean of RV, MYO, LV)")
+    ax.set_ylabel(f"{split} Dice (mean of RV, MYO, LV)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -436,11 +439,12 @@ def write_results(
     settings: Mapping[str, Any],
     missing: Sequence[str] = (),
     selected_rows: Sequence[Mapping[str, Any]] = (),
+    split: str = "test",
 ) -> None:
-    """results.csv, results.md and dice_vs_k.png in ``output_dir``."""
+    """results.csv, results.md and dice_vs_k.png in ``output_dir``, which name ``split`` as the subjects scored."""
     write_text_atomic(output_dir / "results.csv", results_csv([*rows, *selected_rows]))
-    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings, missing, selected_rows))
-    plot_dice_vs_k(rows, output_dir / "dice_vs_k.png", selected_rows)
+    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings, missing, selected_rows, split))
+    plot_dice_vs_k(rows, output_dir / "dice_vs_k.png", selected_rows, split)
 
 
 def _as_list(value: Any) -> list:
@@ -610,9 +614,9 @@ def main(
     }
     if not rows:
         raise DataError(out, "no finished run of the requested grid with these settings: nothing to report")
-    write_results(rows, out, settings, missing, selected_rows)
+    write_results(rows, out, settings, missing, selected_rows, eval_split)
     log(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'dice_vs_k.png'}")
-    print(results_markdown(rows, settings, missing, selected_rows), flush=True)
+    print(results_markdown(rows, settings, missing, selected_rows, eval_split), flush=True)
     return [*rows, *selected_rows]
 
 

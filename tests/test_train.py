@@ -459,6 +459,20 @@ def test_rank_among_random_draws():
     assert any("Fewer than 5 random draws" in line for line in few)
 
 
+def test_sweep_report_names_the_subjects_it_scores(tmp_path):
+    """A sweep scored on the validation subjects (to choose a setting) says so in its table and plot; a default one
+    says test: a choice's evidence is never mistaken for a result on the test subjects."""
+    from helpers import load_script
+
+    sweep = load_script("fewshot_sweep")
+    row = {"mode": "finetune", "k": 1, "seed": 0, "hd95_mean": 70.0, **{f"dice_{s}": 0.4 for s in sweep.STRUCTURES}}
+    assert sweep.results_markdown([row], {}).startswith("# Few-shot segmentation: test Dice")
+    sweep.write_results([row], tmp_path, {"epochs": 1}, split="validation")
+    table = (tmp_path / "results.md").read_text()
+    assert table.startswith("# Few-shot segmentation: validation Dice") and "test Dice" not in table
+    assert (tmp_path / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_fewshot_sweep_compares_the_representative_subjects_with_random_draws(tiny, backbone, tmp_path):
     """--compare_selection true: one more run per K and mode on the representative subjects (the backbone recorded
     even from scratch, since the choice reads it), ranked among the seeds' random draws in results.md."""
