@@ -440,11 +440,14 @@ def write_results(
     missing: Sequence[str] = (),
     selected_rows: Sequence[Mapping[str, Any]] = (),
     split: str = "test",
-) -> None:
-    """results.csv, results.md and dice_vs_k.png in ``output_dir``, which name ``split`` as the subjects scored."""
+) -> str:
+    """results.csv, results.md and dice_vs_k.png in ``output_dir``, which name ``split`` as the subjects scored;
+    returns the markdown table written."""
+    table = results_markdown(rows, settings, missing, selected_rows, split)
     write_text_atomic(output_dir / "results.csv", results_csv([*rows, *selected_rows]))
-    write_text_atomic(output_dir / "results.md", results_markdown(rows, settings, missing, selected_rows, split))
+    write_text_atomic(output_dir / "results.md", table)
     plot_dice_vs_k(rows, output_dir / "dice_vs_k.png", selected_rows, split)
+    return table
 
 
 def _as_list(value: Any) -> list:
@@ -614,9 +617,9 @@ def main(
     }
     if not rows:
         raise DataError(out, "no finished run of the requested grid with these settings: nothing to report")
-    write_results(rows, out, settings, missing, selected_rows, eval_split)
+    table = write_results(rows, out, settings, missing, selected_rows, eval_split)
     log(f"results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'dice_vs_k.png'}")
-    print(results_markdown(rows, settings, missing, selected_rows, eval_split), flush=True)
+    print(table, flush=True)
     return [*rows, *selected_rows]
 
 
