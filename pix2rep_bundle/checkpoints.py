@@ -55,8 +55,10 @@ class BestSaver:
 
     With ``metric_name`` it is attached to the evaluator and saves when the metric improves: lower with
     ``mode="min"`` (e.g. a validation loss), higher with ``mode="max"`` (e.g. a validation Dice). Without,
-    it saves whenever it is called (attached to the trainer's ``COMPLETED``). Its best value is part of a
-    resumable checkpoint (``state_dict``). Subclasses choose what is written (:meth:`save`).
+    it saves whenever it is called (attached to the trainer's ``COMPLETED``). Its best value and epoch are part of
+    a resumable checkpoint (``state_dict``), and at every evaluator run they become the evaluator's ``best_metric``
+    and ``best_metric_epoch``, so that a resumed run logs the best of the whole run, not of its part since the
+    restart. Subclasses choose what is written (:meth:`save`).
     """
 
     what = "network"
@@ -69,6 +71,7 @@ class BestSaver:
         self.metric_name = metric_name
         self.mode = mode
         self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = -1
 
     def save(self, network: nn.Module) -> None:
         raise NotImplementedError
@@ -76,6 +79,14 @@ class BestSaver:
     def attach(self, engine: Engine) -> None:
         event = Events.EPOCH_COMPLETED if self.metric_name else Events.COMPLETED
         engine.add_event_handler(event, self)
+        if self.metric_name:
+            engine.add_event_handler(Events.STARTED, self.share_best)
+
+    def share_best(self, engine: Engine) -> None:
+        """Give the evaluator this saver's best value and epoch (read by MONAI's key-metric log and comparison)."""
+        if self.best_epoch >= 0:
+            engine.state.best_metric = self.best
+            engine.state.best_metric_epoch = self.best_epoch
 
     def _improved(self, value: float) -> bool:
         return value < self.best if self.mode == "min" else value > self.best
@@ -91,15 +102,16 @@ class BestSaver:
             logger.warning(f"{self.metric_name} is {value}: {self.what} not saved")
             return
         if self._improved(value):
-            self.best = value
+            self.best, self.best_epoch = value, engine.state.epoch
             self.save(network)
             logger.info(f"{self.metric_name} improved to {value:.4f}: {self.what} written to {self.path}")
 
     def state_dict(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "epoch": self.best_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = float(state["best"])
+        self.best_epoch = int(state.get("epoch", -1))  # older checkpoints hold the value only
 
 
 class BackboneSaver(BestSaver):

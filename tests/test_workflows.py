@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from ignite.engine import Engine, Events
 
 from pix2rep_bundle.checkpoints import AtomicCheckpointSaver, BackboneSaver
 from pix2rep_bundle.networks import Pix2RepNet, read_backbone
@@ -65,6 +66,28 @@ def test_backbone_saver_keeps_the_lowest_validation_loss(tmp_path):
     assert restored.best == math.inf
     restored.load_state_dict(saver.state_dict())
     assert restored.best == 1.0
+
+
+def test_a_resumed_evaluator_logs_the_best_of_the_whole_run(tmp_path):
+    """The saver's best value and epoch survive a checkpoint and become the evaluator's, which MONAI logs."""
+    net = Pix2RepNet((4, 4, 8, 8, 16, 4), projection_hidden=4, projection_dim=4)
+    saver = BackboneSaver(net, str(tmp_path / "backbone.pt"), metric_name="val_loss")
+    saver(_engine(epoch=3, metrics={"val_loss": 1.5}))
+    saver(_engine(epoch=4, metrics={"val_loss": 1.7}))
+    restored = BackboneSaver(net, str(tmp_path / "backbone.pt"), metric_name="val_loss")
+    restored.load_state_dict(saver.state_dict())
+    seen = {}
+    for fresh in (False, True):
+        evaluator = Engine(lambda engine, batch: engine.state.metrics.update(val_loss=9.0))
+        (BackboneSaver(net, str(tmp_path / "other.pt"), metric_name="val_loss") if fresh else restored).attach(
+            evaluator
+        )
+        evaluator.add_event_handler(Events.STARTED, lambda e, f=fresh: seen.update({f: vars(e.state).copy()}))
+        evaluator.run([0])
+    assert seen[False]["best_metric"] == 1.5 and seen[False]["best_metric_epoch"] == 3
+    assert "best_metric" not in seen[True]  # nothing saved yet: the evaluator's own state is left alone
+    restored.load_state_dict({"best": 2.0})  # a checkpoint written before the epoch was kept
+    assert restored.best == 2.0 and restored.best_epoch == -1
 
 
 def test_choose_names_the_valid_options():
