@@ -55,7 +55,9 @@ class BestSaver:
 
     With ``metric_name`` it is attached to the evaluator and saves when the metric improves: lower with
     ``mode="min"`` (e.g. a validation loss), higher with ``mode="max"`` (e.g. a validation Dice). Without,
-    it saves whenever it is called (attached to the trainer's ``COMPLETED``). Its best value and epoch are part of
+    it saves whenever it is called (attached to the trainer's ``COMPLETED``). :meth:`is_better` is the one place that
+    says which way is better: pass it as the evaluator's ``metric_cmp_fn`` so that MONAI's key-metric log agrees with
+    what is saved. Its best value and epoch are part of
     a resumable checkpoint (``state_dict``), and at every evaluator run they become the evaluator's ``best_metric``
     and ``best_metric_epoch``, so that a resumed run logs the best of the whole run, not of its part since the
     restart. Subclasses choose what is written (:meth:`save`).
@@ -88,8 +90,9 @@ class BestSaver:
             engine.state.best_metric = self.best
             engine.state.best_metric_epoch = self.best_epoch
 
-    def _improved(self, value: float) -> bool:
-        return value < self.best if self.mode == "min" else value > self.best
+    def is_better(self, current: float, best: float) -> bool:
+        """Whether ``current`` improves on ``best`` (the signature of MONAI's ``metric_cmp_fn``)."""
+        return current < best if self.mode == "min" else current > best
 
     def __call__(self, engine: Engine) -> None:
         network = self.network.module if hasattr(self.network, "module") else self.network
@@ -101,7 +104,7 @@ class BestSaver:
         if not math.isfinite(value):
             logger.warning(f"{self.metric_name} is {value}: {self.what} not saved")
             return
-        if self._improved(value):
+        if self.is_better(value, self.best):
             self.best, self.best_epoch = value, engine.state.epoch
             self.save(network)
             logger.info(f"{self.metric_name} improved to {value:.4f}: {self.what} written to {self.path}")

@@ -109,8 +109,10 @@ def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path)
 
 def test_the_validation_loss_is_best_when_lowest(tiny):
     """MONAI's evaluator takes a higher key metric as better by default; for the Pix2Rep loss it is lower."""
-    evaluator = parser(tiny).get_parsed_content("validate#evaluator")
+    config = parser(tiny)
+    evaluator = config.get_parsed_content("validate#evaluator")
     assert evaluator.metric_cmp_fn(6.5, 7.0) and not evaluator.metric_cmp_fn(7.0, 6.5)
+    assert evaluator.metric_cmp_fn == config.get_parsed_content("validate#backbone_saver").is_better  # one rule
 
 
 def test_validation_views_are_the_same_at_every_evaluation(tiny):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from helpers import find_in_chain
-from monai.bundle import ConfigWorkflow, run
+from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
 from pix2rep_bundle.errors import CheckpointError, DataError
@@ -101,8 +101,6 @@ def test_unknown_mode_and_bad_checkpoints_give_clear_errors(tmp_path, backbone):
 
 @pytest.mark.parametrize("augmentation", ["strong", "standard"])
 def test_augmentation_moves_image_and_labels_together(augmentation):
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(TRAIN)
     parser["augmentation"] = augmentation
@@ -201,9 +199,17 @@ def test_early_stopping_stops_when_the_validation_dice_stalls(tiny, tmp_path):
     assert (tmp_path / "model.pt").is_file()
 
 
-def test_labelled_training_data_never_holds_validation_or_test_subjects(tiny):
-    from monai.bundle import ConfigParser
+def test_the_logged_best_dice_is_the_saved_models(tiny):
+    """The evaluator compares its key metric with the model saver's rule (higher Dice is better)."""
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update(tiny)
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    assert evaluator.metric_cmp_fn(0.7, 0.6) and not evaluator.metric_cmp_fn(0.6, 0.7)
+    assert evaluator.metric_cmp_fn == parser.get_parsed_content("validate#model_saver").is_better
 
+
+def test_labelled_training_data_never_holds_validation_or_test_subjects(tiny):
     from pix2rep_bundle.data.datasets import load_datalist
 
     parser = ConfigParser()
