@@ -29,6 +29,14 @@ def unet(features=FEATURES) -> BasicUNet:
     return BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=tuple(features))
 
 
+def train_parser(overrides: dict) -> ConfigParser:
+    """``configs/train.yaml`` with ``overrides``, as the command line would set them."""
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update(overrides)
+    return parser
+
+
 def body_state(state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith("final_conv")}
 
@@ -101,9 +109,7 @@ def test_unknown_mode_and_bad_checkpoints_give_clear_errors(tmp_path, backbone):
 
 @pytest.mark.parametrize("augmentation", ["strong", "standard"])
 def test_augmentation_moves_image_and_labels_together(augmentation):
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser["augmentation"] = augmentation
+    parser = train_parser({"augmentation": augmentation})
     augment = parser.get_parsed_content("train#preprocessing")
     image = torch.zeros(1, 64, 64)
     image[:, 20:36, 28:44] = 1.0  # a bright structure, labelled LV (3), off the centre
@@ -201,9 +207,7 @@ def test_early_stopping_stops_when_the_validation_dice_stalls(tiny, tmp_path):
 
 def test_the_logged_best_dice_is_the_saved_models(tiny):
     """The evaluator compares its key metric with the model saver's rule (higher Dice is better)."""
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update(tiny)
+    parser = train_parser(tiny)
     evaluator = parser.get_parsed_content("validate#evaluator")
     assert evaluator.metric_cmp_fn(0.7, 0.6) and not evaluator.metric_cmp_fn(0.6, 0.7)
     assert evaluator.metric_cmp_fn == parser.get_parsed_content("validate#model_saver").is_better
@@ -212,9 +216,7 @@ def test_the_logged_best_dice_is_the_saved_models(tiny):
 def test_labelled_training_data_never_holds_validation_or_test_subjects(tiny):
     from pix2rep_bundle.data.datasets import load_datalist
 
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update({**tiny, "num_labeled_subjects": 2, "label_seed": 3})
+    parser = train_parser({**tiny, "num_labeled_subjects": 2, "label_seed": 3})
     train = parser.get_parsed_content("train#dataset#data")
     validation = parser.get_parsed_content("validate#dataset#data")
     datalist = parser.get_parsed_content("datalist")
