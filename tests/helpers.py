@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+from monai.bundle import ConfigParser
+
 
 def find_in_chain(exc: BaseException | None, kind: type, pattern: str) -> bool:
     """Whether an exception of ``kind`` matching ``pattern`` is in the chain (MONAI wraps expression errors)."""
@@ -17,6 +19,17 @@ def find_in_chain(exc: BaseException | None, kind: type, pattern: str) -> bool:
 
 
 TINY_FEATURES = [4, 4, 8, 8, 16, 8]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def parsed_config(config: str | Path | list, overrides: dict | None = None) -> ConfigParser:
+    """A ``ConfigParser`` of ``config`` (a name in ``configs/``, a path, or a list merged in order) with ``overrides``
+    set as the command line would set them."""
+    files = config if isinstance(config, list) else [config]
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])  # an absolute path replaces the configs/ folder
+    parser.update(overrides or {})
+    return parser
 
 
 def tiny_settings(root) -> dict:

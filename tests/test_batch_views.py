@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_settings
-from monai.bundle import ConfigParser
+from helpers import parsed_config, tiny_settings
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import AdjustContrast, Affine, Flip, GaussianSmooth, RandBiasField
 from monai.utils import set_determinism
@@ -222,9 +221,8 @@ def test_a_few_training_steps_give_the_same_losses_on_both_paths():
 
 def test_the_pretraining_config_trains_on_the_fast_path(tmp_path):
     """augment_on_device: the loader serves plain slices, the trainer augments them; a few iterations run."""
-    config = ConfigParser()
-    config.read_config(str(REPO / "configs" / "pretrain.yaml"))
-    config.update(
+    config = parsed_config(
+        "pretrain.yaml",
         tiny_settings(tmp_path)
         | {
             "num_workers": 0,
@@ -232,7 +230,7 @@ def test_the_pretraining_config_trains_on_the_fast_path(tmp_path):
             "epochs": 1,
             "train#trainer#epoch_length": 3,
             "validate#evaluator#epoch_length": 1,
-        }
+        },
     )
     batch = next(iter(config.get_parsed_content("train#dataloader")))
     assert "view_1" not in batch and tuple(batch["image"].shape) == (4, 1, 48, 48)

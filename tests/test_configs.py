@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser
+from helpers import parsed_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -32,8 +32,7 @@ def test_each_config_starts_with_the_common_block_verbatim(name):
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_each_config_parses_and_imports_one_name_per_line(name):
-    config = ConfigParser()
-    config.read_config(str(CONFIGS / name))
+    config = parsed_config(name)
     for line in config["imports"]:
         # MONAI 1.6.1 binds only the first name of `$from x import a, b`
         assert "," not in line, f"configs/{name}: one import per line, got {line!r}"
@@ -43,8 +42,7 @@ def test_each_config_parses_and_imports_one_name_per_line(name):
 
 
 def test_model_zoo_properties_of_the_training_config():
-    config = ConfigParser()
-    config.read_config(str(CONFIGS / "train.yaml"))
+    config = parsed_config("train.yaml")
     for key in [
         "bundle_root",
         "device",
@@ -128,7 +126,6 @@ def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind
 
 
 def test_monai_label_keys_of_the_inference_config():
-    config = ConfigParser()
-    config.read_config(str(CONFIGS / "inference.yaml"))
+    config = parsed_config("inference.yaml")
     for key in ["bundle_root", "device", "network_def", "preprocessing", "inferer", "postprocessing"]:
         assert key in config, key

@@ -14,8 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, tiny_settings
-from monai.bundle import ConfigParser
+from helpers import find_in_chain, parsed_config, tiny_settings
 from test_acdc import write_dataset
 from torch import nn
 
@@ -116,9 +115,7 @@ def test_figure_scripts_never_replace_an_existing_file_unasked(tmp_path, args):
 def test_a_config_prepared_dir_pointing_at_a_users_folder_is_refused(tmp_path):
     mine = user_folder(tmp_path / "mine")
     before = snapshot(mine)
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "pretrain.yaml"))
-    parser.update(tiny_settings(tmp_path) | {"prepared_dir": str(mine)})
+    parser = parsed_config("pretrain.yaml", tiny_settings(tmp_path) | {"prepared_dir": str(mine)})
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("datalist")
     assert find_in_chain(info.value, DataError, "mine.*not made by the bundle")
@@ -238,9 +235,7 @@ def test_a_batch_larger_than_the_data_stops_before_writing(tmp_path):
     [({"label_seed": -1}, "--label_seed must be a whole number >= 0"), ({"profile": "gpu"}, "unknown profile 'gpu'")],
 )
 def test_malformed_settings_are_named(tmp_path, setting, message):
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "train.yaml"))
-    parser.update(tiny_settings(tmp_path) | {"mode": "scratch"} | setting)
+    parser = parsed_config("train.yaml", tiny_settings(tmp_path) | {"mode": "scratch"} | setting)
     with pytest.raises(Exception) as info:
         parser.get_parsed_content("initialize")
     assert find_in_chain(info.value, ValueError, message)
@@ -296,10 +291,9 @@ class LabelFromIntensity(nn.Module):
 
 
 def infer(overrides: dict) -> None:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.yaml"))
-    parser.update(
-        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "ckpt_path": "unused"} | overrides
+    parser = parsed_config(
+        "inference.yaml",
+        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "ckpt_path": "unused"} | overrides,
     )
     parser["network"] = LabelFromIntensity()
     parser.parse()

@@ -10,9 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_FEATURES, tiny_settings
+from helpers import TINY_FEATURES, parsed_config, tiny_settings
 from ignite.engine import Events
-from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 from monai.utils import set_determinism
 from torch import nn
@@ -25,13 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     return tiny_settings(tmp_path_factory.mktemp("bundle")) | {"num_workers": 0}
-
-
-def parsed(config: str | list[str], overrides: dict) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(REPO / "configs" / c) for c in ([config] if isinstance(config, str) else config)])
-    parser.update(overrides)
-    return parser
 
 
 class DtypeRecorder:
@@ -55,7 +47,7 @@ def record_losses(trainer) -> list[torch.Tensor]:
 @pytest.mark.parametrize("amp", ["true", "false"])
 @pytest.mark.parametrize("augment_on_device", ["true", "false"])
 def test_pretraining_engines_compute_in_bf16_with_amp(tiny, amp, augment_on_device):
-    parser = parsed(
+    parser = parsed_config(
         "pretrain.yaml",
         tiny
         | {
@@ -87,7 +79,7 @@ def test_segmentation_engines_compute_in_bf16_with_amp(tiny, amp, mean_teacher):
         "amp": amp,
         "output_dir": str(Path(tiny["bundle_root"]) / f"seg_{amp}"),
     }
-    parser = parsed(["train.yaml", "mean_teacher.yaml"] if mean_teacher == "true" else "train.yaml", overrides)
+    parser = parsed_config(["train.yaml", "mean_teacher.yaml"] if mean_teacher == "true" else "train.yaml", overrides)
     trainer = parser.get_parsed_content("train#trainer")
     student = DtypeRecorder(parser.get_parsed_content("network"))
     evaluated = parser.get_parsed_content("validate#evaluator").network
@@ -111,7 +103,7 @@ def test_inference_engine_computes_in_bf16_with_amp(tmp_path, amp):
     torch.manual_seed(0)
     network = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=TINY_FEATURES)
     torch.save(network.state_dict(), tmp_path / "model.pt")
-    parser = parsed(
+    parser = parsed_config(
         "inference.yaml",
         {
             "profile": "compact",
@@ -137,7 +129,7 @@ def test_pretraining_trainer_bf16_losses_agree_with_float32(tiny):
     losses = {}
     for amp in ("false", "true"):
         set_determinism(seed=0)
-        parser = parsed(
+        parser = parsed_config(
             "pretrain.yaml",
             tiny
             | {

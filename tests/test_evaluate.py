@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain
-from monai.bundle import ConfigParser, run
+from helpers import find_in_chain, parsed_config
+from monai.bundle import run
 from monai.networks.nets import BasicUNet
 from torch import nn
 
@@ -90,9 +90,9 @@ def test_hd95_is_in_millimetres():
 
 def evaluator_of_the_config(tmp_path: Path, entries: list[dict], network: nn.Module, **overrides):
     """configs/evaluate.yaml's evaluator on ``entries`` with ``network`` in place of the checkpoint's."""
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "evaluate.yaml"))
-    parser.update({"bundle_root": str(tmp_path), "dataset#data": entries, "network": network, **overrides})
+    parser = parsed_config(
+        "evaluate.yaml", {"bundle_root": str(tmp_path), "dataset#data": entries, "network": network, **overrides}
+    )
     return parser.get_parsed_content("evaluator")
 
 

@@ -13,8 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain
-from monai.bundle import ConfigParser
+from helpers import find_in_chain, parsed_config
 from monai.networks.nets import BasicUNet
 from torch import nn
 
@@ -72,10 +71,9 @@ def write(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
 
 def infer(overrides: dict, network: nn.Module | None = None) -> None:
     """Run configs/inference.yaml in process (``initialize`` then ``run``), optionally with a given network."""
-    parser = ConfigParser()
-    parser.read_config(INFERENCE)
-    parser.update(
-        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": FEATURES} | overrides
+    parser = parsed_config(
+        "inference.yaml",
+        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": FEATURES} | overrides,
     )
     if network is not None:
         parser["network"] = network

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_FEATURES, find_in_chain, tiny_settings
+from helpers import TINY_FEATURES, find_in_chain, parsed_config, tiny_settings
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser, ConfigWorkflow, run
+from monai.bundle import ConfigWorkflow, run
 from monai.data import list_data_collate
 from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
@@ -235,16 +235,15 @@ def test_train_yaml_alone_builds_nothing_of_it(tiny, tmp_path):
         {"image": str(p), "label": str(p).replace(".nii.gz", "_gt.nii.gz")}
         for p in sorted((tmp_path / "raw").glob("patient*/patient*_frame??.nii.gz"))
     ]
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update(
+    parser = parsed_config(
+        "train.yaml",
         {
             **tiny,
             "mode": "scratch",
             "bundle_root": str(tmp_path / "bundle"),
             "train#dataset#data": raw[:2],
             "validate#dataset#data": raw[2:],
-        }
+        },
     )
     assert type(parser.get_parsed_content("train#trainer")) is AutocastTrainer
     assert not {"teacher", "unlabeled", "ema_decay", "consistency_weight", "mean_teacher_terms"} & set(parser.config)
@@ -307,8 +306,8 @@ def test_mean_teacher_refuses_the_linear_probe_and_several_processes(tiny, tmp_p
     assert not (tmp_path / "out").exists(), "refused before any work"
     with pytest.raises(ValueError, match="multi_gpu_train.yaml"):
         check_mean_teacher("finetune", True, distributed=True)
-    multi = ConfigParser()  # the three merged: multi_gpu_train.yaml's initialize runs the variant's checks
-    multi.read_config([TRAIN, str(REPO / "configs" / "multi_gpu_train.yaml"), MEAN_TEACHER[1]])
+    # the three merged: multi_gpu_train.yaml's initialize runs the variant's checks
+    multi = parsed_config(["train.yaml", "multi_gpu_train.yaml", "mean_teacher.yaml"])
     assert "$@variant_checks" in multi["initialize"]
     assert any("check_mean_teacher" in check for check in multi["variant_checks"])
     assert check_mean_teacher("linear_probe", "false") is False

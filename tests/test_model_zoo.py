@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from helpers import parsed_config
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_NAME = "pix2rep_cardiac_mri_segmentation"
@@ -84,9 +84,7 @@ def test_shipped_weights_are_small_and_load_into_the_default_networks(archived):
     model, backbone = archived / "models" / "model.pt", archived / "models" / "pretrain" / "pix2rep_backbone.pt"
     for path in (model, backbone):
         assert path.stat().st_size < MAX_WEIGHTS_MB * 2**20, f"{path.name}: over {MAX_WEIGHTS_MB} MB"
-    parser = ConfigParser()
-    parser.read_config(str(archived / "configs" / "inference.yaml"))
-    parser.update({"bundle_root": str(archived)})
+    parser = parsed_config(archived / "configs" / "inference.yaml", {"bundle_root": str(archived)})
     network = load_segmentation_weights(parser.get_parsed_content("network_def"), str(model), map_location="cpu")
     assert network(torch.rand(1, 1, 128, 128)).shape == (1, 4, 128, 128)
     assert read_backbone(backbone)["features"] == list(parser.get_parsed_content("features"))
@@ -97,8 +95,7 @@ def test_monai_bundle_load_gives_the_network_with_the_shipped_weights(archived):
     take a JSON twin first), so the network definition is passed in: the documented equivalent (docs/README.md)."""
     from monai.bundle import load
 
-    parser = ConfigParser()
-    parser.read_config(str(archived / "configs" / "inference.yaml"))
+    parser = parsed_config(archived / "configs" / "inference.yaml")
     network = load(
         BUNDLE_NAME, bundle_dir=str(archived.parent), model=parser.get_parsed_content("network_def"), device="cpu"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_FEATURES, tiny_settings
+from helpers import TINY_FEATURES, parsed_config, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
@@ -28,10 +28,7 @@ def tiny(tmp_path_factory) -> dict:
 
 
 def parser(overrides: dict) -> ConfigParser:
-    config = ConfigParser()
-    config.read_config(PRETRAIN)
-    config.update(overrides)
-    return config
+    return parsed_config("pretrain.yaml", overrides)
 
 
 def run_pretrain(overrides: dict) -> subprocess.CompletedProcess:

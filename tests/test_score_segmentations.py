@@ -9,8 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import load_script, tiny_settings
-from monai.bundle import ConfigParser
+from helpers import load_script, parsed_config, tiny_settings
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
@@ -19,9 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.yaml"))
-    parser.update(settings)
+    parser = parsed_config("inference.yaml", settings)
     entries = parser.get_parsed_content("input_entries")
     return entries, output_paths(entries, parser.get_parsed_content("output_dir"), "seg")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, tiny_settings
+from helpers import find_in_chain, parsed_config, tiny_settings
 from monai.bundle import ConfigParser
 
 from pix2rep_bundle.selection import (
@@ -87,9 +87,7 @@ def test_the_descriptor_reads_only_the_central_pixels_on_request():
 
 
 def test_choice_from_a_datalist_is_deterministic_distinct_and_reads_no_label(tmp_path, backbone, monkeypatch):
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "train.yaml"))
-    parser.update(tiny_settings(tmp_path))
+    parser = parsed_config("train.yaml", tiny_settings(tmp_path))
     datalist = parser.get_parsed_content("datalist")
     pool = {e["subject"] for e in json.loads(Path(datalist).read_text())["labeled"]}
 
@@ -112,16 +110,15 @@ def test_choice_from_a_datalist_is_deterministic_distinct_and_reads_no_label(tmp
 
 def test_train_config_labels_the_representative_subjects_on_request(tmp_path, backbone):
     def subjects(selection: str, centre_fraction: float = 1.0) -> tuple[list[str], ConfigParser]:
-        parser = ConfigParser()
-        parser.read_config(str(REPO / "configs" / "train.yaml"))
-        parser.update(
+        parser = parsed_config(
+            "train.yaml",
             {
                 **tiny_settings(tmp_path),
                 "pretrained_ckpt": str(backbone),
                 "num_labeled_subjects": 2,
                 "label_selection": selection,
                 "selection_centre_fraction": centre_fraction,
-            }
+            },
         )
         return sorted({e["subject"] for e in parser.get_parsed_content("train#dataset#data")}), parser
 

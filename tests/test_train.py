@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import find_in_chain
+from helpers import find_in_chain, parsed_config
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
@@ -31,10 +31,7 @@ def unet(features=FEATURES) -> BasicUNet:
 
 def train_parser(overrides: dict) -> ConfigParser:
     """``configs/train.yaml`` with ``overrides``, as the command line would set them."""
-    parser = ConfigParser()
-    parser.read_config(TRAIN)
-    parser.update(overrides)
-    return parser
+    return parsed_config("train.yaml", overrides)
 
 
 def body_state(state: dict) -> dict:
