@@ -19,7 +19,8 @@ def find_in_chain(exc: BaseException | None, kind: type, pattern: str) -> bool:
 
 
 TINY_FEATURES = [4, 4, 8, 8, 16, 8]
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
 
 
 def parsed_config(config: str | Path | list, overrides: dict | None = None) -> ConfigParser:
@@ -49,7 +50,7 @@ def tiny_settings(root) -> dict:
 
 def acdc_dir() -> Path:
     """Real ACDC training data: ``PIX2REP_ACDC_DIR``, else ``shared/data/ACDC/training`` beside the project."""
-    default = Path(__file__).resolve().parents[2] / "shared/data/ACDC/training"
+    default = REPO.parent / "shared/data/ACDC/training"
     return Path(os.environ.get("PIX2REP_ACDC_DIR", default))
 
 
@@ -57,7 +58,7 @@ def load_script(name: str):
     """The module of ``scripts/<name>.py`` (scripts are not a package), imported afresh."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    path = REPO / "scripts" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import acdc_dir
+from helpers import REPO, acdc_dir
 
 from pix2rep_bundle.data.acdc import SubjectRecord, ensure_prepared, prepare_dataset, scan_acdc
 from pix2rep_bundle.data.phantom import write_phantom
@@ -19,7 +19,6 @@ from pix2rep_bundle.data.preprocessing import in_plane_pixdim, volume_preprocess
 from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 GROUPS = ("DCM", "HCM", "MINF", "NOR", "RV")
 SPACING, SIZE = (1.5, 1.5), (32, 32)
 ZOOMS = (1.25, 1.25, 8.0)  # 40 x 36 voxels -> 33 x 30 at 1.5 mm: cropped in x, padded in y

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain
+from helpers import CONFIGS, REPO, find_in_chain
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 from test_acdc import _nifti, _save, _truncate, write_dataset
@@ -25,8 +25,6 @@ from pix2rep_bundle.data.acdc import prepare_dataset
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.outputs import MARKER
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 FEATURES = [4, 4, 8, 8, 16, 8]
 SUBJECT = "patient002"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +31,6 @@ from pix2rep_bundle.transforms import paired_views
 from pix2rep_bundle.view_settings import ViewSettings
 from pix2rep_bundle.workflows import PrepareViewPairs, StackedViewsLoss
 
-REPO = Path(__file__).resolve().parents[1]
 H, W = 40, 48
 NO_INTENSITY = dict(invert_prob=0, gamma_prob=0, bias_field_prob=0, blur_prob=0, noise_prob=0)
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_script
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, load_script
 
 
 def test_benchmark_smoke(tmp_path, capsys):

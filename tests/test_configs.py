@@ -5,13 +5,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import parsed_config
+from helpers import CONFIGS, REPO, parsed_config
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 RUNNABLE = ["pretrain.yaml", "train.yaml", "evaluate.yaml", "inference.yaml"]
 
 

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, parsed_config, tiny_settings
+from helpers import REPO, find_in_chain, parsed_config, tiny_settings
 from test_acdc import write_dataset
 from torch import nn
 
@@ -25,7 +25,6 @@ from pix2rep_bundle.inference import output_paths
 from pix2rep_bundle.outputs import MARKER, claim_output_dir, folder_kind
 from pix2rep_bundle.run_guard import LOCK_NAME, RunLock, differing_settings, start_run
 
-REPO = Path(__file__).resolve().parents[1]
 SPACING, SIZE = (1.5, 1.5), (32, 32)
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_settings
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, tiny_settings
 
 # a test-only layer over the two configs: one output folder per rank, and each rank's final weights
 PER_RANK = """

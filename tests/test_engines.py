@@ -18,8 +18,6 @@ from torch import nn
 
 from pix2rep_bundle.engines import AutocastEvaluator, AutocastTrainer, as_float32, autocast_context
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:

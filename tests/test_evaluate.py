@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, parsed_config
+from helpers import REPO, find_in_chain, parsed_config
 from monai.bundle import run
 from monai.networks.nets import BasicUNet
 from torch import nn
@@ -21,7 +21,6 @@ from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.evaluation import metric_columns, volume_metrics, write_report
 from pix2rep_bundle.postprocessing import LargestComponentsd, keep_largest_components
 
-REPO = Path(__file__).resolve().parents[1]
 FEATURES = [4, 4, 8, 8, 16, 8]
 
 

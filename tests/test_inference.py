@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, parsed_config
+from helpers import REPO, find_in_chain, parsed_config
 from monai.networks.nets import BasicUNet
 from torch import nn
 
@@ -21,7 +21,6 @@ from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import inference_data, split_volumes, volumes_in_folder
 from pix2rep_bundle.outputs import MARKER
 
-REPO = Path(__file__).resolve().parents[1]
 INFERENCE = str(REPO / "configs" / "inference.yaml")
 FEATURES = [4, 4, 8, 8, 16, 8]
 

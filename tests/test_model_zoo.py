@@ -21,9 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import parsed_config
+from helpers import REPO, parsed_config
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLE_NAME = "pix2rep_cardiac_mri_segmentation"
 MAX_WEIGHTS_MB = 25
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 ML_PYTHON = os.environ.get("PIX2REP_MONAILABEL_PYTHON")
 pytestmark = pytest.mark.skipif(
     not ML_PYTHON,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_FEATURES, parsed_config, tiny_settings
+from helpers import REPO, TINY_FEATURES, parsed_config, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
@@ -16,7 +16,6 @@ from monai.utils import set_determinism
 
 from pix2rep_bundle.networks import load_pretrained_backbone, read_backbone
 
-REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
 FEATURES = TINY_FEATURES
 

@@ -9,7 +9,7 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
-from helpers import acdc_dir
+from helpers import REPO, acdc_dir
 
 from pix2rep_bundle.data import published_splits as ps
 from pix2rep_bundle.data.acdc import SubjectRecord, _datalist, _parameters, prepare_dataset
@@ -17,7 +17,6 @@ from pix2rep_bundle.data.datasets import labeled_entries, validation_entries
 from pix2rep_bundle.data.splits import subject_splits
 from pix2rep_bundle.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 ALL = [f"{n:03d}" for n in range(1, 101)]
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_FEATURES, load_script, tiny_settings
+from helpers import REPO, TINY_FEATURES, load_script, tiny_settings
 
 from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.networks import read_backbone
 
-REPO = Path(__file__).resolve().parents[1]
 # the tiny network and images of the other tests, with the few settings of the reproduction's own configs
 TINY = {k: v for k, v in tiny_settings(".").items() if k not in ("bundle_root", "phantom_subjects")} | {
     "num_workers": 0,

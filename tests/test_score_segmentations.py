@@ -14,8 +14,6 @@ from helpers import load_script, parsed_config, tiny_settings
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
     parser = parsed_config("inference.yaml", settings)

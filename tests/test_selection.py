@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, parsed_config, tiny_settings
+from helpers import find_in_chain, load_script, parsed_config, tiny_settings
 from monai.bundle import ConfigParser
 
 from pix2rep_bundle.selection import (
@@ -20,8 +20,6 @@ from pix2rep_bundle.selection import (
     kmeans,
     subject_pixels,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def euclidean(points: np.ndarray) -> np.ndarray:
@@ -156,7 +154,6 @@ def test_the_next_study_for_monai_label_completes_the_labelled_ones(tmp_path):
 
 
 def test_selection_figure_marks_the_chosen_subjects_on_the_pool(tmp_path, backbone):
-    from helpers import load_script
 
     figure = tmp_path / "pool.png"
     chosen = load_script("show_selection").main(
@@ -167,7 +164,6 @@ def test_selection_figure_marks_the_chosen_subjects_on_the_pool(tmp_path, backbo
 
 
 def test_classical_mds_recovers_planar_distances():
-    from helpers import load_script
 
     points = np.random.default_rng(0).normal(size=(12, 2))
     xy = load_script("show_selection").classical_mds(euclidean(points))

@@ -6,12 +6,11 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from helpers import find_in_chain, parsed_config
+from helpers import REPO, find_in_chain, load_script, parsed_config
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
@@ -19,7 +18,6 @@ from pix2rep_bundle.errors import CheckpointError, DataError
 from pix2rep_bundle.networks import Pix2RepNet, read_backbone, save_backbone
 from pix2rep_bundle.segmentation import load_segmentation_weights, parameter_groups, prepare_network
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "configs" / "train.yaml")
 FEATURES = [4, 4, 8, 8, 16, 8]
 HEAD = ("final_conv.weight", "final_conv.bias")
@@ -442,7 +440,6 @@ def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny,
 def test_rank_among_random_draws():
     """The representative subjects ranked among random draws: the K = 1 test figures of the docs (0.683 against
     five draws), a pair below the median, and the tie rule (matching a draw counts as reaching it)."""
-    from helpers import load_script
 
     sweep = load_script("fewshot_sweep")
     draws = [0.546, 0.541, 0.492, 0.551, 0.500]
@@ -467,7 +464,6 @@ def test_rank_among_random_draws():
 def test_sweep_report_names_the_subjects_it_scores(tmp_path):
     """A sweep scored on the validation subjects (to choose a setting) says so in its table and plot; a default one
     says test: a choice's evidence is never mistaken for a result on the test subjects."""
-    from helpers import load_script
 
     sweep = load_script("fewshot_sweep")
     row = {"mode": "finetune", "k": 1, "seed": 0, "hd95_mean": 70.0, **{f"dice_{s}": 0.4 for s in sweep.STRUCTURES}}
@@ -482,8 +478,6 @@ def test_fewshot_sweep_compares_the_representative_subjects_with_random_draws(ti
     """--compare_selection true: one more run per K and mode on the representative subjects (the backbone recorded
     even from scratch, since the choice reads it), ranked among the seeds' random draws in results.md."""
     import json
-
-    from helpers import load_script
 
     sweep = load_script("fewshot_sweep")
     common = dict(
