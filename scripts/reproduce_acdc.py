@@ -44,6 +44,7 @@ from pix2rep_bundle.evaluation import score_inference_outputs  # noqa: E402
 from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pix2rep_bundle.outputs import claim_output_dir  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
+from pix2rep_bundle.view_settings import ViewSettings  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SPLIT = "semi_70_10_20"
@@ -75,6 +76,14 @@ def run_config(config: str, run_id: str, overrides: Mapping[str, Any]) -> None:
     run(run_id, config_file=str(CONFIG_DIR / config), **dict(overrides))
 
 
+def typed_view_settings(view_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``view_settings`` with each value as the pretraining reads it (the command line's ``"false"`` is False), in
+    JSON's types, so that recorded and requested settings compare; ValueError naming an unknown setting."""
+    typed = ViewSettings.of(view_settings)
+    values = {name: getattr(typed, name) for name in view_settings}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+
+
 def read_state(path: Path, settings: Mapping[str, Any], overwrite: bool) -> dict[str, Any]:
     """The recorded state of an earlier invocation with the same settings (a fresh one otherwise)."""
     if not path.is_file() or overwrite:
@@ -82,6 +91,7 @@ def read_state(path: Path, settings: Mapping[str, Any], overwrite: bool) -> dict
     state = json.loads(path.read_text())
     # states of earlier versions lack "overrides" and "pretrain_view_settings" (their views were the defaults)
     old = {"overrides": {}, "pretrain_view_settings": {}, **state.get("settings", {})}
+    old["pretrain_view_settings"] = typed_view_settings(old["pretrain_view_settings"])
     differences = [
         f"--{k}: {old.get(k)!r} -> {settings.get(k)!r}"
         for k in sorted(set(old) | set(settings))
@@ -232,13 +242,17 @@ def main(
     out = Path(output_dir).resolve() if output_dir else root / "runs" / "acdc"
     if not Path(dataset_dir).is_dir():
         raise DataError(dataset_dir, "ACDC folder not found")
+    try:
+        views = typed_view_settings(
+            RECIPE["pretrain_view_settings"] if pretrain_view_settings is None else pretrain_view_settings
+        )
+    except ValueError as err:
+        raise ValueError(f"--pretrain_view_settings: {err}") from err
     settings = {
         "dataset_dir": str(dataset_dir),
         "bundle_root": str(bundle_root),
         "pretrain_epochs": int(pretrain_epochs),
-        "pretrain_view_settings": dict(
-            RECIPE["pretrain_view_settings"] if pretrain_view_settings is None else pretrain_view_settings
-        ),
+        "pretrain_view_settings": views,
         "finetune_epochs": int(finetune_epochs),
         "finetune_iterations_per_epoch": int(finetune_iterations_per_epoch),
         "overrides": dict(overrides or {}),

@@ -89,3 +89,17 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
 def test_a_missing_acdc_folder_is_named(tmp_path):
     with pytest.raises(DataError, match="nowhere: ACDC folder not found"):
         load_script("reproduce_acdc").main(dataset_dir=str(tmp_path / "nowhere"), bundle_root=str(tmp_path))
+
+
+def test_view_settings_are_recorded_as_the_pretraining_reads_them(tmp_path):
+    script = load_script("reproduce_acdc")
+    # the command line delivers false inside a dict as the word: recorded as False, so a state compares equal
+    typed = script.typed_view_settings({"zoom_offset": "false", "translate_fraction": 0.15, "scale_range": (0.5, 0.9)})
+    assert typed == {"zoom_offset": False, "translate_fraction": 0.15, "scale_range": [0.5, 0.9]}
+    settings = {"pretrain_epochs": 20, "pretrain_view_settings": {"zoom_offset": False}}
+    state_path = tmp_path / script.STATE_FILE
+    state_path.write_text(json.dumps({"settings": {**settings, "pretrain_view_settings": {"zoom_offset": "false"}}}))
+    assert script.read_state(state_path, {**settings, "overrides": {}}, overwrite=False)["settings"]
+    with pytest.raises(ValueError, match=r"--pretrain_view_settings: unknown view setting\(s\) \['zoom'\]"):
+        script.main(dataset_dir=str(tmp_path), bundle_root=str(tmp_path), pretrain_view_settings={"zoom": 1})
+    assert not (tmp_path / "runs").exists(), "refused before any folder is made"
