@@ -51,7 +51,8 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     assert summary["overall"]["num_volumes"] == 40  # ED and ES of the 20 test subjects
     assert read_backbone(out / "pretrain" / "pix2rep_backbone.pt")["features"] == TINY_FEATURES
     pretrain_info = json.loads((out / "pretrain" / "run_info.json").read_text())["settings"]
-    assert pretrain_info["view_settings"] == script.RECIPE["pretrain_view_settings"] == {"translate_fraction": 0.15}
+    recipe_views = {"zoom_offset": False, "translate_fraction": 0.15}
+    assert pretrain_info["view_settings"] == script.RECIPE["pretrain_view_settings"] == recipe_views
     finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
     assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
     assert not (root / "models").exists(), "nothing is shipped without --ship true"
@@ -70,7 +71,9 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     recorded = json.loads(state_path.read_text())
     earlier = {**recorded, "settings": {k: v for k, v in recorded["settings"].items() if k != "pretrain_view_settings"}}
     state_path.write_text(json.dumps(earlier))  # a state of an earlier version: its pretraining had the default views
-    with pytest.raises(DataError, match=r"--pretrain_view_settings: \{\} -> \{'translate_fraction': 0.15\}"):
+    with pytest.raises(
+        DataError, match=r"--pretrain_view_settings: \{\} -> \{'zoom_offset': False, 'translate_fraction': 0.15\}"
+    ):
         script.main(**settings)
     state_path.write_text(json.dumps(recorded))
 
