@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, find_in_chain, parsed_config, tiny_settings
+from helpers import REPO, acdc_dir, find_in_chain, parsed_config, tiny_settings
 from test_acdc import write_dataset
 from torch import nn
 
@@ -374,7 +374,7 @@ def test_the_output_keeps_the_inputs_header_whatever_pixdim_says(tmp_path):
     assert_same_geometry(tmp_path / "out" / "case_seg.nii.gz", path)
 
 
-ACDC = Path(__file__).resolve().parents[2] / "shared" / "data" / "ACDC" / "training"
+ACDC = acdc_dir()
 
 
 @pytest.mark.skipif(not (ACDC / "patient001").is_dir(), reason="real ACDC data not present")

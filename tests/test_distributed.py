@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, tiny_settings
+from helpers import CONFIGS, REPO, tiny_settings
 
 # a test-only layer over the two configs: one output folder per rank, and each rank's final weights
 PER_RANK = """
@@ -36,9 +36,7 @@ PRETRAIN_FILES = {"checkpoint.pt", "pix2rep_backbone.pt", "run_info.json", "tens
 def test_two_gloo_processes_train_identical_weights_and_only_rank_0_writes(tmp_path, name, run_id, expected, extra):
     layer = tmp_path / "per_rank.yaml"
     layer.write_text(PER_RANK.format(root=tmp_path))
-    configs = str(
-        [str(REPO / "configs" / f"{name}.yaml"), str(REPO / "configs" / f"multi_gpu_{name}.yaml"), str(layer)]
-    )
+    configs = str([str(CONFIGS / f"{name}.yaml"), str(CONFIGS / f"multi_gpu_{name}.yaml"), str(layer)])
     args = [
         sys.executable,
         "-m",

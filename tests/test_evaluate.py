@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, find_in_chain, parsed_config
+from helpers import CONFIGS, find_in_chain, parsed_config
 from monai.bundle import run
 from monai.networks.nets import BasicUNet
 from torch import nn
@@ -222,7 +222,7 @@ def test_evaluate_config_scores_every_test_volume(tmp_path):
     overrides = tiny_overrides(tmp_path)
     run(
         "run",
-        config_file=str(REPO / "configs" / "evaluate.yaml"),
+        config_file=str(CONFIGS / "evaluate.yaml"),
         ckpt_path=str(ckpt),
         output_dir=str(tmp_path / "eval"),
         **overrides,
@@ -243,7 +243,7 @@ def test_evaluate_config_reports_a_missing_or_mismatched_checkpoint(tmp_path):
     with pytest.raises(Exception) as missing:
         run(
             "run",
-            config_file=str(REPO / "configs" / "evaluate.yaml"),
+            config_file=str(CONFIGS / "evaluate.yaml"),
             ckpt_path=str(tmp_path / "none.pt"),
             output_dir=str(tmp_path / "eval"),
             **overrides,
@@ -256,7 +256,7 @@ def test_evaluate_config_reports_a_missing_or_mismatched_checkpoint(tmp_path):
     with pytest.raises(Exception) as mismatch:
         run(
             "run",
-            config_file=str(REPO / "configs" / "evaluate.yaml"),
+            config_file=str(CONFIGS / "evaluate.yaml"),
             ckpt_path=str(other),
             output_dir=str(tmp_path / "eval"),
             **overrides,

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, find_in_chain, parsed_config
+from helpers import CONFIGS, REPO, find_in_chain, parsed_config
 from monai.networks.nets import BasicUNet
 from torch import nn
 
@@ -21,7 +21,7 @@ from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import inference_data, split_volumes, volumes_in_folder
 from pix2rep_bundle.outputs import MARKER
 
-INFERENCE = str(REPO / "configs" / "inference.yaml")
+INFERENCE = str(CONFIGS / "inference.yaml")
 FEATURES = [4, 4, 8, 8, 16, 8]
 
 
@@ -255,7 +255,7 @@ def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
     assert "infer: 1 volume(s)" in done.stdout + done.stderr
     assert nib.load(str(tmp_path / "seg" / "in_seg.nii.gz")).shape == (40, 36, 2)
 
-    meta = ["--meta_file", str(REPO / "configs" / "metadata.json"), "--config_file", INFERENCE]
+    meta = ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", INFERENCE]
     done = subprocess.run(
         [*cli, "verify_net_in_out", "network_def", *meta, *common], capture_output=True, text=True, cwd=REPO
     )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO, TINY_FEATURES, find_in_chain, parsed_config, tiny_settings
+from helpers import CONFIGS, TINY_FEATURES, find_in_chain, parsed_config, tiny_settings
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow, run
 from monai.data import list_data_collate
@@ -33,8 +33,8 @@ from pix2rep_bundle.mean_teacher import (
 from pix2rep_bundle.segmentation import load_segmentation_weights
 from pix2rep_bundle.transforms import paired_views
 
-TRAIN = str(REPO / "configs" / "train.yaml")
-MEAN_TEACHER = [TRAIN, str(REPO / "configs" / "mean_teacher.yaml")]  # the override merged over train.yaml
+TRAIN = str(CONFIGS / "train.yaml")
+MEAN_TEACHER = [TRAIN, str(CONFIGS / "mean_teacher.yaml")]  # the override merged over train.yaml
 
 
 def unet() -> BasicUNet:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import load_script
 
 from pix2rep_bundle.data import phantom
 from pix2rep_bundle.data.phantom import writing  # noqa: F401  (phantom.writing below)
@@ -29,12 +28,7 @@ from pix2rep_bundle.data.phantom import (
 )
 from pix2rep_bundle.errors import DataError
 
-_spec = importlib.util.spec_from_file_location(
-    "phantom_preview", Path(__file__).resolve().parents[1] / "scripts" / "phantom_preview.py"
-)
-_preview = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_preview)
-draw_preview = _preview.draw_preview  # the preview figure lives in scripts/
+draw_preview = load_script("phantom_preview").draw_preview  # the preview figure lives in scripts/
 
 RV, MYO, LV = LABELS["RV"], LABELS["MYO"], LABELS["LV"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TINY_FEATURES, parsed_config, tiny_settings
+from helpers import CONFIGS, REPO, TINY_FEATURES, parsed_config, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
@@ -16,7 +16,7 @@ from monai.utils import set_determinism
 
 from pix2rep_bundle.networks import load_pretrained_backbone, read_backbone
 
-PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
+PRETRAIN = str(CONFIGS / "pretrain.yaml")
 FEATURES = TINY_FEATURES
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, TINY_FEATURES, tiny_settings
+from helpers import CONFIGS, REPO, TINY_FEATURES, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from pix2rep_bundle.run_state import INTERRUPTED_EXIT_CODE, RNGState
 
-PRETRAIN = str(REPO / "configs" / "pretrain.yaml")
-TRAIN = str(REPO / "configs" / "train.yaml")
+PRETRAIN = str(CONFIGS / "pretrain.yaml")
+TRAIN = str(CONFIGS / "train.yaml")
 FEATURES = TINY_FEATURES
 
 

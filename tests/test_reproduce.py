@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, TINY_FEATURES, load_script, tiny_settings
+from helpers import CONFIGS, TINY_FEATURES, load_script, tiny_settings
 
 from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
@@ -31,7 +31,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     script = load_script("reproduce_acdc")
     root = tmp_path / "bundle"
     (root / "configs").mkdir(parents=True)
-    shutil.copy(REPO / "configs" / "metadata.json", root / "configs" / "metadata.json")
+    shutil.copy(CONFIGS / "metadata.json", root / "configs" / "metadata.json")
     settings = dict(
         dataset_dir=str(phantom_100),
         bundle_root=str(root),

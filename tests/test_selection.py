@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import find_in_chain, load_script, parsed_config, tiny_settings
+from helpers import REPO, find_in_chain, load_script, parsed_config, tiny_settings
 from monai.bundle import ConfigParser
 
 from pix2rep_bundle.selection import (
@@ -141,16 +141,15 @@ def test_the_next_study_for_monai_label_completes_the_labelled_ones(tmp_path):
     from pix2rep_bundle.data.phantom import write_phantom
     from pix2rep_bundle.selection import propose_next_study
 
-    repo = Path(__file__).resolve().parents[1]
     write_phantom(tmp_path / "phantom", num_subjects=3, seed=5)
     studies = {p.name[: -len(".nii.gz")]: str(p) for p in sorted((tmp_path / "phantom").glob("*/*_frame??.nii.gz"))}
     assert len(studies) == 6
-    first = propose_next_study(repo, studies, {})
-    assert first in studies and propose_next_study(repo, studies, {}) == first
+    first = propose_next_study(REPO, studies, {})
+    assert first in studies and propose_next_study(REPO, studies, {}) == first
     rest = {k: v for k, v in studies.items() if k != first}
-    second = propose_next_study(repo, rest, {first: studies[first]})
+    second = propose_next_study(REPO, rest, {first: studies[first]})
     assert second in rest
-    assert propose_next_study(repo, {}, studies) is None
+    assert propose_next_study(REPO, {}, studies) is None
 
 
 def test_selection_figure_marks_the_chosen_subjects_on_the_pool(tmp_path, backbone):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import REPO, find_in_chain, load_script, parsed_config
+from helpers import CONFIGS, REPO, find_in_chain, load_script, parsed_config
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
@@ -18,7 +18,7 @@ from pix2rep_bundle.errors import CheckpointError, DataError
 from pix2rep_bundle.networks import Pix2RepNet, read_backbone, save_backbone
 from pix2rep_bundle.segmentation import load_segmentation_weights, parameter_groups, prepare_network
 
-TRAIN = str(REPO / "configs" / "train.yaml")
+TRAIN = str(CONFIGS / "train.yaml")
 FEATURES = [4, 4, 8, 8, 16, 8]
 HEAD = ("final_conv.weight", "final_conv.bias")
 
@@ -260,10 +260,10 @@ def test_missing_or_mismatched_pretrained_checkpoint_stops_before_training(tiny,
 
 
 def test_config_starts_with_the_common_block_verbatim():
-    common = (REPO / "configs" / "common.yaml").read_text()
+    common = (CONFIGS / "common.yaml").read_text()
     block = common[common.index("bundle_root:") :]
     for name in ("train.yaml", "evaluate.yaml"):
-        assert block in (REPO / "configs" / name).read_text(), name
+        assert block in (CONFIGS / name).read_text(), name
 
 
 # ---------------------------------------------------------------- the sweep, micro setting
