@@ -74,7 +74,7 @@ def write_subject(
         cine = np.stack([_heart(shape, centre, 5 + t % 3, rng)[0] for t in range(cine_frames)], axis=-1)
         nib.save(_nifti(cine, zooms=(*ZOOMS, 1.0)), folder / f"{subject}_4d.nii.gz")
     (folder / "Info.cfg").write_text(
-        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 170.0\n" f"NbFrame: {max(cine_frames, es)}\nWeight: 70.0\n"
+        f"ED: {ed}\nES: {es}\nGroup: {group}\nHeight: 170.0\nNbFrame: {max(cine_frames, es)}\nWeight: 70.0\n"
     )
     return folder
 

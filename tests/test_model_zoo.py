@@ -124,3 +124,49 @@ def test_inference_straight_after_cloning_segments_the_default_inputs_with_the_s
     summary = json.loads((archived / "eval" / "native" / "summary.json").read_text())["overall"]
     assert summary["num_volumes"] == 4
     assert summary["dice_mean"]["mean"] > 0.5, summary["dice_mean"]
+
+
+ZOO_SCHEMA = REPO.parent / "shared" / "zoo" / "meta_schema_20240725.json"  # the Zoo's own schema, where present
+
+
+def test_one_version_in_the_metadata_the_package_and_its_install():
+    from importlib.metadata import version
+
+    import pix2rep_bundle
+
+    metadata = json.loads((REPO / "configs" / "metadata.json").read_text())
+    assert metadata["version"] == pix2rep_bundle.__version__, "configs/metadata.json and pix2rep_bundle.__version__"
+    assert version("pix2rep-bundle") == pix2rep_bundle.__version__, "reinstall: pip install -e ."
+    assert all("\n" not in entry and len(entry) <= 160 for entry in metadata["changelog"].values())
+
+
+def test_metadata_names_the_weights_licence_and_the_data_they_come_from():
+    metadata = json.loads((REPO / "configs" / "metadata.json").read_text())
+    assert "CC BY-NC-SA 4.0" in metadata["license"] and "Apache-2.0" in metadata["license"]
+    assert "ACDC" in metadata["data_source"] and "semi_70_10_20" in metadata["data_source"]
+    assert all(name.startswith("acdc_test_") for name in metadata["eval_metrics"])
+    assert "test subjects" in metadata["eval_metrics_description"]
+
+
+def test_large_files_lists_every_model_file_over_1mb_with_its_md5():
+    import hashlib
+
+    import yaml
+
+    listed = {entry["path"]: entry for entry in yaml.safe_load((REPO / "large_files.yml").read_text())["large_files"]}
+    large = {
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "models").rglob("*")
+        if path.is_file() and path.stat().st_size > 1024 * 1024
+    }
+    assert large <= set(listed), f"files over 1 MB missing from large_files.yml: {sorted(large - set(listed))}"
+    for path, entry in listed.items():
+        assert entry["hash_type"] == "md5" and set(entry) == {"path", "url", "hash_val", "hash_type"}
+        digest = hashlib.md5((REPO / path).read_bytes()).hexdigest()
+        assert entry["hash_val"] == digest, f"{path}: md5 {digest}, large_files.yml says {entry['hash_val']}"
+
+
+@pytest.mark.skipif(not ZOO_SCHEMA.is_file(), reason="the Zoo's metadata schema is not beside the project")
+def test_metadata_verifies_against_the_zoo_schema(tmp_path):
+    done = monai_bundle(["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(ZOO_SCHEMA)], REPO)
+    assert done.returncode == 0 and "metadata is verified with no error" in done.stdout + done.stderr, done.stderr

@@ -64,7 +64,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
 
     with pytest.raises(
         DataError,
-        match=r"reproduce_state.json: records a reproduction with other settings " r"\(--pretrain_epochs: 1 -> 2\)",
+        match=r"reproduce_state.json: records a reproduction with other settings \(--pretrain_epochs: 1 -> 2\)",
     ):
         script.main(**{**settings, "pretrain_epochs": 2})
     state_path = out / script.STATE_FILE
