@@ -82,7 +82,7 @@ def parameter_groups(network: nn.Module, mode: str, lr_body: float | None, lr_he
         return [{"params": body + head, "lr": lr_head}]
     if lr_body is None:
         raise ValueError("mode 'finetune' needs a learning rate for the body (--lr_body)")
-    return [{"params": body, "lr": lr_body}, {"params": head, "lr": lr_head}]
+    return [{"params": body, "lr": lr_body, "name": "body"}, {"params": head, "lr": lr_head, "name": "head"}]
 
 
 def load_segmentation_weights(
