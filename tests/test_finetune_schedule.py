@@ -69,14 +69,13 @@ def test_the_body_stays_as_pretrained_while_the_head_trains_alone_then_learns(ti
 
 
 def test_a_warmup_outside_finetuning_is_refused_before_any_work(tiny, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=TRAIN,
+        workflow_type="train",
+        run_id="run",
+        **{**tiny, "mode": "scratch", "head_only_epochs": 1, "output_dir": str(tmp_path / "out")},
+    )
     with pytest.raises(Exception) as caught:
-        workflow = ConfigWorkflow(
-            config_file=TRAIN,
-            workflow_type="train",
-            run_id="run",
-            **{**tiny, "mode": "scratch", "head_only_epochs": 1, "output_dir": str(tmp_path / "out")},
-        )
         workflow.initialize()
-        workflow.parser.get_parsed_content("train#trainer")
     assert find_in_chain(caught.value, ValueError, "apply to --mode finetune")
     assert not (tmp_path / "out").exists(), "refused before the run folder is made"
