@@ -109,7 +109,8 @@ def find_segmentations(folder: str | os.PathLike, postfix: str = "seg") -> dict[
     subjects: dict[str, SubjectFiles] = {}
     for path in sorted(folder.rglob(f"*_{postfix}.nii*")):
         stem = next((path.name[: -len(s)] for s in _SEG_SUFFIXES if path.name.endswith(s)), None)
-        if stem is None or not path.is_file() or not stem.endswith(f"_{postfix}"):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # e.g. a temporary file
+        if stem is None or hidden or not path.is_file() or not stem.endswith(f"_{postfix}"):
             continue
         stem = stem[: -len(postfix) - 1]
         match = _FRAME.match(stem)
@@ -152,7 +153,8 @@ def _load(path: Path, ndim: int) -> tuple[np.ndarray, float]:
     except Exception as err:  # nibabel raises many kinds for a bad file
         raise DataError(path, f"cannot read this segmentation ({err})") from err
     if labels.ndim != ndim:
-        raise DataError(path, f"expected a {ndim}D label volume, got shape {labels.shape}")
+        named = "a 4D cine (x, y, z, t), having no _frameYY" if ndim == 4 else "a 3D frame, having _frameYY"
+        raise DataError(path, f"shape {labels.shape}, but the name makes it {named} (<subject>_frameYY_seg.nii.gz)")
     return np.rint(labels).astype(np.int64), voxel_ml
 
 
@@ -321,14 +323,17 @@ def bland_altman_figure(results: Sequence[SubjectIndices], path: str | os.PathLi
         p, t = np.array([r.predicted[key] for r in pairs]), np.array([r.truth[key] for r in pairs])
         stats = agreement(p, t)
         ax.scatter((p + t) / 2, p - t, s=12, color="tab:blue", alpha=0.8)
+        ax.axhline(0.0, color="grey", linestyle=":", linewidth=1)
         for value, style in ((stats["bias"], "-"), (stats["loa_low"], "--"), (stats["loa_high"], "--")):
             ax.axhline(value, color="tab:red", linestyle=style, linewidth=1)
         ax.set_title(
-            f"{title}\nbias {stats['bias']:.1f}, LoA [{stats['loa_low']:.1f}, {stats['loa_high']:.1f}]", fontsize=9
+            f"{title}: r {stats['pearson_r']:.3f}\nbias {stats['bias']:.1f}, "
+            + f"LoA [{stats['loa_low']:.1f}, {stats['loa_high']:.1f}] (n {stats['n']})",
+            fontsize=9,
         )
-        ax.set_xlabel("mean of predicted and truth", fontsize=8)
+        ax.set_xlabel("mean of prediction and ground truth", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0].set_ylabel("predicted - truth", fontsize=8)
+    axes[0].set_ylabel("prediction - ground truth", fontsize=8)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80)

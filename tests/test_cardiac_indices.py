@@ -253,3 +253,12 @@ def test_phantom_ground_truth_as_prediction_agrees_exactly(tmp_path, capsys):
     for row in _read_csv(tmp_path / "indices_agreement.csv"):
         assert (row["n"], float(row["bias"]), float(row["sd"])) == ("3", 0.0, 0.0)
         assert float(row["pearson_r"]) == pytest.approx(1.0)
+
+
+def test_a_3d_file_named_as_a_cine_and_hidden_files(tmp_path):
+    _save(ED_LABELS, tmp_path / "seg" / "subject1_seg.nii.gz")
+    with pytest.raises(DataError, match=r"subject1_seg.nii.gz: shape \(40, 24, 6\), but the name makes it a 4D cine"):
+        compute_indices(tmp_path / "seg")
+    (tmp_path / "seg" / "subject1_seg.nii.gz").rename(tmp_path / "seg" / ".subject1_seg.nii.gz")
+    with pytest.raises(DataError, match="no segmentation"):  # a hidden (e.g. temporary) file is not an input
+        compute_indices(tmp_path / "seg")
