@@ -155,7 +155,7 @@ def _load(path: Path, ndim: int) -> tuple[np.ndarray, float]:
     if labels.ndim != ndim:
         named = "a 4D cine (x, y, z, t), having no _frameYY" if ndim == 4 else "a 3D frame, having _frameYY"
         raise DataError(path, f"shape {labels.shape}, but the name makes it {named} (<subject>_frameYY_seg.nii.gz)")
-    return np.rint(labels).astype(np.int64), voxel_ml
+    return (labels if np.issubdtype(labels.dtype, np.integer) else np.rint(labels).astype(np.int32)), voxel_ml
 
 
 def frame_volumes(
