@@ -57,9 +57,9 @@ def check_finite_loss(engine: Any, loss: torch.Tensor) -> None:
     in_epoch = (engine.state.iteration - 1) % epoch_length + 1
     raise NonFiniteLossError(
         f"epoch {engine.state.epoch}/{engine.state.max_epochs}, iteration {in_epoch}/{epoch_length}: the training "
-        f"loss is {word}; lower the learning rate (now {', '.join(f'{r:g}' for r in rates)}: --learning_rate in "
-        "pretraining, --lr_head and --lr_body in few-shot training) or check the data. Training stopped before this "
-        "step; no network with non-finite weights is written"
+        + f"loss is {word}; lower the learning rate (now {', '.join(f'{r:g}' for r in rates)}: --learning_rate in "
+        + "pretraining, --lr_head and --lr_body in few-shot training) or check the data. Training stopped before this "
+        + "step; no network with non-finite weights is written"
     )
 
 

@@ -173,13 +173,14 @@ def network_mismatch(
         return CheckpointError(
             path,
             f"holds {describe_network(held)}, but the config's network is "
-            f"{describe_network(expected)} (another --profile or --features?): {detail}",
+            + f"{describe_network(expected)} (another --profile or --features?): {detail}",
         )
     differences = state_differences(held, expected, head=head) or [detail]
     return CheckpointError(
         path,
         f"holds {checkpoint_kind(held)}, which does not fit the config's network "
-        f"({describe_network(expected)}, {output_classes(expected) or 'no'} output classes): " + "; ".join(differences),
+        + f"({describe_network(expected)}, {output_classes(expected) or 'no'} output classes): "
+        + "; ".join(differences),
     )
 
 
@@ -214,7 +215,7 @@ def require_finite(state: Any, path: str | os.PathLike, writing: bool = False) -
     raise CheckpointError(
         path,
         f"tensor {found} is not finite: the weights of a diverged training run cannot be used "
-        "(train again with a lower learning rate)",
+        + "(train again with a lower learning rate)",
     )
 
 

@@ -121,7 +121,7 @@ def check_device(device: Any) -> Any:
         if not torch.cuda.is_available():
             raise ValueError(
                 f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
-                "use --device cpu"
+                + "use --device cpu"
             )
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
