@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,6 +173,12 @@ def check_training_checkpoint(path: str | os.PathLike, resume: Any, expected: An
     return True
 
 
+def _truncated_zip(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts as a zip file (torch's format) but lacks the end a complete one has."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
 def _read_training_checkpoint(path: str | os.PathLike) -> Any:
     """The sorted keys of the training state at ``path`` (or what it holds, when not a mapping of state dicts),
     after checking that it is a readable, complete PyTorch file with finite values."""
@@ -180,7 +187,7 @@ def _read_training_checkpoint(path: str | os.PathLike) -> Any:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        cut = isinstance(e, EOFError) or "central directory" in str(e) or "unexpected pos" in str(e)
+        cut = isinstance(e, EOFError) or _truncated_zip(path)
         problem = "truncated (an interrupted copy?)" if cut else "not a readable PyTorch checkpoint"
         raise CheckpointError(
             path,

@@ -109,7 +109,7 @@ def describe_network(state: Mapping[str, torch.Tensor]) -> str:
 
 def output_classes(state: Mapping[str, Any]) -> int | None:
     """The output channels of a ``BasicUNet`` state dict (its ``final_conv``); None without one."""
-    weight = state.get(f"{HEAD_NAME}.conv.weight")
+    weight = state.get(f"{HEAD_NAME}.weight")
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim > 0 else None
 
 

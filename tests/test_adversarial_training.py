@@ -371,7 +371,7 @@ def test_every_numeric_setting_of_every_config_is_checked_by_name(name):
     # train.yaml's defaults of these two read the data; start_run and the data sources check them by name
     later = {"overwrite", "raw_volumes"} if "train.yaml" in CONFIG_SETS[name] else set()
     names = sorted(k for k in raw if k in SETTING_KINDS and k not in later)
-    config.update({k: "bad" for k in names})
+    config.update(dict.fromkeys(names, "bad"))
     check_at = next(i for i, item in enumerate(config["initialize"]) if "check_settings(" in item)
     with pytest.raises(Exception) as failed:
         config.get_parsed_content(f"initialize#{check_at}")
