@@ -3,7 +3,11 @@
 - :class:`AtomicCheckpointSaver`: the whole training state every ``interval`` epochs, for ``--resume true``;
 - :class:`BestSaver`, :class:`BackboneSaver` (the Pix2Rep backbone, ``pix2rep_backbone.pt``) and
   :class:`ModelSaver` (the segmentation network, ``model.pt``): the network with the best validation metric;
+- :func:`check_training_checkpoint`: read and check the resumable checkpoint before a resumed run writes anything;
 - :func:`resume_from`: attach MONAI's ``CheckpointLoader`` when a run resumes.
+
+No saver writes a tensor that is nan or inf (a diverged run): it raises a CheckpointError naming the file and the
+tensor instead, and the run stops with the file as it was.
 """
 
 from __future__ import annotations
@@ -11,15 +15,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
+from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.io import torch_save_atomic
-from pix2rep_bundle.networks import save_backbone
+from pix2rep_bundle.networks import checkpoint_kind, require_finite, save_backbone
 from pix2rep_bundle.settings import as_bool
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,7 @@ class AtomicCheckpointSaver:
 
     def __call__(self, engine: Engine) -> None:
         state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        require_finite(state, self.path, writing=True)
         torch_save_atomic(state, self.path)
         logger.info(f"epoch {engine.state.epoch}: checkpoint written to {self.path}")
 
@@ -132,19 +140,77 @@ class ModelSaver(BestSaver):
     what = "model"
 
     def save(self, network: nn.Module) -> None:
-        torch_save_atomic(network.state_dict(), self.path)
+        state = network.state_dict()
+        require_finite(state, self.path, writing=True)
+        torch_save_atomic(state, self.path)
+
+
+TRAINING_STATE_KEYS = ("network", "optimizer", "trainer")  # in every resumable checkpoint of the bundle
+_READ: dict[tuple[str, int, int], Any] = {}  # checkpoints read and found finite: their keys (or what they hold)
+
+
+def check_training_checkpoint(path: str | os.PathLike, resume: Any, expected: Any = TRAINING_STATE_KEYS) -> bool:
+    """With ``resume``, read the resumable checkpoint at ``path`` (when there is one) and check that it can resume
+    a run: a readable PyTorch file, a training state with the ``expected`` entries, finite values. The configs call
+    it before :func:`pix2rep_bundle.run_guard.start_run`, so a bad file stops the run before anything is written.
+
+    Returns whether there is a checkpoint to resume from. Raises CheckpointError naming the file: empty, truncated or
+    unreadable, not a training checkpoint (what it holds), or a nan/inf tensor.
+    """
+    if not as_bool(resume, "resume") or not os.path.isfile(path):
+        return False
+    stamp = (os.path.abspath(path), os.stat(path).st_mtime_ns, os.path.getsize(path))
+    if stamp not in _READ:  # read once per process (the config checks it first, resume_from again)
+        _READ[stamp] = _read_training_checkpoint(path)
+    keys = _READ[stamp]
+    missing = [k for k in expected if k not in keys] if isinstance(keys, list) else list(expected)
+    if missing:
+        held = f"keys {keys}" if isinstance(keys, list) and keys else keys
+        raise CheckpointError(
+            path,
+            f"not a training checkpoint: {held} (a resumable checkpoint of this config holds {', '.join(expected)})",
+        )
+    return True
+
+
+def _truncated_zip(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts as a zip file (torch's format) but lacks the end a complete one has."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
+
+
+def _read_training_checkpoint(path: str | os.PathLike) -> Any:
+    """The sorted keys of the training state at ``path`` (or what it holds, when not a mapping of state dicts),
+    after checking that it is a readable, complete PyTorch file with finite values."""
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(path, "empty (0 bytes): remove it, or start afresh with --overwrite true")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        cut = isinstance(e, EOFError) or _truncated_zip(path)
+        problem = "truncated (an interrupted copy?)" if cut else "not a readable PyTorch checkpoint"
+        raise CheckpointError(
+            path,
+            f"{problem} ({type(e).__name__}: {str(e).strip()[:200]}); remove it, or start afresh with --overwrite true",
+        ) from e
+    if not isinstance(ckpt, Mapping) or not all(isinstance(v, Mapping) for v in ckpt.values()):
+        return checkpoint_kind(ckpt)
+    require_finite(ckpt, path)
+    return sorted(map(str, ckpt))
 
 
 def resume_from(loader: CheckpointLoader, trainer: Engine, resume: bool) -> bool:
     """Attach ``loader`` to ``trainer`` when ``resume`` is asked for and its checkpoint exists.
 
-    Returns whether training resumes; ``resume`` without a checkpoint starts afresh, with a log line saying so.
+    Returns whether training resumes; ``resume`` without a checkpoint starts afresh, with a log line saying so. The
+    checkpoint is checked first (:func:`check_training_checkpoint`, with every entry the loader restores).
     """
     if not as_bool(resume, "resume"):
         return False
     if not os.path.isfile(loader.load_path):
         logger.warning(f"--resume: no checkpoint at {loader.load_path}, training starts from scratch")
         return False
+    check_training_checkpoint(loader.load_path, True, expected=tuple(loader.load_dict))
     loader.attach(trainer)
     logger.info(f"--resume: training continues from {loader.load_path}")
     return True

@@ -12,7 +12,11 @@ MONAI does).
 - :class:`AutocastTrainer`: the iteration of ``SupervisedTrainer`` (prepare, forward, loss, backward, step, the
   same iteration events), with :meth:`AutocastTrainer.forward_loss` as the one place a subclass changes the loss
   (Mean Teacher does);
-- :class:`AutocastEvaluator`: the iteration of ``SupervisedEvaluator`` under the same context.
+- :class:`AutocastEvaluator`: the iteration of ``SupervisedEvaluator`` under the same context;
+- :func:`check_finite_loss`: every training iteration stops the run (:class:`NonFiniteLossError`, a non-zero exit)
+  when its loss is nan or inf, before the backward pass and the optimiser step. Ignite's ``TerminateOnNan`` runs
+  after the step (the weights are already spoilt) and ends the run as if it had completed (exit code 0, and a best
+  network already saved from non-finite weights would stand): not enough on its own.
 """
 
 from __future__ import annotations
@@ -26,7 +30,37 @@ from monai.engines.utils import IterationEvents
 from monai.engines.workflow import Workflow
 from monai.utils.enums import CommonKeys as Keys
 
-__all__ = ["autocast_context", "bf16_is_fast", "as_float32", "AutocastTrainer", "AutocastEvaluator"]
+__all__ = [
+    "autocast_context",
+    "bf16_is_fast",
+    "as_float32",
+    "check_finite_loss",
+    "NonFiniteLossError",
+    "AutocastTrainer",
+    "AutocastEvaluator",
+]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss that is nan or inf: the run stops before the optimiser step (see :func:`check_finite_loss`)."""
+
+
+def check_finite_loss(engine: Any, loss: torch.Tensor) -> None:
+    """:class:`NonFiniteLossError` naming the epoch, the iteration and the learning rates when ``loss`` is not finite.
+
+    The trainers call it on every loss before the backward pass, so no step is taken with it."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return
+    word = "nan" if bool(torch.isnan(loss.detach()).any()) else "inf"
+    rates = sorted({group["lr"] for group in engine.optimizer.param_groups})
+    epoch_length = engine.state.epoch_length or engine.state.iteration
+    in_epoch = (engine.state.iteration - 1) % epoch_length + 1
+    raise NonFiniteLossError(
+        f"epoch {engine.state.epoch}/{engine.state.max_epochs}, iteration {in_epoch}/{epoch_length}: the training "
+        + f"loss is {word}; lower the learning rate (now {', '.join(f'{r:g}' for r in rates)}: --learning_rate in "
+        + "pretraining, --lr_head and --lr_body in few-shot training) or check the data. Training stopped before this "
+        + "step; no network with non-finite weights is written"
+    )
 
 
 def autocast_context(
@@ -134,6 +168,7 @@ class AutocastTrainer(_Autocast, SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         loss = engine.forward_loss(inputs, targets, args, kwargs)
         engine.state.output[Keys.LOSS] = loss
+        check_finite_loss(engine, loss)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         if engine.scaler is not None:
             engine.scaler.scale(loss).backward()

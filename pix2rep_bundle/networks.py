@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.networks.nets import BasicUNet
@@ -106,14 +107,115 @@ def describe_network(state: Mapping[str, torch.Tensor]) -> str:
     return f"a BasicUNet with features={features}" if features else "not a BasicUNet"
 
 
+def output_classes(state: Mapping[str, Any]) -> int | None:
+    """The output channels of a ``BasicUNet`` state dict (its ``final_conv``); None without one."""
+    weight = state.get(f"{HEAD_NAME}.weight")
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim > 0 else None
+
+
+def checkpoint_kind(ckpt: Any) -> str:
+    """What a loaded checkpoint is: a Pix2Rep backbone, a resumable training state, a segmentation model, a U-Net
+    without output layer, or an unknown file."""
+    if not isinstance(ckpt, Mapping):
+        return f"an unknown file (a {type(ckpt).__name__}, not a state dict)"
+    if ckpt.get("format") == BACKBONE_FORMAT:
+        return "a Pix2Rep backbone (the output of pretraining, for --pretrained_ckpt)"
+    if {"network", "trainer"} <= set(ckpt):
+        return "a resumable training state (for --resume true), not a network's weights"
+    features = unet_features(ckpt)
+    if features and output_classes(ckpt) is not None:
+        return f"a segmentation model (a BasicUNet with features={features}, {output_classes(ckpt)} output classes)"
+    if features:
+        return f"a BasicUNet with features={features} without output layer"
+    return f"an unknown file (keys {_brief(sorted(map(str, ckpt)))})"
+
+
+def _brief(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def state_differences(held: Mapping[str, Any], expected: Mapping[str, torch.Tensor], head: bool = True) -> list[str]:
+    """How the state dict ``held`` differs from the network state ``expected``: feature widths, output classes,
+    missing and unexpected keys, shapes (each listed briefly). ``head=False``: ``held`` has no output layer to
+    compare (a backbone)."""
+    differences = []
+    held_features, features = unet_features(held), unet_features(expected)
+    if held_features and features and held_features != features:
+        differences.append(f"feature widths {held_features} vs {features}")
+    held_classes, classes = output_classes(held), output_classes(expected)
+    if head and held_classes is not None and classes is not None and held_classes != classes:
+        differences.append(f"output classes {held_classes} vs {classes}")
+    wanted = {k for k in expected if head or not k.startswith(HEAD_NAME + ".")}
+    missing, unexpected = sorted(wanted - set(held)), sorted(set(map(str, held)) - set(expected))
+    if missing:
+        differences.append(f"missing keys: {_brief(missing)}")
+    if unexpected:
+        differences.append(f"unexpected keys: {_brief(unexpected)}")
+    if not differences:
+        shapes = [
+            f"'{k}' {tuple(held[k].shape)} vs {tuple(expected[k].shape)}"
+            for k in sorted(wanted & set(held))
+            if isinstance(held[k], torch.Tensor) and held[k].shape != expected[k].shape
+        ]
+        differences += [f"shapes: {_brief(shapes)}"] if shapes else []
+    return differences
+
+
 def network_mismatch(
-    path: str | os.PathLike, held: Mapping[str, torch.Tensor], network: nn.Module, detail: str
+    path: str | os.PathLike, held: Mapping[str, torch.Tensor], network: nn.Module, detail: str, head: bool = True
 ) -> CheckpointError:
-    """The error for a checkpoint that does not fit ``network``, naming both networks (e.g. another --profile)."""
+    """The error for a checkpoint that does not fit ``network``: what the file is and what differs. Another
+    ``--profile`` (or ``--features``) is suggested only when the feature widths differ."""
+    expected = network.state_dict()
+    held_features, features = unet_features(held), unet_features(expected)
+    if held_features and features and held_features != features:
+        return CheckpointError(
+            path,
+            f"holds {describe_network(held)}, but the config's network is "
+            + f"{describe_network(expected)} (another --profile or --features?): {detail}",
+        )
+    differences = state_differences(held, expected, head=head) or [detail]
     return CheckpointError(
         path,
-        f"holds {describe_network(held)}, but the config's network is "
-        f"{describe_network(network.state_dict())} (another --profile or --features?): {detail}",
+        f"holds {checkpoint_kind(held)}, which does not fit the config's network "
+        + f"({describe_network(expected)}, {output_classes(expected) or 'no'} output classes): "
+        + "; ".join(differences),
+    )
+
+
+def non_finite_tensor(state: Any, prefix: str = "") -> str | None:
+    """``'<name>' (nan)`` or ``(inf)`` for the first floating-point tensor of ``state`` (nested dicts and lists, e.g.
+    a training state) with a value that is not finite; None when every value is finite."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            if not bool(torch.isfinite(state).all()):
+                return f"'{prefix}' ({'nan' if bool(torch.isnan(state).any()) else 'inf'})"
+        return None
+    items = (
+        state.items() if isinstance(state, Mapping) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    )
+    for key, value in items:
+        found = non_finite_tensor(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
+
+
+def require_finite(state: Any, path: str | os.PathLike, writing: bool = False) -> None:
+    """CheckpointError naming ``path`` and the first tensor of ``state`` that holds nan or inf (a diverged run):
+    such weights are never written (``writing``) nor loaded."""
+    found = non_finite_tensor(state)
+    if found is None:
+        return
+    if writing:
+        raise CheckpointError(
+            path, f"not written: tensor {found} is not finite (training diverged; lower the learning rate)"
+        )
+    raise CheckpointError(
+        path,
+        f"tensor {found} is not finite: the weights of a diverged training run cannot be used "
+        + "(train again with a lower learning rate)",
     )
 
 
@@ -128,8 +230,11 @@ def backbone_checkpoint(net: Pix2RepNet) -> dict:
 
 
 def save_backbone(net: Pix2RepNet, path: str | os.PathLike) -> None:
-    """Write the backbone checkpoint atomically (the projection head is not part of it)."""
-    torch_save_atomic(backbone_checkpoint(net), path)
+    """Write the backbone checkpoint atomically (the projection head is not part of it); CheckpointError, and
+    nothing written, when a weight is nan or inf."""
+    ckpt = backbone_checkpoint(net)
+    require_finite(ckpt["backbone"], path, writing=True)
+    torch_save_atomic(ckpt, path)
 
 
 def read_backbone(path: str | os.PathLike) -> dict:
@@ -145,7 +250,10 @@ def read_backbone(path: str | os.PathLike) -> dict:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != BACKBONE_FORMAT:
-        raise CheckpointError(path, f"not a Pix2Rep backbone checkpoint (expected format '{BACKBONE_FORMAT}')")
+        raise CheckpointError(
+            path, f"holds {checkpoint_kind(ckpt)}, not a Pix2Rep backbone (expected format '{BACKBONE_FORMAT}')"
+        )
+    require_finite(ckpt.get("backbone", {}), path)
     return ckpt
 
 
@@ -168,7 +276,9 @@ def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.
     target = network.state_dict()
     for name, tensor in source.items():
         if name not in target:
-            raise network_mismatch(path, source, network, f"tensor '{name}' has no counterpart in the network")
+            raise network_mismatch(
+                path, source, network, f"tensor '{name}' has no counterpart in the network", head=False
+            )
         if target[name].shape != tensor.shape:
             raise network_mismatch(
                 path,
@@ -176,6 +286,7 @@ def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.
                 network,
                 f"tensor '{name}' has shape {tuple(tensor.shape)} but the "
                 f"network expects {tuple(target[name].shape)}",
+                head=False,
             )
     _, updated, _ = copy_model_state(network, source, exclude_vars=HEAD_NAME)
     if len(updated) != len(source):

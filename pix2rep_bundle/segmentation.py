@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from pix2rep_bundle.errors import CheckpointError
-from pix2rep_bundle.networks import HEAD_NAME, freeze_backbone, load_pretrained_backbone, network_mismatch
+from pix2rep_bundle.networks import (
+    HEAD_NAME,
+    checkpoint_kind,
+    freeze_backbone,
+    load_pretrained_backbone,
+    network_mismatch,
+    require_finite,
+)
 
 MODES = ("linear_probe", "finetune", "scratch")
 PRETRAINED_MODES = ("linear_probe", "finetune")
@@ -91,8 +98,9 @@ def load_segmentation_weights(
     """Load ``models/model.pt`` (a plain state dict, or one under the key ``"model"``) into ``network``.
 
     Raises:
-        CheckpointError: missing file, unreadable file, or tensors that do not fit the network (e.g. trained
-            with other ``features``).
+        CheckpointError: missing file, unreadable file, another kind of checkpoint (a Pix2Rep backbone, a resumable
+            training state), a nan or inf weight, or tensors that do not fit the network (what the file holds and
+            what differs: feature widths, output classes, keys).
     """
     if not os.path.isfile(path):
         raise CheckpointError(
@@ -105,8 +113,10 @@ def load_segmentation_weights(
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise CheckpointError(path, "not a state dict of the segmentation network")
+    kind = checkpoint_kind(ckpt)
+    if not isinstance(state, Mapping) or not kind.startswith(("a segmentation model", "a BasicUNet")):
+        raise CheckpointError(path, f"holds {kind}, not the weights of a segmentation network (a model.pt)")
+    require_finite(state, path)
     try:
         network.load_state_dict(state)
     except RuntimeError as e:

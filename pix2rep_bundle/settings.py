@@ -51,6 +51,8 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "early_stop_patience",
             "phantom_subjects",
             "unlabeled_batch_size",
+            "projection_hidden",
+            "projection_dim",
         )
     }
     | {name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0") for name in ("seed", "data_seed", "label_seed")}
@@ -83,6 +85,10 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v),
             "two positive integers, e.g. [96,96]",
         ),
+        "features": (
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 6 and all(_is_int(s) and s > 0 for s in v),
+            "six positive integers (the U-Net's feature widths), e.g. [16,16,32,64,128,32]",
+        ),
         "spacing": (
             lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(s) and s > 0 for s in v),
             "two positive numbers (mm), e.g. [2.0,2.0]",
@@ -100,6 +106,29 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     ]
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def check_device(device: Any) -> Any:
+    """``device`` if this machine has it, else a ValueError naming ``--device`` and what is missing (e.g. ``--device
+    cuda`` without CUDA), so that the run stops before a network or a checkpoint is loaded onto it."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"--device must be a device such as cpu, cuda or cuda:1, got {device!r}") from e
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
+                + "use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: no MPS device is available (torch.backends.mps.is_available() is False)")
+    return device
 
 
 def choose(options: Mapping[str, Any], name: str, what: str) -> Any:
