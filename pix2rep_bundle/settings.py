@@ -55,7 +55,10 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "projection_dim",
         )
     }
-    | {name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0") for name in ("seed", "data_seed", "label_seed")}
+    | {
+        name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
+        for name in ("seed", "data_seed", "label_seed", "head_only_epochs", "body_warmup_epochs")
+    }
     | {
         name: (_is_bool, "true or false")
         for name in (
