@@ -203,7 +203,12 @@ def test_scoring_refuses_a_folder_without_a_finished_record_or_with_other_files(
     a, b = scan(tmp_path / "in" / "a.nii.gz"), scan(tmp_path / "in" / "b.nii.gz", seed=1)
     out, report = tmp_path / "segs", tmp_path / "report"
     inputs = [{"image": str(p), "label": str(p).replace(".nii.gz", "_gt.nii.gz")} for p in (a, b)]
-    settings = TINY | {"bundle_root": str(tmp_path), "inputs": inputs, "output_dir": str(out), "report_dir": str(report)}
+    settings = TINY | {
+        "bundle_root": str(tmp_path),
+        "inputs": inputs,
+        "output_dir": str(out),
+        "report_dir": str(report),
+    }
     score = load_script("score_segmentations").main
     infer({"inputs": inputs, "output_dir": str(out)})
     assert score(**settings)["overall"]["num_volumes"] == 2
