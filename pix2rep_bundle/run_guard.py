@@ -245,13 +245,14 @@ def _relative(path: str | os.PathLike, folder: Path) -> str:
 
 
 def _listed_files(folder: Path, record: Mapping[str, Any]) -> list[Path]:
-    """The files an inference record lists (planned and written outputs) that lie inside ``folder``."""
+    """The segmentation files an inference record lists (planned and written outputs) that lie inside ``folder``:
+    NIfTI names only, never the record, the marker or a path leading out."""
     names = [*record.get("planned_outputs", []), *record.get("outputs", [])]
     root = os.path.realpath(folder)
     files = []
-    for name in dict.fromkeys(n for n in names if isinstance(n, str)):
+    for name in dict.fromkeys(n for n in names if isinstance(n, str) and n.endswith(NIFTI_SUFFIXES)):
         path = folder / name
-        if os.path.commonpath([os.path.realpath(path.parent), root]) == root and path.name not in ("", ".", ".."):
+        if os.path.commonpath([os.path.realpath(path.parent), root]) == root and not path.name.startswith("."):
             files.append(path)
     return files
 
@@ -300,6 +301,10 @@ def _clear_earlier_outputs(folder: Path, record: Mapping[str, Any] | None, plann
         )
     for path in present:
         path.unlink()
+        for parent in path.parents:  # subfolders the earlier run made and that are now empty
+            if parent == folder or not parent.is_relative_to(folder) or any(parent.iterdir()):
+                break
+            parent.rmdir()
     if present:
         logger.warning(f"--overwrite true: {len(present)} segmentation(s) of the earlier run in {folder} removed")
 
@@ -335,7 +340,6 @@ def start_inference_run(
                 + "choose another --output_dir",
             )
         _clear_earlier_outputs(folder, record, planned.values(), overwrite)
-        path = write_run_record(folder, dict(settings or {}), bundle_root)
         details = {
             "kind": INFERENCE_KIND,
             "status": "running",
@@ -345,8 +349,7 @@ def start_inference_run(
             "output_postfix": str(postfix),
             "planned_outputs": [_relative(p, folder) for p in planned.values()],
         }
-        write_json_atomic(path, json.loads(Path(path).read_text()) | details)
-        return path
+        return write_run_record(folder, dict(settings or {}), bundle_root, extra=details)
     except BaseException:
         lock.release()  # refused: the folder is left as it was
         raise

@@ -26,8 +26,8 @@ from pix2rep_bundle import io as bundle_io
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import check_postfix, inference_data, output_paths
 from pix2rep_bundle.io import DiskWriteError, torch_save_atomic, write_json_atomic, write_text_atomic
-from pix2rep_bundle.outputs import claim_output_dir
-from pix2rep_bundle.run_guard import LOCK_NAME, check_inference_folder, start_inference_run
+from pix2rep_bundle.outputs import MARKER, claim_output_dir
+from pix2rep_bundle.run_guard import LOCK_NAME, check_inference_folder, finish_inference_run, start_inference_run
 from pix2rep_bundle.run_state import RUN_RECORD
 
 TINY = {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": TINY_FEATURES}
@@ -198,6 +198,26 @@ def test_a_rerun_needs_overwrite_and_then_removes_the_earlier_runs_outputs_first
     assert not (out / "b_seg.nii.gz").exists()  # the earlier model's output is gone, not left beside the new one
     assert (out / "notes.txt").read_text() == "the user's notes"  # what the bundle did not write stays
     assert check_inference_folder(out)["outputs"] == ["a_seg.nii.gz"]
+
+
+def test_overwrite_removes_only_the_recorded_segmentations_and_the_folders_it_empties(tmp_path):
+    a, b = scan(tmp_path / "in" / "subjA" / "sa.nii.gz"), scan(tmp_path / "in" / "subjB" / "sa.nii.gz")
+    entries, out = [{"image": str(a)}, {"image": str(b)}], tmp_path / "segs"
+    start_inference_run(entries, out, "seg", "unused")
+    for path in map(Path, output_paths(entries, out).values()):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"a segmentation")
+    finish_inference_run(out)
+    (out / "subjB" / "mine.txt").write_text("the user's")
+    victim = tmp_path / "victim.nii.gz"
+    victim.write_bytes(b"not the bundle's")
+    record = json.loads((out / RUN_RECORD).read_text())  # a record edited to list what the bundle did not write
+    record["outputs"] += [MARKER, RUN_RECORD, "../victim.nii.gz", str(victim)]
+    write_json_atomic(out / RUN_RECORD, record)
+    start_inference_run([{"image": str(a)}], out, "seg", "unused", overwrite=True)
+    assert not (out / "subjA").exists()  # its only file removed, then the emptied folder
+    assert sorted(p.name for p in (out / "subjB").iterdir()) == ["mine.txt"]
+    assert victim.read_bytes() == b"not the bundle's" and (out / MARKER).is_file()
 
 
 def test_scoring_refuses_a_folder_without_a_finished_record_or_with_other_files(tmp_path):
