@@ -157,19 +157,22 @@ def score_inference_outputs(
     config_file: str | os.PathLike, overrides: Mapping[str, Any], report_dir: str | os.PathLike, overwrite: bool = False
 ) -> dict[str, Any]:
     """Score what ``config_file`` (configs/inference.yaml) parsed with ``overrides`` wrote, each output on its input's
-    own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary."""
+    own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary.
+    DataError, before anything is written, unless the output folder holds one finished inference run's outputs
+    (:func:`pix2rep_bundle.run_guard.check_inference_folder`)."""
     from monai.bundle import ConfigParser
 
     from pix2rep_bundle.inference import output_paths
     from pix2rep_bundle.outputs import claim_output_dir
+    from pix2rep_bundle.run_guard import check_inference_folder
 
     parser = ConfigParser()
     parser.read_config(os.fspath(config_file))
     parser.update(dict(overrides))
     entries = parser.get_parsed_content("input_entries")
-    outputs = output_paths(
-        entries, parser.get_parsed_content("output_dir"), parser.get_parsed_content("output_postfix")
-    )
+    output_dir = parser.get_parsed_content("output_dir")
+    outputs = output_paths(entries, output_dir, parser.get_parsed_content("output_postfix"))
+    check_inference_folder(output_dir, outputs.values())  # one finished run's outputs, nothing else mixed in
     claim_output_dir(report_dir, "evaluation", overwrite=overwrite)
     rows = score_segmentations(entries, outputs)
     return write_report(rows, report_dir, extra={"scored": "configs/inference.yaml outputs, on the input grids"})

@@ -52,12 +52,23 @@ def volumes_in_folder(folder: str | os.PathLike) -> list[str]:
     return found
 
 
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, os.PathLike)) and not os.fspath(value).strip())
+
+
 def inference_data(inputs: str | os.PathLike | Sequence[Any]) -> list[dict[str, Any]]:
     """The ``{"image": path, ...}`` entries to segment.
 
     ``inputs`` is a folder (every volume under it, see :func:`volumes_in_folder`), one NIfTI file, a JSON
-    file holding a list of paths or of entries (or ``{"data": [...]}``), or such a list itself.
+    file holding a list of paths or of entries (or ``{"data": [...]}``), or such a list itself. DataError naming
+    ``--inputs`` (or the JSON file) for an empty or blank value (e.g. an unset shell variable, which would otherwise
+    mean the working folder) and for an entry that is not a path, naming the entry's index.
     """
+    if _blank(inputs):
+        raise DataError(
+            "--inputs",
+            f"empty ({inputs!r}; an unset shell variable?): give a folder, a NIfTI file or a JSON list of volumes",
+        )
     if isinstance(inputs, (str, os.PathLike)):
         path = Path(inputs)
         if path.is_dir():
@@ -73,20 +84,64 @@ def inference_data(inputs: str | os.PathLike | Sequence[Any]) -> list[dict[str, 
             if not isinstance(listed, list):
                 raise DataError(path, 'expected a list of paths or {"image": path} entries')
             root = path.parent
-            entries = inference_data(listed)
+            entries = _listed_entries(listed, path)
             return [e | {"image": str(root / e["image"])} for e in entries]
         if not path.exists():
             raise DataError(path, "input not found")
         return [{"image": str(path)}]
+    if isinstance(inputs, Mapping) or not isinstance(inputs, Sequence):
+        raise DataError(
+            "--inputs",
+            f"expected a folder, a NIfTI file, a JSON list or a list of volumes, got {type(inputs).__name__}",
+        )
+    return _listed_entries(inputs, "--inputs")
+
+
+def _listed_entries(items: Sequence[Any], where: str | os.PathLike) -> list[dict[str, Any]]:
+    """The entries of a list of paths or ``{"image": path}`` mappings; DataError naming ``where`` and the index of
+    an entry that is not one (a number, null, a mapping without a string ``image``, an empty path)."""
+    if not items:
+        raise DataError(where, "the input list is empty")
     entries = []
-    for item in inputs:
+    for index, item in enumerate(items):
         entry = dict(item) if isinstance(item, Mapping) else {"image": item}
         if "image" not in entry:
-            raise DataError(str(item), 'an input entry has no "image"')
-        entries.append(entry | {"image": os.fspath(entry["image"])})
-    if not entries:
-        raise DataError("<inputs>", "the input list is empty")
+            raise DataError(where, f'input entry {index} has no "image": {item!r}')
+        image = entry["image"]
+        if not isinstance(image, (str, os.PathLike)):
+            what = f'"image" of input entry {index}' if isinstance(item, Mapping) else f"input entry {index}"
+            raise DataError(where, f"{what} is {image!r} ({type(image).__name__}), not a path")
+        if _blank(image):
+            raise DataError(where, f"input entry {index} is an empty path")
+        entries.append(entry | {"image": os.fspath(image)})
     return entries
+
+
+def check_input_volumes(entries: Sequence[Mapping[str, Any]]) -> None:
+    """Before any work, from each file's header only (cheap): every input is a NIfTI file that exists and holds a
+    3D volume of at least two slices. DataError naming the first file that does not (a single slice, a 2D image, a
+    4D cine); files whose header cannot be read are left to the loader, which names the problem."""
+    import nibabel as nib
+
+    for entry in entries:
+        image = os.fspath(entry["image"])
+        if _nifti_stem(os.path.basename(image)) is None:
+            raise DataError(image, "not a NIfTI file name (expected .nii or .nii.gz)")
+        if not os.path.isfile(image):
+            raise DataError(image, "file not found")
+        try:
+            shape = tuple(int(n) for n in nib.load(image).shape)
+        except Exception:  # unreadable: the loader names the problem (missing, not NIfTI, truncated, ...)
+            continue
+        if len(shape) != 3:
+            hint = "; a 4D cine must be split into its 3D frames first" if len(shape) == 4 else ""
+            raise DataError(image, f"expected a 3D volume (rows, columns, slices), got shape {shape}{hint}")
+        if shape[2] < 2:
+            raise DataError(
+                image,
+                f"a single slice (shape {shape}): the network segments 3D stacks of short-axis slices; "
+                + "give the volume with all its slices",
+            )
 
 
 def split_volumes(datalist_path: str | os.PathLike, split: str = "test") -> list[dict[str, Any]]:
@@ -124,26 +179,56 @@ def inputs_root(entries: Sequence[Mapping[str, Any]]) -> str:
     return os.path.commonpath(folders) if folders else ""
 
 
+def check_postfix(postfix: Any) -> str:
+    """``postfix`` as the name part ``<name>_<postfix>.nii.gz``; DataError naming ``--output_postfix`` unless it is
+    a plain, non-empty name part: letters, digits, ``_``, ``-``, ``+`` and ``.``, no leading dot, no ``..`` (so no
+    path separator can take an output out of its folder, and no output takes its input's name)."""
+    if isinstance(postfix, int) and not isinstance(postfix, bool):
+        postfix = str(postfix)
+    if not isinstance(postfix, str):
+        raise DataError("--output_postfix", f"expected a name part such as seg, got {postfix!r}")
+    if not postfix:
+        raise DataError(
+            "--output_postfix", "empty: each segmentation would take its input file's name; give a postfix such as seg"
+        )
+    bad = sorted({c for c in postfix if not (c.isalnum() or c in "_-+.")})
+    if bad or postfix.startswith(".") or ".." in postfix:
+        problem = f"characters {''.join(bad)!r} not allowed" if bad else "a leading dot or '..' is not allowed"
+        raise DataError(
+            "--output_postfix",
+            f"{postfix!r}: {problem} (path separators, '..' and hidden names could write outside --output_dir); "
+            + "use letters, digits, '_', '-', '+' and '.'",
+        )
+    return postfix
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` resolves (symbolic links included) to a place inside ``folder``."""
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real != root and os.path.commonpath([real, root]) == root
+
+
 def output_paths(
     entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg", suffix: str = ".nii.gz"
 ) -> dict[str, str]:
     """``{input image: segmentation path}`` as ``SaveImaged`` writes them (``data_root_dir`` = :func:`inputs_root`,
     so ``in/a/sa.nii.gz`` and ``in/b/sa.nii.gz`` give ``out/a/sa_seg.nii.gz`` and ``out/b/sa_seg.nii.gz``).
 
-    DataError, before any work, when two inputs would give one output (``a.nii`` beside ``a.nii.gz``, or one file
-    listed twice) or an output would be an input file."""
+    DataError, before any work, for a ``postfix`` that is not a plain name part (:func:`check_postfix`), when two
+    inputs would give one output (``a.nii`` beside ``a.nii.gz``, or one file listed twice), an output would be an
+    input file or a folder, or an output would resolve outside ``output_dir`` (a symbolic link on its way)."""
+    postfix = check_postfix(postfix)
     root = inputs_root(entries)
     inputs = {os.path.abspath(os.fspath(e["image"])) for e in entries}
     planned: dict[str, str] = {}
     for entry in entries:
         image = os.path.abspath(os.fspath(entry["image"]))
-        name = _output_stem(image) + (f"_{postfix}" if postfix else "") + suffix
+        name = _output_stem(image) + f"_{postfix}" + suffix
         out = os.path.abspath(os.path.join(os.fspath(output_dir), os.path.relpath(os.path.dirname(image), root), name))
         clash = next((i for i, o in planned.items() if o == out), None)
         if clash is not None:
             raise DataError(
-                image,
-                f"gives the same output as {clash} ({out}): rename one of them or segment them " "in separate runs",
+                image, f"gives the same output as {clash} ({out}): rename one of them or segment them in separate runs"
             )
         if out in inputs:
             raise DataError(
@@ -151,6 +236,14 @@ def output_paths(
                 "would be overwritten by a segmentation (an input file): choose another "
                 "--output_dir or a non-empty --output_postfix",
             )
+        if not _inside(out, os.fspath(output_dir)):
+            raise DataError(
+                out,
+                f"resolves to {os.path.realpath(out)}, outside --output_dir {output_dir} (a symbolic link on its "
+                + "way): the bundle writes only inside its output folder; remove the link or choose another folder",
+            )
+        if os.path.isdir(out):
+            raise DataError(out, "a folder is in the way of this segmentation; it is left untouched")
         planned[image] = out
     return planned
 
@@ -158,18 +251,20 @@ def output_paths(
 def check_outputs(
     entries: Sequence[Mapping[str, Any]], output_dir: str | os.PathLike, postfix: str = "seg", overwrite: Any = False
 ) -> str:
-    """Before any work: every input gets its own output (:func:`output_paths`), ``output_dir`` is not and does not
-    contain the inputs' folder, and it is a new, empty or bundle-made segmentation folder (else
+    """Before any work: ``output_dir`` is not and does not contain the inputs' folder, every input gets its own
+    output inside it (:func:`output_paths`), and it is a new, empty or bundle-made segmentation folder (else
     ``--overwrite true``). A subfolder of the inputs' folder is fine. Returns ``output_dir``."""
-    from pix2rep_bundle.outputs import claim_output_dir
+    from pix2rep_bundle.outputs import claim_output_dir, refuse_overlap
     from pix2rep_bundle.settings import as_bool
 
+    protected = {"inputs' folder": inputs_root(entries)}
+    refuse_overlap(output_dir, protected, ("inputs' folder",))
     output_paths(entries, output_dir, postfix)
     return claim_output_dir(
         output_dir,
         "segmentations",
         overwrite=as_bool(overwrite, "overwrite"),
-        protected={"inputs' folder": inputs_root(entries)},
+        protected=protected,
         inside_allowed=("inputs' folder",),
     )
 

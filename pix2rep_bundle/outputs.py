@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.io import atomic_directory, write_json_atomic
+from pix2rep_bundle.io import atomic_directory, remove_stale_temporaries, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ def claim_output_dir(
     folder; a non-empty folder that is not (the user's own files, or another kind of output) only with
     ``overwrite`` (the job then writes its own files beside what is there and deletes nothing). Never a
     ``protected`` folder (:func:`refuse_overlap`). Checks that
-    files can be written there, before any long work.
+    files can be written there, before any long work, and removes the temporaries that killed writers left there
+    (:func:`pix2rep_bundle.io.remove_stale_temporaries`).
     """
     import tempfile
 
@@ -188,6 +189,7 @@ def claim_output_dir(
             pass
         if found != kind or not (path / MARKER).is_file():
             write_marker(path, kind)
+        remove_stale_temporaries(path)
     except OSError as err:
         raise DataError(folder, f"cannot write output here ({err.strerror or err})") from err
     return os.fspath(folder)

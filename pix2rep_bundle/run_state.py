@@ -154,11 +154,12 @@ def write_run_record(
     settings: Mapping[str, Any],
     bundle_root: str = ".",
     started_before: list[dict[str, Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``run_info.json`` into ``output_dir``: the given settings (seed, data, sizes, ...), the command
     line, the time, the device, the library versions and the bundle's git commit (``-dirty`` when the
-    working tree has changes; ``null`` outside a git checkout), and the earlier starts of a resumed run
-    (``started_before``). Returns its path."""
+    working tree has changes; ``null`` outside a git checkout), the earlier starts of a resumed run
+    (``started_before``) and any ``extra`` entries, in one atomic write. Returns its path."""
     path = os.path.join(os.fspath(output_dir), RUN_RECORD)
     record = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -174,6 +175,7 @@ def write_run_record(
     }
     if started_before:
         record["started_before"] = started_before
+    record.update(extra or {})
     write_json_atomic(path, record)
     return path
 

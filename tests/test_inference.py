@@ -20,6 +20,7 @@ from torch import nn
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import inference_data, split_volumes, volumes_in_folder
 from pix2rep_bundle.outputs import MARKER
+from pix2rep_bundle.run_state import RUN_RECORD
 
 INFERENCE = str(CONFIGS / "inference.yaml")
 FEATURES = [4, 4, 8, 8, 16, 8]
@@ -206,8 +207,12 @@ def test_each_bad_input_stops_with_the_file_named_and_writes_nothing(tmp_path):
         with pytest.raises(Exception) as info:
             infer({"inputs": [str(path)], "output_dir": str(out), "ckpt_path": "unused"}, LabelFromIntensity())
         assert find_in_chain(info.value, DataError, re.escape(path.name) + ".*" + problem), f"{case}: {info.value}"
-        # nothing but the marker that makes it the bundle's segmentation folder
-        assert not out.exists() or {p.name for p in out.iterdir()} <= {MARKER}, f"{case}: output left behind"
+        # nothing but the marker that makes it the bundle's segmentation folder, and the record of the failed run
+        # when the problem shows only once the volume is read (NaN voxels, a constant image); no lock left
+        left = {p.name for p in out.iterdir()} if out.exists() else set()
+        assert left <= {MARKER, RUN_RECORD}, f"{case}: output left behind"
+        if RUN_RECORD in left:
+            assert json.loads((out / RUN_RECORD).read_text())["status"] == "failed", case
 
 
 # ---------------------------------------------------------------- CLI, Model Zoo checks, TorchScript

@@ -13,6 +13,7 @@ from helpers import load_script, parsed_config, tiny_settings
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
+from pix2rep_bundle.run_guard import finish_inference_run, start_inference_run
 
 
 def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
@@ -24,10 +25,13 @@ def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
 def test_truth_scores_one_a_lost_structure_zero_and_a_missing_output_is_named(tmp_path):
     settings = tiny_settings(tmp_path)
     entries, outputs = planned_outputs(settings)
+    output_dir = parsed_config("inference.yaml", settings).get_parsed_content("output_dir")
+    start_inference_run(entries, output_dir, "seg", "unused")  # recorded as an inference run would record it
     for entry in entries:  # "segmentations" equal to the ground truth, at the planned paths
         target = Path(outputs[os.path.abspath(entry["image"])])
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(entry["label"], target)
+    assert finish_inference_run(output_dir)["status"] == "finished"
     summary = load_script("score_segmentations").main(**settings)
     assert summary["overall"]["num_volumes"] == len(entries) > 0
     assert summary["overall"]["dice_mean"]["mean"] == pytest.approx(1.0)
