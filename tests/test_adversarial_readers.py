@@ -9,7 +9,6 @@ raw-volume training, selection) as ``configs/inference.yaml`` builds it, ``volum
 from __future__ import annotations
 
 import gzip
-import io
 import time
 import zlib
 from pathlib import Path
@@ -56,6 +55,13 @@ def _volume(seed: int = 0) -> np.ndarray:
 def _save(path: Path, img: nib.Nifti1Image) -> Path:
     nib.save(img, str(path))
     return path
+
+
+def _raw(header: nib.Nifti1Header, data: bytes, vox_offset: int = 352) -> bytes:
+    """The bytes of a single-file NIfTI with ``header`` exactly as set (``nib.save`` would repair some fields)."""
+    header = header.copy()
+    header["vox_offset"] = vox_offset
+    return header.binaryblock + b"\0" * 4 + data
 
 
 def _loaders(path: Path) -> dict:
@@ -139,17 +145,33 @@ def test_preparation_refuses_a_corrupt_gzip_image_or_label(tmp_path, which):
 
 def test_a_gzip_stream_longer_than_its_header_declares_is_refused(tmp_path):
     img = _image(np.zeros((8, 8, 2), np.int16))
-    raw = img.header.binaryblock + b"\0" * 4 + np.zeros((8, 8, 2), np.int16).tobytes() + b"\0" * (3 << 20)
+    raw = _raw(img.header, np.zeros((8, 8, 2), np.int16).tobytes() + b"\0" * (3 << 20))
     path = tmp_path / "bomb.nii.gz"
     path.write_bytes(gzip.compress(raw))
     _assert_refused(path, "unpacks to more than")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_file_shorter_than_its_header_declares_is_refused_before_its_data_is_read(tmp_path, suffix):
+    img = _image(np.zeros((8, 8, 2), np.int16))
+    raw = _raw(img.header, np.zeros((8, 8, 1), np.int16).tobytes())  # one slice of two
+    path = tmp_path / f"short{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    _assert_refused(path, "truncated or corrupt: 480 bytes of header and data, its header declares 608")
+
+
+def test_data_that_would_start_inside_the_header_is_refused(tmp_path):
+    img = _image(np.zeros((8, 8, 2), np.int16))
+    path = tmp_path / "offset.nii.gz"
+    path.write_bytes(gzip.compress(_raw(img.header, np.zeros((8, 8, 2), np.int16).tobytes(), vox_offset=0)))
+    _assert_refused(path, "vox_offset 0 lies inside the header")
 
 
 def test_verify_compressed_accepts_sound_streams_and_skips_plain_files(tmp_path):
     gz = _save(tmp_path / "scan.nii.gz", _image(_volume()))
     plain = _save(tmp_path / "scan.nii", _image(_volume()))
     assert verify_compressed(gz) == len(gzip.decompress(gz.read_bytes()))
-    assert verify_compressed(plain) == 0
+    assert verify_compressed(plain) is None
     np.testing.assert_array_equal(load_nifti(gz)[0], load_nifti(plain)[0])
 
 
@@ -278,9 +300,9 @@ BAD_GEOMETRY = {
 
 
 def _write_unchecked(img: nib.Nifti1Image, path: Path) -> None:
-    """Write ``img`` as .nii.gz with its header exactly as set (``nib.save`` would repair some fields)."""
+    """Write ``img`` as .nii.gz with its header exactly as set."""
     data = np.asarray(img.dataobj).astype(img.header.get_data_dtype())
-    path.write_bytes(gzip.compress(img.header.binaryblock + b"\0" * 4 + data.tobytes(order="F")))
+    path.write_bytes(gzip.compress(_raw(img.header, data.tobytes(order="F"))))
 
 
 @pytest.mark.parametrize("row", sorted(BAD_GEOMETRY))
@@ -310,9 +332,7 @@ def _header_only_gzip(path: Path, shape: tuple[int, ...], dtype=np.int16) -> Pat
     header.set_data_dtype(dtype)
     header.set_zooms((1.5, 1.5, 8.0))
     header.set_sform(np.diag([1.5, 1.5, 8.0, 1.0]), code=2)
-    stream = io.BytesIO()
-    header.write_to(stream)
-    path.write_bytes(gzip.compress(stream.getvalue() + b"\0" * (352 - len(stream.getvalue())) + b"\0" * (1 << 20)))
+    path.write_bytes(gzip.compress(_raw(header, b"\0" * (1 << 20))))
     return path
 
 

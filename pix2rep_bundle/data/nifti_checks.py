@@ -43,16 +43,16 @@ MIN_NORMALISED_DET = 1e-6
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open}
 
 
-def verify_compressed(path: str | os.PathLike, max_bytes: int | None = None) -> int:
+def verify_compressed(path: str | os.PathLike, max_bytes: int | None = None) -> int | None:
     """Decompress a ``.gz``/``.bz2`` file to its end in chunks (memory bounded), which checks its CRC and length;
-    return the decompressed size (0 for a file that is not compressed).
+    return the decompressed size (None for a file that is not compressed).
 
     DataError naming the file when the stream is truncated or corrupt, or unpacks to more than ``max_bytes``.
     """
     path = os.fspath(path)
     opener = _OPENERS.get(os.path.splitext(path)[1].lower())
     if opener is None:
-        return 0
+        return None
     total = 0
     try:
         with opener(path, "rb") as stream:
@@ -146,7 +146,7 @@ def check_xform_codes(raw, header, path: str | os.PathLike) -> None:
 def check_header(img, path: str | os.PathLike, ndim: int | None = None) -> None:
     """Check what a NIfTI file declares before its data is read: ``ndim`` axes (when given), real voxels, a size
     within the limit, a known spatial unit, positive finite voxel sizes and defined sform/qform codes as written,
-    and a usable affine; DataError naming the file."""
+    a usable affine and data that starts after the header; DataError naming the file."""
     shape = tuple(int(n) for n in img.shape)
     if ndim is not None and len(shape) != ndim:
         hint = "; a 4D cine must be split into its 3D frames first" if len(shape) == 4 and ndim == 3 else ""
@@ -159,6 +159,19 @@ def check_header(img, path: str | os.PathLike, ndim: int | None = None) -> None:
     check_voxel_sizes(np.asarray(raw["pixdim"], dtype=np.float64)[1 : spatial + 1], path)
     check_xform_codes(raw, img.header, path)
     check_affine(img.affine, path, spatial)
+    if bytes(np.asarray(raw["magic"])).startswith(b"n+"):  # single file: header, extensions, then the data
+        check_data_offset(img, path)
+
+
+def check_data_offset(img, path: str | os.PathLike) -> None:
+    """DataError when the voxel data of a single-file NIfTI would start inside its header or extensions (e.g. a
+    ``vox_offset`` of 0: nibabel would read the header bytes as voxels)."""
+    start = int(img.header.single_vox_offset) + int(img.header.extensions.get_sizeondisk())
+    offset = int(img.dataobj.offset)
+    if offset < start:
+        raise DataError(
+            path, f"vox_offset {offset} lies inside the header (voxel data starts at byte {start} or later)"
+        )
 
 
 def declared_end(img) -> int:
@@ -170,7 +183,8 @@ def declared_end(img) -> int:
 def open_nifti(path: str | os.PathLike, ndim: int | None = None, verify_data: bool = True):
     """Open a NIfTI file (header only) after every check of this module: the file exists and is NIfTI, its header
     passes :func:`check_header` and, with ``verify_data``, a compressed file decompresses to its end with a correct
-    checksum and no more than it declares. The nibabel image, whose data is then safe to read."""
+    checksum, and the file holds as many bytes as it declares (no more when compressed). The nibabel image, whose
+    data is then safe to read."""
     import nibabel as nib
 
     path = os.fspath(path)
@@ -184,7 +198,11 @@ def open_nifti(path: str | os.PathLike, ndim: int | None = None, verify_data: bo
         raise DataError(path, f"not a NIfTI file (read as {type(img).__name__})")
     check_header(img, path, ndim)
     if verify_data:
-        verify_compressed(path, declared_end(img) + STREAM_SLACK_BYTES)
+        end = declared_end(img)
+        size = verify_compressed(path, end + STREAM_SLACK_BYTES)
+        size = os.path.getsize(path) if size is None else size
+        if size < end:
+            raise DataError(path, f"truncated or corrupt: {size} bytes of header and data, its header declares {end}")
     return img
 
 

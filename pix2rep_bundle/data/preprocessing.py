@@ -5,7 +5,9 @@ and inference; inference inverts it (``Compose.inverse`` / ``Invertd``) to bring
 original voxel grid. Every spatial step is an invertible MONAI transform; the intensity step is not spatial
 and is skipped by the inversion.
 
-Steps: load (NIfTI, affine repaired from the header's voxel sizes when they disagree), channel first,
+Steps: load (NIfTI, header and compressed stream checked first, affine in mm repaired from the header's voxel
+sizes when they disagree: :mod:`pix2rep_bundle.data.nifti_checks`), channel first, a check that the resampled
+volume stays within :data:`~pix2rep_bundle.data.nifti_checks.MAX_RESAMPLED_SIDE`,
 resample **in plane only** to ``spacing`` (the slice spacing and slice count are kept), per-volume intensity
 normalisation (clip at the 1st/99th percentile, rescale to [0, 1]), crop/pad in plane around the image
 centre to ``image_size``. The first key is the image; every other key is a label map (nearest neighbour).
