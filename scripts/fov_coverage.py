@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pix2rep_bundle.data.volume_checks import load_nifti  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
 
 CANDIDATES = ((2.0, 96), (1.5, 128), (2.0, 112), (1.75, 128), (1.5, 144), (1.5, 160), (2.0, 128))
@@ -29,9 +29,8 @@ CANDIDATES = ((2.0, 96), (1.5, 128), (2.0, 112), (1.75, 128), (1.5, 144), (1.5, 
 
 def label_offsets(path: Path) -> np.ndarray:
     """In-plane offsets (mm) of the labelled voxels of one ground-truth volume from its centre, (N, 2)."""
-    image = nib.load(str(path))
-    labels = np.asarray(image.dataobj)
-    zooms = np.asarray(image.header.get_zooms()[:2], dtype=float)
+    labels, affine = load_nifti(path)
+    zooms = np.linalg.norm(affine[:3, :2], axis=0)  # mm, whatever the header's unit
     index = np.argwhere(labels > 0)[:, :2]
     return (index - (np.asarray(labels.shape[:2]) - 1) / 2) * zooms
 

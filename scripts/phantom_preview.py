@@ -26,7 +26,7 @@ _CONTOUR_COLOURS = {"RV": "#ff4040", "MYO": "#40e040", "LV": "#40a0ff"}
 
 def _load_dir_subjects(folder: Path, subject_ids: Sequence[int | str] | None, max_subjects: int) -> list[dict]:
     """Read ED/ES images (and labels when present) of a few subjects of an ACDC-layout folder."""
-    import nibabel as nib
+    from pix2rep_bundle.data.volume_checks import load_nifti
 
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "Info.cfg").is_file())
     if subject_ids is not None:
@@ -42,19 +42,15 @@ def _load_dir_subjects(folder: Path, subject_ids: Sequence[int | str] | None, ma
         frames = {}
         for key in ("ED", "ES"):
             f = int(info[key])
-            img = nib.load(d / f"{d.name}_frame{f:02d}.nii.gz")
+            image, affine = load_nifti(d / f"{d.name}_frame{f:02d}.nii.gz")
             gt = d / f"{d.name}_frame{f:02d}_gt.nii.gz"
-            frames[key] = (
-                f,
-                np.asarray(img.dataobj, np.float32),
-                np.asarray(nib.load(gt).dataobj, np.uint8) if gt.exists() else None,
-            )
+            frames[key] = (f, image, np.rint(load_nifti(gt)[0]).astype(np.uint8) if gt.exists() else None)
         out.append(
             {
                 "name": d.name,
                 "group": info["Group"],
                 "frames": frames,
-                "spacing": tuple(float(z) for z in img.header.get_zooms()[:3]),
+                "spacing": tuple(float(z) for z in np.linalg.norm(affine[:3, :3], axis=0)),
             }
         )
     return out

@@ -21,10 +21,10 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pix2rep_bundle.data.volume_checks import load_nifti  # noqa: E402
 from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
 from pix2rep_bundle.networks import feature_unet, read_backbone  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
@@ -43,7 +43,7 @@ def pca_rgb(features: torch.Tensor) -> np.ndarray:
 
 
 def _slices(volume: str, num_slices: int) -> torch.Tensor:
-    data = np.asarray(nib.load(volume).dataobj, dtype=np.float32)
+    data, _ = load_nifti(volume)
     picks = np.linspace(0, data.shape[-1] - 1, num_slices).round().astype(int)
     return torch.from_numpy(np.stack([data[..., k] for k in picks]))[:, None]
 

@@ -5,7 +5,9 @@ and inference; inference inverts it (``Compose.inverse`` / ``Invertd``) to bring
 original voxel grid. Every spatial step is an invertible MONAI transform; the intensity step is not spatial
 and is skipped by the inversion.
 
-Steps: load (NIfTI, affine repaired from the header's voxel sizes when they disagree), channel first,
+Steps: load (NIfTI, header and compressed stream checked first, affine in mm repaired from the header's voxel
+sizes when they disagree: :mod:`pix2rep_bundle.data.nifti_checks`), channel first, a check that the resampled
+volume stays within :data:`~pix2rep_bundle.data.nifti_checks.MAX_RESAMPLED_SIDE`,
 resample **in plane only** to ``spacing`` (the slice spacing and slice count are kept), per-volume intensity
 normalisation (clip at the 1st/99th percentile, rescale to [0, 1]), crop/pad in plane around the image
 centre to ``image_size``. The first key is the image; every other key is a label map (nearest neighbour).
@@ -23,6 +25,7 @@ from monai.transforms import (
     EnsureChannelFirstd,
     LoadImage,
     LoadImaged,
+    MapTransform,
     ResizeWithPadOrCropd,
     ScaleIntensityRange,
     ScaleIntensityRangePercentiles,
@@ -31,6 +34,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor, ensure_tuple
 
+from pix2rep_bundle.data.nifti_checks import check_resampled_size, mm_affine, open_nifti
 from pix2rep_bundle.errors import DataError
 
 # Relative disagreement between an affine column norm and the header voxel size that triggers a repair.
@@ -58,10 +62,12 @@ def repair_affine(affine: np.ndarray, zooms: Sequence[float]) -> np.ndarray:
 
 
 class HeaderSpacingNibabelReader(NibabelReader):
-    """``NibabelReader`` whose affine takes its voxel sizes from the header (see :func:`repair_affine`) and
-    which checks what it reads: a missing, non-NIfTI, truncated or corrupt file, a volume that is not
-    ``spatial_ndims``-D (e.g. a 2D image or a 4D cine where a 3D volume is expected) or NaN/inf voxels each
-    raise :class:`~pix2rep_bundle.errors.DataError` naming the file."""
+    """``NibabelReader`` whose affine is in mm with its voxel sizes from the header (see
+    :func:`~pix2rep_bundle.data.nifti_checks.mm_affine`) and which checks what it reads: a missing, non-NIfTI,
+    truncated or corrupt file (a compressed stream is verified to its end), a volume that is not
+    ``spatial_ndims``-D (e.g. a 2D image or a 4D cine where a 3D volume is expected), too large, not real-valued,
+    of unusable geometry (:func:`~pix2rep_bundle.data.nifti_checks.open_nifti`) or with NaN/inf voxels each raise
+    :class:`~pix2rep_bundle.errors.DataError` naming the file, before its data is read."""
 
     def __init__(self, spatial_ndims: int | None = 3, **kwargs):
         super().__init__(**kwargs)
@@ -69,23 +75,22 @@ class HeaderSpacingNibabelReader(NibabelReader):
 
     def read(self, data, **kwargs):
         for name in ensure_tuple(data):
-            if not os.path.isfile(name):
-                raise DataError(name, "file not found")
+            open_nifti(name, self.spatial_ndims)
         try:
             return super().read(data, **kwargs)
         except Exception as err:  # nibabel raises many types for bad files
             raise DataError(ensure_tuple(data)[0], f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
 
+    def _name(self) -> str:
+        """The file being read (for error messages)."""
+        return os.fspath(self.filenames[0]) if getattr(self, "filenames", None) else "<image>"
+
     def get_data(self, img):
-        name = os.fspath(self.filenames[0]) if getattr(self, "filenames", None) else "<image>"
-        shape = tuple(ensure_tuple(img)[0].shape)
-        if self.spatial_ndims is not None and len(shape) != self.spatial_ndims:
-            hint = "; a 4D cine must be split into its 3D frames first" if len(shape) == 4 else ""
-            raise DataError(
-                name, f"expected a {self.spatial_ndims}D volume (rows, columns, slices), " f"got shape {shape}{hint}"
-            )
+        name = self._name()
         try:
             array, meta = super().get_data(img)
+        except DataError:
+            raise
         except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
             raise DataError(name, f"truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
@@ -94,9 +99,7 @@ class HeaderSpacingNibabelReader(NibabelReader):
         return array, meta
 
     def _get_affine(self, img):
-        affine = super()._get_affine(img)
-        spatial = min(len(img.shape), affine.shape[0] - 1, 3)
-        return repair_affine(affine, img.header.get_zooms()[:spatial])
+        return mm_affine(img, self._name())
 
 
 class NumpyPercentiles(ScaleIntensityRangePercentiles):
@@ -161,6 +164,28 @@ class Spacingd_(Spacingd):
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out
+
+
+class CheckResampledSized(MapTransform):
+    """Refuse, before ``Spacingd`` allocates it, a volume whose in-plane resampling to ``spacing`` (mm) would be too
+    large (:func:`~pix2rep_bundle.data.nifti_checks.check_resampled_size`: DataError naming the file, its shape and
+    spacing and the limit); the data passes unchanged. Not spatial, so an inversion skips it."""
+
+    def __init__(self, keys, spacing: Sequence[float], allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.spacing = tuple(float(s) for s in spacing)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            volume = d[key]
+            affine = getattr(volume, "affine", None)
+            if affine is None:
+                continue
+            in_plane = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :2], axis=0)
+            name = getattr(volume, "meta", {}).get("filename_or_obj", key)
+            check_resampled_size(tuple(volume.shape[1:]), in_plane, self.spacing, name)
+        return d
 
 
 def in_plane_pixdim(spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -237,6 +262,7 @@ def volume_preprocessing(
     image_key, label_keys = keys[0], keys[1:]
     transforms = load_transforms(keys) if load else []
     transforms += [
+        CheckResampledSized(keys, in_plane_pixdim(spacing)[:2]),
         Spacingd_(
             keys,
             pixdim=in_plane_pixdim(spacing),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pix2rep_bundle.data.nifti_checks import mm_affine, open_nifti
 from pix2rep_bundle.errors import DataError
 
 LABEL_VALUES = (0, 1, 2, 3)
@@ -14,26 +15,14 @@ AFFINE_TOL = 1e-3
 
 
 def load_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Load a NIfTI volume as float32 data and its affine (voxel sizes repaired from the header).
+    """Load a NIfTI volume as float32 data and its affine in mm (unit from the header, voxel sizes from ``pixdim``).
 
-    DataError, naming the file, when it is missing, not NIfTI, truncated or corrupt, not ``ndim``-D, or holds
-    NaN/inf voxels.
+    DataError, naming the file, when it is missing, not NIfTI, truncated or corrupt (a compressed stream is verified
+    to its end), not ``ndim``-D, too large, not real-valued, of unusable geometry (see
+    :func:`~pix2rep_bundle.data.nifti_checks.open_nifti`), or holds NaN/inf voxels.
     """
-    import nibabel as nib
-
-    from pix2rep_bundle.data.preprocessing import repair_affine
-
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # nibabel raises many types for bad files
-        raise DataError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DataError(path, f"not a NIfTI file (read as {type(img).__name__})")
-    if len(img.shape) != ndim:
-        raise DataError(path, f"expected a {ndim}D volume, got shape {tuple(img.shape)}")
+    img = open_nifti(path, ndim)
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
@@ -41,8 +30,7 @@ def load_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise DataError(path, f"{bad} NaN/inf voxels")
-    affine = repair_affine(img.affine, img.header.get_zooms()[:3])
-    return data, affine
+    return data, mm_affine(img, path)
 
 
 def check_label(label: np.ndarray, path: Path) -> None:
