@@ -146,6 +146,13 @@ def test_a_known_shift_maps_each_pixel_where_it_should_in_both_directions():
         assert torch.allclose(v1[mask], v2[i2.long()[mask], j2.long()[mask]], atol=1e-6)
 
 
+def shows_source(i: torch.Tensor, j: torch.Tensor, shift: tuple[float, float]) -> torch.Tensor:
+    """Whether pixel ``(i, j)`` of a half-resolution view whose source location is ``2 (i, j) + 0.5 + shift`` lies
+    within the hull of the 40 x 48 source's pixel centres."""
+    rows, cols = 2 * i + 0.5 + shift[0], 2 * j + 0.5 + shift[1]
+    return (rows >= 0) & (rows <= H - 1) & (cols >= 0) & (cols <= W - 1)
+
+
 def test_views_smaller_than_the_source_align_exactly_in_both_directions():
     """Views of 20 x 24 covering the whole 40 x 48 source (2 source pixels per view pixel), view 2 shifted by
     (3, -2) source pixels: pixel (i, j) of view 1 lies at (i - 1.5, j + 1) of view 2, and the other way round
@@ -168,24 +175,17 @@ def test_views_smaller_than_the_source_align_exactly_in_both_directions():
         where = as_voxels(alignment.grid[0], (h, w))
         i2, j2 = ii + offset[0], jj + offset[1]
         assert torch.allclose(where[..., 0], i2, atol=1e-4) and torch.allclose(where[..., 1], j2, atol=1e-4)
-        # view-2 pixels showing the source: rows 2 i + 0.5 + 3 <= H - 1 and cols 2 j + 0.5 - 2 >= 0 (for the shifted
-        # view); a view-1 pixel counts when every view-2 pixel its location is interpolated from shows the source
-        shows = (
-            lambda i, j, shift: (2 * i + 0.5 + shift[0] >= 0)
-            & (2 * i + 0.5 + shift[0] <= H - 1)
-            & (2 * j + 0.5 + shift[1] >= 0)  # noqa: E731
-            & (2 * j + 0.5 + shift[1] <= W - 1)
-        )
+        # a view-1 pixel counts when it shows the source and every view-2 pixel its location is interpolated from does
         shift_2 = (3.0, -2.0) if offset[0] < 0 else (0.0, 0.0)
         shift_1 = (0.0, 0.0) if offset[0] < 0 else (3.0, -2.0)
-        inside = (i2 >= 0) & (i2 <= h - 1) & (j2 >= 0) & (j2 <= w - 1) & shows(ii, jj, shift_1)
+        inside = (i2 >= 0) & (i2 <= h - 1) & (j2 >= 0) & (j2 <= w - 1) & shows_source(ii, jj, shift_1)
         for di, dj in (
             (i2.floor(), j2.floor()),
             (i2.ceil(), j2.ceil()),
             (i2.floor(), j2.ceil()),
             (i2.ceil(), j2.floor()),
         ):
-            inside &= shows(di, dj, shift_2)
+            inside &= shows_source(di, dj, shift_2)
         mask = alignment.mask[0, 0].bool()
         assert torch.equal(mask, inside) and 0.5 < float(mask.float().mean()) < 0.95
         v1 = pair.views[0, 0, 0]
