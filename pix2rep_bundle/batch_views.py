@@ -6,6 +6,11 @@ inversion, gamma, optional contrast/brightness, bias field, blur and noise, each
 but for a ``(B, 1, H, W)`` batch at once, on whatever device the batch is (``affine_grid``/``grid_sample``
 and a few tensor ops; no per-sample Python work beyond building the matrices).
 
+With ``view_size`` (a :class:`~pix2rep_bundle.view_settings.ViewSettings` field) each view is rendered at that size
+from the full source slice: the zoom-crop window keeps its share ``s`` of the source's field of view, shown on
+``view_size`` pixels (fewer pixels per view, a cheaper network pass); the alignment stays exact, as it is computed
+from the maps whatever the sizes.
+
 The geometry is recorded as ``(B, 3, 3)`` voxel maps from each view to the source slice, the form that
 :func:`pix2rep_bundle.geometry.alignment_from_maps` reads, so the alignment of the two views is computed by
 the same code as on the MONAI path (whose recorded ``MetaTensor`` affines reduce to the same maps).
@@ -31,19 +36,22 @@ BLUR_TRUNCATED = 4.0  # MONAI GaussianFilter's default (kernel radius in sigmas)
 class ViewPair(NamedTuple):
     """Two views of a batch and their geometry.
 
-    views: ``(2, B, 1, H, W)`` float32, the two views.
+    views: ``(2, B, 1, h, w)`` float32, the two views.
     to_source: ``(2, B, 3, 3)`` float64 voxel maps from each view to the source slice (``source(M v)`` is
         what pixel ``v`` of the view shows).
+    source_shape: ``(H, W)`` of the source slices (None: the views' shape).
     """
 
     views: torch.Tensor
     to_source: torch.Tensor
+    source_shape: tuple[int, int] | None = None
 
     def alignment(self) -> Alignment:
-        """The :class:`~pix2rep_bundle.geometry.Alignment` of view 1 to view 2 (views keep the source's shape)."""
+        """The :class:`~pix2rep_bundle.geometry.Alignment` of view 1 to view 2, in view 1's frame."""
         map_1, map_2 = self.to_source[0], self.to_source[1]
         shape = tuple(self.views.shape[-2:])
-        return alignment_from_maps(torch.linalg.solve(map_2, map_1), map_1, shape, shape)
+        source = shape if self.source_shape is None else tuple(self.source_shape)
+        return alignment_from_maps(torch.linalg.solve(map_2, map_1), map_1, source, shape)
 
 
 # ------------------------------------------------------------------------------------------- spatial
@@ -60,30 +68,47 @@ def flip_maps(flips: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def similarity_maps(
-    angles: torch.Tensor, scales: torch.Tensor, shifts: torch.Tensor, shape: Sequence[int]
+    angles: torch.Tensor,
+    scales: torch.Tensor,
+    shifts: torch.Tensor,
+    shape: Sequence[int],
+    view_shape: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """``(B, 3, 3)`` voxel maps ``C R (s x + t) C^-1`` from view to source, MONAI ``RandAffine``'s convention.
+    """``(B, 3, 3)`` voxel maps ``C_s R (s D x + t) C_v^-1`` from view to source, MONAI ``RandAffine``'s convention.
 
-    ``angles`` ``(B,)`` radians, ``scales`` ``(B,)``, ``shifts`` ``(B, 2)`` in pixels; ``C`` moves the origin to
-    the image centre ``((H - 1) / 2, (W - 1) / 2)``, as MONAI's centred sampling grid does.
+    ``angles`` ``(B,)`` radians, ``scales`` ``(B,)``, ``shifts`` ``(B, 2)`` in source pixels; ``C_s``/``C_v`` move the
+    origin to the centre ``((n - 1) / 2)`` of the source of ``shape`` / of the view of ``view_shape`` (default:
+    ``shape``), as MONAI's centred sampling grid does; ``D = diag(H / h, W / w)`` makes a view of another size
+    cover the same field of view (``s = 1``: the whole source, each view pixel ``r`` source pixels wide).
     """
     batch, device = angles.shape[0], angles.device
+    view_shape = shape if view_shape is None else view_shape
+    ratio = [float(shape[k]) / float(view_shape[k]) for k in (0, 1)]
     cos, sin = torch.cos(angles).double(), torch.sin(angles).double()
     out = torch.zeros(batch, 3, 3, dtype=torch.float64, device=device)
     scales = scales.double()
-    out[:, 0, 0], out[:, 0, 1] = cos * scales, -sin * scales
-    out[:, 1, 0], out[:, 1, 1] = sin * scales, cos * scales
+    out[:, 0, 0], out[:, 0, 1] = cos * scales * ratio[0], -sin * scales * ratio[1]
+    out[:, 1, 0], out[:, 1, 1] = sin * scales * ratio[0], cos * scales * ratio[1]
     rotated_shift = torch.stack([cos * shifts[:, 0] - sin * shifts[:, 1], sin * shifts[:, 0] + cos * shifts[:, 1]], -1)
     centre = torch.tensor([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0], dtype=torch.float64, device=device)
-    out[:, :2, 2] = rotated_shift.double() + centre - (out[:, :2, :2] @ centre)
+    view_centre = torch.tensor(
+        [(view_shape[0] - 1) / 2.0, (view_shape[1] - 1) / 2.0], dtype=torch.float64, device=device
+    )
+    out[:, :2, 2] = rotated_shift.double() + centre - (out[:, :2, :2] @ view_centre)
     out[:, 2, 2] = 1.0
     return out
 
 
-def resample(images: torch.Tensor, to_source: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """``images`` ``(B, C, H, W)`` resampled on view grids of the same size: ``out(v) = images(M v)``, zeros outside."""
-    shape = torch.tensor(images.shape[-2:], dtype=torch.float64, device=images.device).expand(images.shape[0], 2)
-    grid = sampling_grid(to_source, shape, shape, images.shape[-2:])
+def resample(
+    images: torch.Tensor, to_source: torch.Tensor, mode: str = "bilinear", view_shape: Sequence[int] | None = None
+) -> torch.Tensor:
+    """``images`` ``(B, C, H, W)`` resampled on view grids of ``view_shape`` (default: ``(H, W)``):
+    ``out(v) = images(M v)``, zeros outside."""
+    view_shape = tuple(images.shape[-2:]) if view_shape is None else tuple(view_shape)
+    batch, device = images.shape[0], images.device
+    shape = torch.tensor(images.shape[-2:], dtype=torch.float64, device=device).expand(batch, 2)
+    views = torch.tensor(view_shape, dtype=torch.float64, device=device).expand(batch, 2)
+    grid = sampling_grid(to_source, views, shape, view_shape)
     return warp(images, grid, mode=mode)
 
 
@@ -174,10 +199,16 @@ class BatchPairedViews:
         self.blur_radius = int(max(self.blur_sigma[1] * BLUR_TRUNCATED, 0.5) + 0.5)
         self.noise_prob, self.noise_std = v.noise_prob, v.noise_std
         self.spatial_mode = v.spatial_mode
+        self.view_size = v.view_size
+
+    def view_shape(self, shape: Sequence[int]) -> tuple[int, int]:
+        """The views' ``(h, w)`` for source slices of ``shape``: ``view_size``, else the source's."""
+        return (int(shape[0]), int(shape[1])) if self.view_size is None else self.view_size
 
     # -------------------------------------------------------------------------------------- drawing
     def draw_to_source(self, batch: int, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-        """``(B, 3, 3)`` random view-to-source voxel maps: flips, then the similarity (``M = flip @ similarity``)."""
+        """``(B, 3, 3)`` random view-to-source voxel maps for sources of ``shape``: flips (of the source), then the
+        similarity from the view (``M = flip @ similarity``)."""
         rand = lambda *size: torch.rand(*size, device=device, dtype=torch.float64)  # noqa: E731
         flips = rand(batch, 2) < self.flip_prob
         angles = (2.0 * rand(batch) - 1.0) * self.rotate_radians
@@ -188,7 +219,8 @@ class BatchPairedViews:
         f = self.translate_fraction
         fractions = (2.0 * rand(batch, 2) - 1.0) * margin + (2.0 * rand(batch, 2) - 1.0) * f
         sizes = torch.tensor([float(shape[0]), float(shape[1])], dtype=torch.float64, device=device)
-        return flip_maps(flips, shape) @ similarity_maps(angles, scales, fractions * sizes, shape)
+        similarity = similarity_maps(angles, scales, fractions * sizes, shape, self.view_shape(shape))
+        return flip_maps(flips, shape) @ similarity
 
     def intensity(self, views: torch.Tensor) -> torch.Tensor:
         """Random intensity changes of ``(B, 1, H, W)`` views, each drawn per sample (the MONAI path's order)."""
@@ -225,15 +257,16 @@ class BatchPairedViews:
 
     # ------------------------------------------------------------------------------------- applying
     def apply(self, images: torch.Tensor, to_source: torch.Tensor, intensity: bool = True) -> ViewPair:
-        """Two views of ``images`` ``(B, 1, H, W)`` from given maps ``to_source`` ``(2, B, 3, 3)``."""
+        """Two views of ``images`` ``(B, 1, H, W)`` from given maps ``to_source`` ``(2, B, 3, 3)``, at ``view_size``."""
         images = torch.as_tensor(images).float()
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"expected (B, 1, H, W) images, got shape {tuple(images.shape)}")
         to_source = to_source.to(device=images.device, dtype=torch.float64)
-        views = [resample(images, to_source[k], self.spatial_mode) for k in (0, 1)]
+        shape = tuple(images.shape[-2:])
+        views = [resample(images, to_source[k], self.spatial_mode, self.view_shape(shape)) for k in (0, 1)]
         if intensity:
             views = [self.intensity(v) for v in views]
-        return ViewPair(views=torch.stack(views), to_source=to_source)
+        return ViewPair(views=torch.stack(views), to_source=to_source, source_shape=shape)
 
     def __call__(self, images: torch.Tensor) -> ViewPair:
         images = torch.as_tensor(images)

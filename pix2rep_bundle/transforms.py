@@ -47,7 +47,9 @@ class _SimilarityGrid(RandAffineGrid):
     ``R (s x + t)``: scale ``s`` then translation ``t`` then rotation ``R``. So a view of scale ``s`` shows a
     window of ``s`` times the source's field of view, magnified ``1 / s``; ``t`` shifts that window. With
     ``zoom_offset`` the window is shifted by up to its free margin ``(1 - s) / 2`` of the size on each axis
-    (a random crop position); ``translate_fraction`` ``f`` adds a shift ``U(-f, f)`` of the size.
+    (a random crop position); ``translate_fraction`` ``f`` adds a shift ``U(-f, f)`` of the size. A view of
+    another size than the source (``source_size``, set before each call) covers the same window: its scale per axis
+    is ``s`` times the source-to-view size ratio, and shifts are fractions of the source's size.
     """
 
     def __init__(
@@ -63,13 +65,15 @@ class _SimilarityGrid(RandAffineGrid):
         self.zoom_offset = as_bool(zoom_offset, "zoom_offset")
         self.translate_fraction = float(translate_fraction)
         self.shift_fractions = [0.0, 0.0]
+        self.view_scale = 1.0
+        self.source_size: Sequence[int] | None = None
 
     def randomize(self, data: Any | None = None) -> None:
         super().randomize(data)  # the rotation; no shear, translation or scale range is set on the parent
         scale = 1.0 if self.view_scale_range is None else self.R.uniform(*self.view_scale_range)
         margin = (1.0 - scale) / 2.0 if self.zoom_offset else 0.0
         f = self.translate_fraction
-        self.scale_params = [scale, scale]
+        self.view_scale = scale
         self.shift_fractions = [self.R.uniform(-margin, margin) + self.R.uniform(-f, f) for _ in range(2)]
 
     def __call__(
@@ -82,7 +86,9 @@ class _SimilarityGrid(RandAffineGrid):
         if randomize:
             self.randomize()
         size = spatial_size if spatial_size is not None else grid.shape[1:]
-        self.translate_params = [frac * float(n) for frac, n in zip(self.shift_fractions, size)]
+        source = size if self.source_size is None else self.source_size
+        self.scale_params = [self.view_scale * float(n) / float(m) for n, m in zip(source, size)]
+        self.translate_params = [frac * float(n) for frac, n in zip(self.shift_fractions, source)]
         return super().__call__(spatial_size, grid, randomize=False, lazy=lazy)
 
 
@@ -98,6 +104,8 @@ class RandSimilarityd(RandAffined):
             of the size per axis) rather than at its centre.
         translate_fraction: extra translation ``U(-f, f)`` of the image size per axis.
         mode: interpolation mode; padding is zeros (out-of-view pixels are masked by the geometry).
+        view_size: ``(h, w)`` of the view, covering the same window of the source at another number of pixels
+            (None: the source's size).
 
     Being a ``RandAffined``, it is invertible and records its matrix in ``applied_operations`` and in the
     ``MetaTensor.affine``.
@@ -112,11 +120,13 @@ class RandSimilarityd(RandAffined):
         translate_fraction: float = 0.0,
         mode: str = "bilinear",
         allow_missing_keys: bool = False,
+        view_size: Sequence[int] | None = None,
     ):
         check_scale_range(scale_range)
         rotate_range = (math.radians(rotate_degrees),) if rotate_degrees else None
         super().__init__(
             keys,
+            spatial_size=None if view_size is None else tuple(int(n) for n in view_size),
             prob=1.0,
             rotate_range=rotate_range,
             mode=mode,
@@ -126,6 +136,13 @@ class RandSimilarityd(RandAffined):
         self.rand_affine.rand_affine_grid = _SimilarityGrid(
             rotate_range, scale_range, zoom_offset, translate_fraction, device=self.rand_affine.rand_affine_grid.device
         )
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        """Resample ``keys`` with one drawn similarity; the grid learns the source's size first."""
+        first = self.first_key(dict(data))
+        grid = self.rand_affine.rand_affine_grid
+        grid.source_size = None if first == () else tuple(data[first].shape[1:])
+        return super().__call__(data, lazy=lazy)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -164,13 +181,19 @@ def spatial_transforms(
     translate_fraction: float,
     flip_prob: float,
     mode: str,
+    view_size: Sequence[int] | None = None,
 ) -> list:
-    """Independent random flips along each axis, then one similarity resampling (skipped when all is off)."""
+    """Independent random flips along each axis, then one similarity resampling (skipped when all is off and the
+    view keeps the source's size)."""
     out: list = []
     if flip_prob:
         out += [RandFlipd(key, prob=flip_prob, spatial_axis=axis) for axis in (0, 1)]
-    if rotate_degrees or scale_range is not None or translate_fraction:
-        out.append(RandSimilarityd(key, rotate_degrees, scale_range, zoom_offset, translate_fraction, mode))
+    if rotate_degrees or scale_range is not None or translate_fraction or view_size is not None:
+        out.append(
+            RandSimilarityd(
+                key, rotate_degrees, scale_range, zoom_offset, translate_fraction, mode, view_size=view_size
+            )
+        )
     return out
 
 
@@ -238,6 +261,8 @@ def paired_views(
         ``scale_range``: zoom-crop; the view shows a window of ``s ~ U(s_min, s_max)`` times the field of view,
         magnified to the full size (None: none); ``zoom_offset`` puts the window at a random position within
         the field of view. ``translate_fraction``: extra translation ``U(-f, f)`` of the size (reference: 0).
+        ``view_size``: ``(h, w)`` of the views (None: the source's); the window is the same, rendered on that many
+        pixels (a smaller view is a cheaper network pass; the recorded affines keep the alignment exact).
         Out-of-view pixels are zero (and masked out by the geometry). Elastic deformation is left out: it is not
         an affine map, so it would not be recorded in the affine that the alignment is computed from.
 
@@ -260,7 +285,14 @@ def paired_views(
     ]
     for key in view_keys:
         transforms += spatial_transforms(
-            key, v.rotate_degrees, v.scale_range, v.zoom_offset, v.translate_fraction, v.flip_prob, v.spatial_mode
+            key,
+            v.rotate_degrees,
+            v.scale_range,
+            v.zoom_offset,
+            v.translate_fraction,
+            v.flip_prob,
+            v.spatial_mode,
+            v.view_size,
         )
         transforms += intensity_transforms(
             key,

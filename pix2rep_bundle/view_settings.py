@@ -20,11 +20,27 @@ def check_scale_range(scale_range: Sequence[float] | None) -> None:
         raise ValueError(f"scale_range must be (s_min, s_max) with 0 < s_min <= s_max, got {scale_range}")
 
 
+def checked_view_size(view_size: Any) -> tuple[int, int] | None:
+    """``view_size`` as ``(h, w)`` (an int ``n`` is ``(n, n)``; None, the source slice's size, stays None);
+    ValueError unless two whole numbers >= 8."""
+    if view_size is None:
+        return None
+    sizes = [view_size, view_size] if isinstance(view_size, int) else view_size
+    ok = isinstance(sizes, (list, tuple)) and len(sizes) == 2
+    ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 8 for n in sizes)
+    if not ok:
+        raise ValueError(
+            f"view_settings view_size must be None, n or [h, w] with whole numbers >= 8, got {view_size!r}"
+        )
+    values = [int(n) for n in sizes]
+    return (values[0], values[1])
+
+
 @dataclass(frozen=True)
 class ViewSettings:
     """How the two views of a slice are drawn; the defaults are the reference settings (see ``paired_views`` for
     the meaning of each). Spatial: ``rotate_degrees``, ``scale_range`` (None: no zoom-crop), ``zoom_offset``,
-    ``translate_fraction``, ``flip_prob``, ``spatial_mode``. Intensity: ``invert_prob``, ``gamma_prob``,
+    ``translate_fraction``, ``flip_prob``, ``spatial_mode``, ``view_size``. Intensity: ``invert_prob``, ``gamma_prob``,
     ``log_gamma_range``, ``contrast_prob``, ``contrast_range``, ``brightness_range``, ``bias_field_prob``,
     ``bias_field_coeff``, ``blur_prob``, ``blur_sigma``, ``noise_prob``, ``noise_std``."""
 
@@ -46,6 +62,7 @@ class ViewSettings:
     noise_prob: float = 0.3
     noise_std: float = 0.5
     spatial_mode: str = "bilinear"
+    view_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         check_scale_range(self.scale_range)
@@ -53,6 +70,7 @@ class ViewSettings:
             object.__setattr__(self, "scale_range", (float(self.scale_range[0]), float(self.scale_range[1])))
         object.__setattr__(self, "blur_sigma", (float(self.blur_sigma[0]), float(self.blur_sigma[1])))
         object.__setattr__(self, "zoom_offset", as_bool(self.zoom_offset, "view_settings zoom_offset"))
+        object.__setattr__(self, "view_size", checked_view_size(self.view_size))
         for field in dataclasses.fields(self):
             if field.type == "float":
                 object.__setattr__(self, field.name, float(getattr(self, field.name)))

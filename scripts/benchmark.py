@@ -13,13 +13,25 @@ Two paths are measured in the same run, and the ratios printed: ``plain`` (per-s
 workers, fp32) and ``fast`` (the pretraining config's switches: ``augment_on_device``, bf16 ``amp`` where the device
 computes bf16 natively, ``channels_last`` on a GPU, ``--compile true`` if asked). ``--paths fast`` measures one.
 The figure that users get is the trainer's (``train#trainer.run()`` of the parsed config, its loader and handlers
-included); the hand-written loop splits it into data pipeline and step.
+included); the hand-written loop splits it into data pipeline and step, and the breakdown
+(:mod:`pix2rep_bundle.profiling`) times each of the config's own pieces per step (loader, views and alignment,
+network forward and backward, loss forward and backward, optimiser, validation) with its share, the FLOPs per pair,
+and the machine's fp32 limit measured in the same run (a 2048 x 2048 matrix product, a convolution of the network's
+first block), with achieved / limit.
+
+``--compare`` measures named settings side by side in one run, repetitions interleaved (A, B, A, B, ...) so that
+every setting shares the machine's noise: ``--compare recipe,fast`` (the presets of :data:`PRESETS`) or a dict
+``--compare '{"name": {overrides}, ...}'``; the first is the reference of the ratios:
+
+    python scripts/benchmark.py --compare recipe,view64,fast --repeats 3
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +47,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pix2rep_bundle.engines import bf16_is_fast  # noqa: E402
+from pix2rep_bundle.profiling import step_breakdown  # noqa: E402
+from pix2rep_bundle.profiling import Breakdown, conv_gflops, first_block_conv, matmul_gflops  # noqa: E402
 from pix2rep_bundle.settings import as_bool  # noqa: E402
 
 BUNDLE = Path(__file__).resolve().parents[1]
@@ -78,6 +92,21 @@ def fast_path(device: torch.device, amp: bool | None, channels_last: bool | None
 
 
 PLAIN = {"augment_on_device": False, "amp": False, "channels_last": False, "compile": False}
+# the 0.9.0 recipe's pretraining (scripts/reproduce_acdc.py RECIPE) in fp32, and the speed settings measured against it
+RECIPE_VIEWS = {"zoom_offset": False, "translate_fraction": 0.15}
+RECIPE = {
+    "augment_on_device": True,
+    "amp": False,
+    "channels_last": False,
+    "compile": False,
+    "view_settings": RECIPE_VIEWS,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "recipe": RECIPE,
+    "view64": RECIPE | {"view_settings": RECIPE_VIEWS | {"view_size": [64, 64]}},
+    "fast": RECIPE
+    | {"view_settings": RECIPE_VIEWS | {"view_size": [64, 64]}, "losses#infonce#num_samples": 500, "num_workers": 0},
+}
 
 
 def measure(parser: ConfigParser, dev: torch.device, steps: int, warmup: int, flops: float | None) -> dict[str, float]:
@@ -179,6 +208,106 @@ def measure_engine(parser: ConfigParser, dev: torch.device, steps: int, warmup: 
     return rate
 
 
+def machine_limit(parser: ConfigParser, dev: torch.device) -> dict[str, float]:
+    """The machine's fp32 limit on these cores, now: a 2048 x 2048 matrix product and the network's first-block
+    convolution forward on the stacked views (2 x batch, the view size), in GFLOP/s; printed."""
+    network = parser.get_parsed_content("network")
+    conv = first_block_conv(network)
+    views = parser.get_parsed_content("view_settings").get("view_size") or parser.get_parsed_content("image_size")
+    size = (int(views[0]), int(views[1])) if isinstance(views, (list, tuple)) else (int(views), int(views))
+    batch = 2 * int(parser.get_parsed_content("batch_size"))
+    limits = {"matmul_gflops": matmul_gflops(dev), "conv_gflops": conv_gflops(conv, batch, size, dev)}
+    print(
+        f"machine fp32 limit: 2048 x 2048 matmul {limits['matmul_gflops']:.1f} GFLOP/s; conv2d {conv.in_channels} -> "
+        f"{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]} on {batch} x {size[0]} x {size[1]} "
+        f"(the network's first block) {limits['conv_gflops']:.1f} GFLOP/s",
+        flush=True,
+    )
+    return limits
+
+
+def report_breakdown(
+    parser: ConfigParser, dev: torch.device, steps: int, warmup: int, limits: dict[str, float]
+) -> dict[str, float]:
+    """Print where a step's time goes (the config's own pieces) and achieved / limit; returns the figures."""
+    breakdown: Breakdown = step_breakdown(parser, dev, steps, warmup)
+    print("  breakdown of a step (the config's own pieces):", flush=True)
+    for line in breakdown.lines():
+        print(line, flush=True)
+    achieved = breakdown.flops_per_step / breakdown.compute_seconds / 1e9
+    overall = breakdown.flops_per_step / breakdown.total / 1e9
+    print(
+        f"    achieved: {achieved:.1f} GFLOP/s in network, loss and optimiser ({overall:.1f} over the whole step); "
+        f"achieved / limit: {achieved / limits['conv_gflops']:.2f} of the conv, "
+        f"{achieved / limits['matmul_gflops']:.2f} of the matmul",
+        flush=True,
+    )
+    figures = {f"{name}_ms": 1000 * value for name, value in breakdown.seconds.items()}
+    figures |= {
+        "step_ms": 1000 * breakdown.total,
+        "gflops_per_pair": breakdown.flops_per_step / breakdown.batch_size / 1e9,
+        "achieved_gflops": achieved,
+        "share_sum": sum(breakdown.shares().values()),
+    }
+    return figures
+
+
+def compare_settings(
+    settings: dict[str, dict[str, Any]],
+    overrides: dict[str, Any],
+    dev: torch.device,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    breakdown: bool,
+) -> dict[str, Any]:
+    """Pairs/s of the config's trainer for each named setting, repetitions interleaved (A, B, A, B, ...), then one
+    breakdown of each; prints the table with the medians and the ratios to the first setting."""
+    rates: dict[str, list[float]] = {name: [] for name in settings}
+    for repeat in range(repeats):
+        for name, setting in settings.items():
+            print(f"[{repeat + 1}/{repeats}] {name}: " + json.dumps(setting), flush=True)
+            torch.manual_seed(0)
+            with tempfile.TemporaryDirectory(prefix="pix2rep_benchmark_") as output_dir:
+                engine = build(overrides | setting | {"output_dir": output_dir})
+                rates[name].append(measure_engine(engine, dev, steps, warmup))
+                engine.get_parsed_content("tensorboard_writer").close()
+    details: dict[str, dict[str, float]] = {}
+    if breakdown:
+        limits = machine_limit(build(overrides | next(iter(settings.values()))), dev)
+        for name, setting in settings.items():
+            print(f"{name}:", flush=True)
+            with tempfile.TemporaryDirectory(prefix="pix2rep_benchmark_") as output_dir:
+                parser = build(overrides | setting | {"output_dir": output_dir})
+                details[name] = report_breakdown(parser, dev, steps, warmup, limits)
+                parser.get_parsed_content("tensorboard_writer").close()
+    reference = statistics.median(rates[next(iter(settings))])
+    print("| setting | the config's trainer, pairs/s (each repetition) | median | x the first |", flush=True)
+    print("|---|---|---|---|", flush=True)
+    results: dict[str, Any] = {}
+    for name, values in rates.items():
+        median = statistics.median(values)
+        results[name] = {"trainer_pairs_per_s": values, "median": median, "ratio": median / reference}
+        results[name] |= details.get(name, {})
+        listed = ", ".join(f"{v:.1f}" for v in values)
+        print(f"| {name} | {listed} | {median:.1f} | {median / reference:.2f}x |", flush=True)
+    return results
+
+
+def parse_compare(compare: str | Sequence[str] | dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--compare``: preset names (comma-separated or a list) or a dict of named overrides; ValueError naming an
+    unknown preset."""
+    if isinstance(compare, dict):
+        if not compare or not all(isinstance(v, dict) for v in compare.values()):
+            raise ValueError(f"--compare: a dict must map names to dicts of config overrides, got {compare!r}")
+        return {str(k): dict(v) for k, v in compare.items()}
+    names = [n.strip() for n in (compare.split(",") if isinstance(compare, str) else compare)]
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown or not names:
+        raise ValueError(f"--compare: unknown setting(s) {unknown}: choose among {sorted(PRESETS)} or give a dict")
+    return {n: PRESETS[n] for n in names}
+
+
 def check_counts(**counts: Any) -> None:
     """ValueError naming every count (None: a default) that is not a whole number >= 1."""
     problems = [
@@ -206,6 +335,9 @@ def main(
     dataset_dir: str | None = None,
     bundle_root: str = BUNDLE_ROOT,
     quick: bool = False,
+    breakdown: bool = True,
+    compare: str | Sequence[str] | dict[str, Any] | None = None,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """Measure and print pretraining throughput of the plain and the fast path; returns the figures.
 
@@ -218,11 +350,16 @@ def main(
         paths: ``plain`` (per-sample MONAI transforms in loader workers, fp32) and/or ``fast``.
         amp, channels_last, compile: the fast path's switches (defaults: see :func:`fast_path`).
         quick: a tiny setting for a smoke test (48 x 48, batch 2, tiny U-Net, 2 steps).
+        breakdown: time each of the config's pieces per step and the machine's fp32 limit (see the module docstring).
+        compare: settings measured side by side instead of the paths: preset names of :data:`PRESETS`
+            (``recipe,view64,fast``) or a dict of named config overrides; the first is the reference.
+        repeats: interleaved repetitions of each ``compare`` setting.
     """
     if quick:
         image_size, batch_size, steps, warmup = 48, 2, 2, 1
         features = features or [4, 4, 8, 8, 16, 8]
-    check_counts(image_size=image_size, batch_size=batch_size, steps=steps, warmup=warmup)
+    check_counts(image_size=image_size, batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats)
+    settings = None if compare is None else parse_compare(compare)
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
         raise ValueError(f"--num_workers must be a whole number >= 0, got {num_workers!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -256,6 +393,9 @@ def main(
         f"workers, torch {torch.__version__}, {torch.get_num_threads()} CPU threads",
         flush=True,
     )
+    if settings is not None:
+        return compare_settings(settings, overrides, dev, steps, warmup, repeats, breakdown)
+    limits = machine_limit(first, dev) if breakdown else {}
     results: dict[str, Any] = {}
     flops = None
     for path in paths:
@@ -269,6 +409,14 @@ def main(
             engine = build(overrides | switches[path] | {"output_dir": output_dir})
             results[path]["trainer_pairs_per_s"] = measure_engine(engine, dev, steps, warmup)
             engine.get_parsed_content("tensorboard_writer").close()
+        if breakdown:
+            torch.manual_seed(0)
+            with tempfile.TemporaryDirectory(prefix="pix2rep_benchmark_") as output_dir:
+                parser = build(overrides | switches[path] | {"output_dir": output_dir})
+                results[path]["breakdown"] = report_breakdown(parser, dev, steps, warmup, limits)
+                parser.get_parsed_content("tensorboard_writer").close()
+    if limits:
+        results["machine_limit"] = limits
     if {"plain", "fast"} <= set(results):
         for key, what in (
             ("end_to_end_pairs_per_s", "hand-written loop, end to end"),

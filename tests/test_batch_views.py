@@ -24,7 +24,7 @@ from pix2rep_bundle.batch_views import (
     flip_maps,
     similarity_maps,
 )
-from pix2rep_bundle.geometry import _as_batched_3x3, alignment_from_batch
+from pix2rep_bundle.geometry import _as_batched_3x3, alignment_from_batch, warp
 from pix2rep_bundle.losses import Pix2RepLoss
 from pix2rep_bundle.networks import Pix2RepNet, compile_network
 from pix2rep_bundle.transforms import paired_views
@@ -79,15 +79,19 @@ def test_both_paths_take_one_view_settings():
     assert BatchPairedViews(zoom_offset="False").settings.zoom_offset is False
 
 
-def test_same_affines_give_the_same_views_and_the_same_alignment():
+@pytest.mark.parametrize("view_size", [None, (24, 32)])
+def test_same_affines_give_the_same_views_and_the_same_alignment(view_size):
     """Views resampled by the fast path from the MONAI path's recorded maps equal MONAI's views, and the
-    alignment from the fast path's recorded maps equals the one read from the MetaTensor affines."""
-    batch = monai_batch(8, seed=3, **NO_INTENSITY)
+    alignment from the fast path's recorded maps equals the one read from the MetaTensor affines; also with views
+    rendered smaller than the source (view_size)."""
+    batch = monai_batch(8, seed=3, view_size=view_size, **NO_INTENSITY)
+    assert tuple(batch["view_1"].shape[-2:]) == (view_size or (H, W))
     maps = recorded_maps(batch)
     assert not torch.allclose(maps[0], maps[1])  # real, different augmentations (flips, rotations, zooms)
-    pair = BatchPairedViews(**NO_INTENSITY).apply(
+    pair = BatchPairedViews(view_size=view_size, **NO_INTENSITY).apply(
         torch.from_numpy(np.stack([smooth_image()] * 8)), maps, intensity=False
     )
+    assert tuple(pair.views.shape[-2:]) == (view_size or (H, W))
     for k, key in enumerate(("view_1", "view_2")):
         assert torch.allclose(pair.views[k], batch[key].as_tensor(), atol=1e-5)
     expected, got = alignment_from_batch(batch), pair.alignment()
@@ -140,6 +144,67 @@ def test_a_known_shift_maps_each_pixel_where_it_should_in_both_directions():
         # the aligned content is the same: view 1 at valid pixels equals view 2 read at their aligned location
         v1, v2 = pair.views[0, 0, 0], pair.views[1, 0, 0]
         assert torch.allclose(v1[mask], v2[i2.long()[mask], j2.long()[mask]], atol=1e-6)
+
+
+def shows_source(i: torch.Tensor, j: torch.Tensor, shift: tuple[float, float]) -> torch.Tensor:
+    """Whether pixel ``(i, j)`` of a half-resolution view whose source location is ``2 (i, j) + 0.5 + shift`` lies
+    within the hull of the 40 x 48 source's pixel centres."""
+    rows, cols = 2 * i + 0.5 + shift[0], 2 * j + 0.5 + shift[1]
+    return (rows >= 0) & (rows <= H - 1) & (cols >= 0) & (cols <= W - 1)
+
+
+def test_views_smaller_than_the_source_align_exactly_in_both_directions():
+    """Views of 20 x 24 covering the whole 40 x 48 source (2 source pixels per view pixel), view 2 shifted by
+    (3, -2) source pixels: pixel (i, j) of view 1 lies at (i - 1.5, j + 1) of view 2, and the other way round
+    (views swapped) at (i + 1.5, j - 1); the mask is exactly the pixels whose partner reads real content, and a
+    linear image (which bilinear interpolation reproduces exactly) reads the same value in both views there."""
+    h, w = H // 2, W // 2
+    whole = torch.tensor([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)  # view -> source
+    shifted = whole.clone()
+    shifted[0, 2], shifted[1, 2] = 0.5 + 3.0, 0.5 - 2.0
+    ramp = torch.arange(H, dtype=torch.float32)[:, None] * 0.01 + torch.arange(W, dtype=torch.float32) * 0.02 + 0.1
+    augment = BatchPairedViews(view_size=(h, w), **NO_INTENSITY)
+    ii, jj = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    for maps, offset in (
+        (torch.stack([whole, shifted])[:, None], (-1.5, 1.0)),
+        (torch.stack([shifted, whole])[:, None], (1.5, -1.0)),
+    ):
+        pair = augment.apply(ramp[None, None], maps, intensity=False)
+        assert tuple(pair.views.shape) == (2, 1, 1, h, w) and pair.source_shape == (H, W)
+        alignment = pair.alignment()
+        where = as_voxels(alignment.grid[0], (h, w))
+        i2, j2 = ii + offset[0], jj + offset[1]
+        assert torch.allclose(where[..., 0], i2, atol=1e-4) and torch.allclose(where[..., 1], j2, atol=1e-4)
+        # a view-1 pixel counts when it shows the source and every view-2 pixel its location is interpolated from does
+        shift_2 = (3.0, -2.0) if offset[0] < 0 else (0.0, 0.0)
+        shift_1 = (0.0, 0.0) if offset[0] < 0 else (3.0, -2.0)
+        inside = (i2 >= 0) & (i2 <= h - 1) & (j2 >= 0) & (j2 <= w - 1) & shows_source(ii, jj, shift_1)
+        for di, dj in (
+            (i2.floor(), j2.floor()),
+            (i2.ceil(), j2.ceil()),
+            (i2.floor(), j2.ceil()),
+            (i2.ceil(), j2.floor()),
+        ):
+            inside &= shows_source(di, dj, shift_2)
+        mask = alignment.mask[0, 0].bool()
+        assert torch.equal(mask, inside) and 0.5 < float(mask.float().mean()) < 0.95
+        v1 = pair.views[0, 0, 0]
+        v2_there = warp(pair.views[1, 0, None], alignment.grid[:1])[0, 0]
+        assert torch.allclose(v1[mask], v2_there[mask], atol=1e-5)
+        expected = 0.01 * (2 * ii + 0.5 + shift_1[0]) + 0.02 * (2 * jj + 0.5 + shift_1[1]) + 0.1
+        assert torch.allclose(v1[mask], expected[mask], atol=1e-5)  # view 1 shows the source where the map says
+
+
+@pytest.mark.parametrize("view_size", [7, "64", [64, 64.5], [64], True])
+def test_a_malformed_view_size_is_named(view_size):
+    with pytest.raises(ValueError, match="view_settings view_size must be"):
+        ViewSettings.of({"view_size": view_size})
+
+
+def test_view_size_takes_one_number_or_two():
+    assert ViewSettings.of({"view_size": 64}).view_size == (64, 64)
+    assert ViewSettings.of({"view_size": [64, 48]}).view_size == (64, 48)
+    assert ViewSettings().view_size is None
 
 
 def test_intensity_pieces_are_monai_transforms():
@@ -217,8 +282,10 @@ def test_a_few_training_steps_give_the_same_losses_on_both_paths():
     assert np.allclose(losses["plain"], losses["fast"], rtol=1e-4), losses
 
 
-def test_the_pretraining_config_trains_on_the_fast_path(tmp_path):
-    """augment_on_device: the loader serves plain slices, the trainer augments them; a few iterations run."""
+@pytest.mark.parametrize("view_size", [None, [32, 32]])
+def test_the_pretraining_config_trains_on_the_fast_path(tmp_path, view_size):
+    """augment_on_device: the loader serves plain slices, the trainer augments them; a few iterations run, also
+    with views rendered smaller than the slices (view_size: training and validation views at that size)."""
     config = parsed_config(
         "pretrain.yaml",
         tiny_settings(tmp_path)
@@ -228,6 +295,7 @@ def test_the_pretraining_config_trains_on_the_fast_path(tmp_path):
             "epochs": 1,
             "train#trainer#epoch_length": 3,
             "validate#evaluator#epoch_length": 1,
+            "view_settings": {} if view_size is None else {"view_size": view_size},
         },
     )
     batch = next(iter(config.get_parsed_content("train#dataloader")))
@@ -236,8 +304,10 @@ def test_the_pretraining_config_trains_on_the_fast_path(tmp_path):
     assert isinstance(trainer.prepare_batch, PrepareAugmentedPairs)
     trainer.run()
     assert trainer.state.iteration == 3 and math.isfinite(trainer.state.output["loss"].item())
+    assert tuple(trainer.state.output["image"].shape[-2:]) == tuple(view_size or (48, 48))
     evaluator = config.get_parsed_content("validate#evaluator")
     assert isinstance(evaluator.prepare_batch, PrepareViewPairs)  # validation views stay those of the MONAI path
+    assert tuple(evaluator.state.output["image"].shape[-2:]) == tuple(view_size or (48, 48))
 
 
 def test_compiled_network_matches_eager_and_keeps_its_state_dict_keys():
