@@ -1,16 +1,20 @@
-"""MONAI Label serves the bundle as git ships it: a real ``monailabel start_server`` (the ``monaibundle`` sample app,
-with ``git archive HEAD`` of this bundle as a local model) lists it at /info/, segments phantom volumes at /infer/
-with the shipped ``models/model.pt`` at once, and at /train/ fine-tunes from the shipped Pix2Rep backbone with one
-labelled subject (its ED and ES volumes: one to train on, one to validate), the few-shot loop inside MONAI Label.
+"""MONAI Label serves the bundle as git ships it: a real ``monailabel start_server`` (the app that
+``scripts/monailabel_app.py`` builds from the ``monaibundle`` sample app and ``git archive HEAD`` of this bundle) lists
+it at /info/, segments phantom volumes at /infer/ with the shipped ``models/model.pt`` at once, and at /train/
+fine-tunes from the shipped Pix2Rep backbone with one labelled subject (its ED and ES volumes: one to train on, one
+to validate), the few-shot loop inside MONAI Label. The same server refuses, with a 4xx and a detail, image ids and
+label tags that lead outside its studies folder, files outside it, unknown ids and files that are not volumes; and
+the server does not start on every interface without ``--host``.
 
 MONAI Label 0.8.5 needs torch 2.14.1 and torchvision, so it runs from its own environment:
-``bash tests/monailabel/setup_venv.sh .venv-monailabel`` then
+``bash scripts/setup_monailabel.sh .venv-monailabel`` then
 ``PIX2REP_MONAILABEL_PYTHON=.venv-monailabel/bin/python python -m pytest -q tests/test_monailabel.py``
 (``.ci/run`` does both). Without that variable the tests are skipped.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -32,12 +36,13 @@ from helpers import REPO
 ML_PYTHON = os.environ.get("PIX2REP_MONAILABEL_PYTHON")
 pytestmark = pytest.mark.skipif(
     not ML_PYTHON,
-    reason="MONAI Label environment not set up " "(PIX2REP_MONAILABEL_PYTHON; see tests/monailabel/setup_venv.sh)",
+    reason="MONAI Label environment not set up (PIX2REP_MONAILABEL_PYTHON; see scripts/setup_monailabel.sh)",
 )
 MODEL = "pix2rep"
 LABELLED_SUBJECTS = 1  # of the 6 phantom subjects in the studies folder; the other 5 are left to segment
 DICE_FLOOR = 0.5  # mean Dice (RV, MYO, LV) of the shipped ACDC model on the phantom volumes (0.70 on the default one)
 START_TIMEOUT_S = 300
+VICTIM_ID = "../../victimdata/patient042_frame01"  # an image id that leads outside the studies folder
 
 
 def free_port() -> int:
@@ -54,41 +59,41 @@ def request(
         return response.read()
 
 
-def multipart(fields: dict[str, str]) -> tuple[bytes, str]:
-    """A multipart/form-data body of plain text fields (MONAI Label's /infer/ takes ``params`` as a form field)."""
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body of plain text fields (MONAI Label's /infer/ takes ``params`` as a form field) and
+    files (``name: (filename, content)``)."""
     boundary = "pix2repboundary"
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()]
-    return ("".join(parts) + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    for key, (filename, content) in (files or {}).items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"; filename="{filename}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def refused(url: str, method: str = "GET", fields: dict | None = None, files: dict | None = None) -> tuple[int, str]:
+    """The status and ``detail`` of a request the server must refuse."""
+    body, content_type = multipart(fields or {}, files)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        request(url, method=method, body=body, headers={"Content-Type": content_type}, timeout=120)
+    return info.value.code, json.loads(info.value.read()).get("detail", "")
 
 
 def build_app(root: Path) -> tuple[Path, Path]:
-    """The monaibundle sample app with this bundle, as ``git archive HEAD`` ships it, under model/pix2rep."""
-    prefix = subprocess.check_output([ML_PYTHON, "-c", "import sys; print(sys.prefix)"], text=True).strip()
-    app = root / "app"
-    shutil.copytree(Path(prefix) / "monailabel" / "sample-apps" / "monaibundle", app)
-    bundle = app / "model" / MODEL
-    bundle.mkdir(parents=True)
+    """The app ``scripts/monailabel_app.py`` builds, run with MONAI Label's Python, from this bundle as
+    ``git archive HEAD`` ships it; the bundle lies at model/pix2rep."""
+    shipped = root / "shipped"
     archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=REPO, capture_output=True, check=True)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(bundle, filter="data")
-    # the bundle's active-learning strategy, added to the sample app as docs/README.md shows
-    main = app / "main.py"
-    text = main.read_text()
-    anchor = '            "first": First(),\n        }\n'
-    assert anchor in text, "the monaibundle sample app changed: update the strategy patch"
-    main.write_text(text.replace(anchor, anchor + STRATEGY_PATCH))
-    return app, bundle
-
-
-STRATEGY_PATCH = """\
-        import sys
-
-        for name, bundle_path in self.models.items():
-            sys.path.insert(0, bundle_path)  # the bundle's own package
-            from pix2rep_bundle.active_learning import RepresentativeStudy
-
-            strategies[f"{name}_representative"] = RepresentativeStudy(bundle_path)
-"""
+        tar.extractall(shipped, filter="data")
+    app = root / "app"
+    subprocess.run(
+        [ML_PYTHON, str(shipped / "scripts" / "monailabel_app.py"), "--app", str(app), "--bundle", str(shipped)],
+        check=True,
+        capture_output=True,
+    )
+    return app, app / "model" / MODEL
 
 
 def build_studies(root: Path) -> tuple[Path, dict[str, Path]]:
@@ -110,50 +115,38 @@ def build_studies(root: Path) -> tuple[Path, dict[str, Path]]:
     return studies, truth
 
 
+def server_command(app: Path, studies: Path, port: int, host: str | None = "127.0.0.1") -> tuple[list[str], dict]:
+    """``monailabel start_server`` for ``app`` on ``port`` (with ``--host`` unless None) and its environment."""
+    monailabel = Path(ML_PYTHON).parent / "monailabel"
+    command = [str(monailabel), "start_server", "--app", str(app), "--studies", str(studies)]
+    command += ["--host", host] if host is not None else []
+    command += ["--port", str(port), "--conf", "models", MODEL, "--conf", "zoo_source", "github"]
+    command += ["--conf", "sam2", "false"]
+    env = os.environ | {
+        "PYTHONUNBUFFERED": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        # the `monailabel` launcher runs the `python` found on PATH
+        "PATH": f"{monailabel.parent}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(monailabel.parent.parent),
+    }
+    return command, env
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("monailabel")
     app, bundle = build_app(root)
     studies, truth = build_studies(root)
+    # a volume outside the studies folder, where ``../../victimdata/<id>`` from the studies folder leads
+    victim = (studies / VICTIM_ID).resolve().with_name(VICTIM_ID.split("/")[-1] + ".nii.gz")
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sorted(studies.glob("*.nii.gz"))[-1], victim)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = root / "server.log"
-    monailabel = Path(ML_PYTHON).parent / "monailabel"
+    command, env = server_command(app, studies, port)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                str(monailabel),
-                "start_server",
-                "--app",
-                str(app),
-                "--studies",
-                str(studies),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--conf",
-                "models",
-                MODEL,
-                "--conf",
-                "zoo_source",
-                "github",
-                "--conf",
-                "sam2",
-                "false",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            env=os.environ
-            | {
-                "PYTHONUNBUFFERED": "1",
-                "CUDA_VISIBLE_DEVICES": "",
-                # the `monailabel` launcher runs the `python` found on PATH
-                "PATH": f"{monailabel.parent}{os.pathsep}{os.environ['PATH']}",
-                "VIRTUAL_ENV": str(monailabel.parent.parent),
-            },
-        )
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
     try:
         deadline = time.time() + START_TIMEOUT_S
         while True:
@@ -166,7 +159,15 @@ def server(tmp_path_factory):
                 if time.time() > deadline:
                     pytest.fail(f"monailabel did not answer in {START_TIMEOUT_S} s:\n{log_path.read_text()[-5000:]}")
                 time.sleep(2)
-        yield {"url": url, "bundle": bundle, "studies": studies, "truth": truth, "log": log_path}
+        yield {
+            "url": url,
+            "app": app,
+            "bundle": bundle,
+            "studies": studies,
+            "truth": truth,
+            "log": log_path,
+            "victim": victim,
+        }
     finally:
         proc.terminate()
         try:
@@ -305,3 +306,94 @@ def test_activelearning_proposes_the_study_that_best_completes_the_labelled_ones
         )
     )
     assert result["id"] == expected and result["id"] not in labelled, (result, expected, labelled)
+
+
+def datastore_files(server) -> dict[str, bytes]:
+    """Every file of the studies folder but MONAI Label's own bookkeeping, and the volume outside it."""
+    files = {
+        str(p.relative_to(server["studies"])): p.read_bytes()
+        for p in server["studies"].rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.name != "datastore_v2.json"
+    }
+    return files | {str(p): p.read_bytes() for p in server["victim"].parent.iterdir()}
+
+
+def nifti_bytes(shape: tuple[int, ...], value: int = 0) -> bytes:
+    """A gzipped NIfTI volume of ``shape`` filled with ``value``."""
+    image = nib.Nifti1Image(np.full(shape, value, dtype=np.uint8), np.eye(4))
+    return gzip.compress(image.to_bytes())
+
+
+def test_datastore_refuses_ids_and_tags_that_lead_outside_the_studies_folder(server):
+    """PUT /datastore/ (both routes) with ``image=../../victimdata/<id>``, a label tag with ``..``, DELETE with such
+    ids: each answered 4xx with a detail naming the id, and no byte changes inside or outside the studies folder."""
+    url, studies = server["url"], server["studies"]
+    before = datastore_files(server)
+    upload = {"file": ("patient042_frame01.nii.gz", sorted(studies.glob("*.nii.gz"))[0].read_bytes())}
+    for route in ("/datastore/", "/datastore/image"):
+        status, detail = refused(f"{url}{route}?image={VICTIM_ID}", "PUT", files=upload)
+        assert 400 <= status < 500 and VICTIM_ID in detail and "studies folder" in detail, (status, detail)
+    known = sorted(p.name[: -len(".nii.gz")] for p in studies.glob("*.nii.gz"))[-1]
+    label = {"label": ("label.nii.gz", (studies / f"{known}.nii.gz").read_bytes())}
+    status, detail = refused(f"{url}/datastore/label?image={known}&tag=../../../victimdata", "PUT", files=label)
+    assert 400 <= status < 500 and "victimdata" in detail, (status, detail)
+    for route in ("/datastore/?id=", "/datastore/image?id="):
+        status, detail = refused(f"{url}{route}{VICTIM_ID}", "DELETE")
+        assert 400 <= status < 500 and VICTIM_ID in detail, (status, detail)
+    status, detail = refused(f"{url}/datastore/label?id={known}&tag=../../../victimdata", "DELETE")
+    assert 400 <= status < 500 and "victimdata" in detail, (status, detail)
+    assert datastore_files(server) == before
+
+
+def test_infer_refuses_files_outside_the_studies_folder_and_unknown_ids(server):
+    """/infer/ with an absolute path outside the studies folder (as ``image`` or in ``params``), a relative one, or an
+    id the datastore does not hold: 403 or 404 with a detail, nothing read."""
+    url, victim = server["url"], server["victim"]
+    known = sorted(server["truth"])[0]
+    fields = {"params": json.dumps({"device": "cpu"})}
+    for image in (str(victim), VICTIM_ID + ".nii.gz"):
+        status, detail = refused(f"{url}/infer/{MODEL}?image={image}&output=image", "POST", fields)
+        assert status == 403 and "outside the studies folder" in detail and image in detail, (status, detail)
+    override = {"params": json.dumps({"device": "cpu", "image": str(victim)})}
+    status, detail = refused(f"{url}/infer/{MODEL}?image={known}&output=image", "POST", override)
+    assert status == 403 and "outside the studies folder" in detail, (status, detail)
+    status, detail = refused(f"{url}/infer/{MODEL}?image=patient999_frame01&output=image", "POST", fields)
+    assert status == 404 and "unknown image id" in detail and "patient999_frame01" in detail, (status, detail)
+    status, detail = refused(f"{url}/datastore/image?id=patient999_frame01", "DELETE")
+    assert status == 404 and "patient999_frame01" in detail, (status, detail)
+
+
+def test_datastore_refuses_files_that_are_not_volumes_and_keeps_nothing_of_them(server):
+    """An upload that is not NIfTI (415) or not a readable 3D volume (422); a label off its image's grid or with
+    values outside 0..3 (422): nothing is stored."""
+    url, studies = server["url"], server["studies"]
+    before = datastore_files(server)
+    known = sorted(p.name[: -len(".nii.gz")] for p in studies.glob("*.nii.gz"))[-1]
+    shape = nib.load(str(studies / f"{known}.nii.gz")).shape
+    cases = [
+        ("/datastore/image?image=new_study", {"file": ("notes.txt", b"not a volume")}, 415, "not a NIfTI file"),
+        ("/datastore/image?image=new_study", {"file": ("a.nii.gz", b"not a volume")}, 422, "NIfTI"),
+        ("/datastore/image?image=new_study", {"file": ("a.nii.gz", nifti_bytes((8, 8)))}, 422, "3D"),
+        (f"/datastore/label?image={known}", {"label": ("l.nii.gz", nifti_bytes((4, 4, 2)))}, 422, "shape"),
+        (f"/datastore/label?image={known}", {"label": ("l.nii.gz", nifti_bytes(shape, 7))}, 422, "outside 0..3"),
+        ("/datastore/label?image=patient999_frame01", {"label": ("l.nii.gz", nifti_bytes(shape))}, 404, "unknown"),
+    ]
+    for route, files, expected, words in cases:
+        status, detail = refused(f"{url}{route}", "PUT", files=files)
+        assert status == expected and words in detail, (route, status, detail)
+    ids = json.loads(request(f"{url}/datastore/?output=all"))["objects"]
+    assert "new_study" not in ids and not ids[known]["labels"], ids[known]
+    assert datastore_files(server) == before
+
+
+def test_the_server_does_not_start_on_every_interface_without_host(server, tmp_path):
+    """``monailabel start_server`` without ``--host`` (MONAI Label's default 0.0.0.0) stops before it listens, with a
+    message that says how to serve this machine only or to expose it deliberately."""
+    port = free_port()
+    command, env = server_command(server["app"], server["studies"], port, host=None)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "--host 127.0.0.1" in output and "--host 0.0.0.0" in output, output[-3000:]
+    with pytest.raises(urllib.error.URLError):
+        request(f"http://127.0.0.1:{port}/info/", timeout=5)
