@@ -18,7 +18,8 @@ from helpers import REPO, acdc_dir, find_in_chain, parsed_config, tiny_settings
 from test_acdc import write_dataset
 from torch import nn
 
-from pix2rep_bundle.data.acdc import ensure_prepared, prepare_dataset, scan_acdc
+from pix2rep_bundle.data.acdc import scan_acdc
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.data.phantom import write_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
