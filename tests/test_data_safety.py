@@ -117,7 +117,7 @@ def test_a_config_prepared_dir_pointing_at_a_users_folder_is_refused(tmp_path):
     before = snapshot(mine)
     parser = parsed_config("pretrain.yaml", tiny_settings(tmp_path) | {"prepared_dir": str(mine)})
     with pytest.raises(Exception) as info:
-        parser.get_parsed_content("datalist")
+        parser.get_parsed_content("prepared_datalist")
     assert find_in_chain(info.value, DataError, "mine.*not made by the bundle")
     assert snapshot(mine) == before
 
