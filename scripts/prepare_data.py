@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
 
-from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset  # noqa: E402
 from pix2rep_bundle.data.datasets import summarize_datalist  # noqa: E402
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
 
 

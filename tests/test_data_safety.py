@@ -19,8 +19,8 @@ from test_acdc import write_dataset
 from torch import nn
 
 from pix2rep_bundle.data.acdc import scan_acdc
-from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.data.phantom import write_phantom
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
 from pix2rep_bundle.outputs import MARKER, claim_output_dir, folder_kind

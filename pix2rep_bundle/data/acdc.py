@@ -167,7 +167,6 @@ def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
     return subjects
 
 
-
 # ---------------------------------------------------------------------------------------------- records
 
 

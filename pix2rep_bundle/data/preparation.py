@@ -110,7 +110,9 @@ def _prepare_subject(job: tuple[Subject, str, tuple, tuple, bool]) -> tuple[list
     subject, out_dir, spacing, image_size, with_extra = job
     out_dir, cache = Path(out_dir), {}
     entries = [_prepare_volume(v, subject, out_dir, spacing, image_size, cache) for v in subject.volumes]
-    extra = [_prepare_volume(v, subject, out_dir, spacing, image_size, cache) for v in subject.extra] if with_extra else []
+    extra = (
+        [_prepare_volume(v, subject, out_dir, spacing, image_size, cache) for v in subject.extra] if with_extra else []
+    )
     return entries, extra
 
 
@@ -165,7 +167,8 @@ def _datalist(
 ) -> dict:
     """Assemble the datalist: splits, groups and the four pools of entries (``labeled``: the entries of every
     subject's volumes; ``cine``: its extra pretraining frames). A published split keeps only its phases in the
-    labelled, validation and test pools."""
+    labelled, validation and test pools. The labelled pool keeps the training entries that have a label (all of
+    them, unlabelled, where none has one)."""
     pretrain = []
     for subject in splits["pretrain"]:
         pretrain += [{k: v for k, v in e.items() if k != "label"} for e in labeled[subject]] + cine[subject]
@@ -175,13 +178,17 @@ def _datalist(
     def pool(ids: list[str]) -> list[dict]:
         return [e for s in ids for e in labeled[s] if every or e["phase"] in phases]
 
+    def labelled_pool(ids: list[str]) -> list[dict]:
+        entries = pool(ids)
+        return [e for e in entries if "label" in e] or entries  # all of them where none has a label
+
     return {
         **params,
         "source_fingerprint": fingerprint,
         "splits": splits,
         "groups": {r.subject: r.group for r in subjects},
         "pretrain": pretrain,
-        "labeled": pool(splits["train"]),
+        "labeled": labelled_pool(splits["train"]),
         "validation": pool(splits["validation"]),
         "test": pool(splits["test"]),
     }

@@ -35,7 +35,9 @@ def resolve_dataset_dir(
 
     if datalist not in (None, ""):
         if not Path(datalist).is_file():
-            raise DataError(datalist, "datalist file not found (--datalist expects a datalist JSON in the Decathlon form)")
+            raise DataError(
+                datalist, "datalist file not found (--datalist expects a datalist JSON in the Decathlon form)"
+            )
         return str(Path(datalist).resolve())
     dataset_dir, phantom_dir = Path(dataset_dir).resolve(), Path(phantom_dir).resolve()
     if dataset_dir == phantom_dir:
