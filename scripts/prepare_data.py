@@ -1,4 +1,5 @@
-"""Prepare an ACDC-layout folder into 2D-ready volumes and a subject-level datalist.
+"""Prepare a data source (an ACDC-layout folder, a plain folder of NIfTI scans, or a datalist JSON in the Decathlon
+form given as ``--dataset_dir``) into 2D-ready volumes and a subject-level datalist.
 
     python scripts/prepare_data.py --dataset_dir /path/to/ACDC/training --output_dir cache/prepared \
         --spacing "[1.5,1.5]" --image_size "[128,128]" --seed 0 [--include_cine] [--num_workers 2] [--reuse]
