@@ -41,9 +41,10 @@ def frames(phantom: Path) -> dict[str, list[tuple[Path, Path]]]:
     return out
 
 
-def plain_folder(phantom: Path, root: Path, labels: bool = False) -> Path:
-    """The phantom's frames renamed and nested (``site/<n>/visit_scans/<k>.nii.gz``), no Info.cfg, labels optional."""
-    for n, (_, pairs) in enumerate(frames(phantom).items()):
+def plain_folder(phantom: Path, root: Path, labels: bool = False, count: int = 6) -> Path:
+    """The frames of ``count`` phantom subjects renamed and nested (``site/<n>/visit_scans/<k>.nii.gz``), no Info.cfg,
+    labels optional."""
+    for n, (_, pairs) in enumerate(list(frames(phantom).items())[:count]):
         folder = root / ("site_a" if n % 2 else "site_b") / f"case {n}" / "visit_scans"
         folder.mkdir(parents=True)
         for k, (image, label) in enumerate(pairs):
@@ -241,6 +242,11 @@ def _no_image_key(phantom: Path, root: Path) -> tuple[Path, str]:
     return write_json(root / "list.json", {"training": [{"img": "a.nii.gz"}]}), "training entry 1 has no 'image' path"
 
 
+def _null_label(phantom: Path, root: Path) -> tuple[Path, str]:
+    path = write_json(root / "list.json", {"training": [{"image": "a.nii.gz", "label": None}]})
+    return path, "list.json: training entry 1: 'label' is not a path"
+
+
 BAD = {
     "missing_entry": _missing_entry,
     "twice_in_one_pool": _twice_in_one_pool,
@@ -249,6 +255,7 @@ BAD = {
     "empty_folder": _empty_folder,
     "not_decathlon": _not_decathlon,
     "no_image_key": _no_image_key,
+    "null_label": _null_label,
 }
 
 
@@ -265,7 +272,7 @@ def test_bad_sources_are_named_and_nothing_is_written(phantom, tmp_path, case):
 
 
 def test_pretraining_runs_from_a_plain_folder_through_the_config(phantom, tmp_path):
-    source = plain_folder(phantom, tmp_path / "my scans")
+    source = plain_folder(phantom, tmp_path / "my scans", count=3)  # one subject each to train, validate, test
     overrides = tiny_settings(tmp_path) | {"num_workers": 0, "epochs": 1, "dataset_dir": str(source)}
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "pretrain.yaml"),

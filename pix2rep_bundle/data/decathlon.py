@@ -41,9 +41,12 @@ def _read_json(path: Path) -> dict:
             raise DataError(path, f"'{pool}' is not a list of entries (expected {FORM})")
         for number, entry in enumerate(entries, start=1):
             image = entry.get("image") if isinstance(entry, dict) else entry if pool == "test" else None
-            label = entry.get("label") if isinstance(entry, dict) else None
-            if not isinstance(image, str) or not (label is None or isinstance(label, str)):
+            if not isinstance(image, str):
                 raise DataError(path, f"{pool} entry {number} has no 'image' path (expected {FORM}): {entry!r}")
+            if isinstance(entry, dict) and "label" in entry and not isinstance(entry["label"], str):
+                raise DataError(
+                    path, f"{pool} entry {number}: 'label' is not a path (leave it out where there is none)"
+                )
     return content
 
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pix2rep_bundle.data.acdc import acdc_source, is_acdc_layout
+from pix2rep_bundle.data.decathlon import datalist_source
+from pix2rep_bundle.data.folder import folder_source
 from pix2rep_bundle.data.records import Source
 from pix2rep_bundle.errors import DataError
 
@@ -53,8 +56,6 @@ def resolve_dataset_dir(
 
 def source_kind(path: str | os.PathLike) -> str:
     """``datalist`` for a file, ``acdc`` for a folder with ``patient*/Info.cfg`` subfolders, else ``folder``."""
-    from pix2rep_bundle.data.acdc import is_acdc_layout
-
     path = Path(path)
     if path.is_file():
         return "datalist"
@@ -77,10 +78,6 @@ def scan_source(path: str | os.PathLike, include_cine: bool = False) -> Source:
     """The subjects of a data source: a datalist JSON (a file), an ACDC-layout folder, or a plain folder of NIfTI
     scans (:func:`source_kind`); ``include_cine`` adds an ACDC subject's cine frames for pretraining. DataError
     naming the path when it does not exist."""
-    from pix2rep_bundle.data.acdc import acdc_source
-    from pix2rep_bundle.data.decathlon import datalist_source
-    from pix2rep_bundle.data.folder import folder_source
-
     path = Path(path)
     if not path.exists():
         raise DataError(path, "dataset folder not found")
