@@ -12,7 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import CONFIGS, find_in_chain, tiny_settings
+from helpers import CONFIGS, find_in_chain, parsed_config, tiny_settings
 from monai.bundle import ConfigWorkflow
 
 from pix2rep_bundle.data.datasets import labeled_entries, load_datalist, validation_entries
@@ -304,3 +304,11 @@ def test_a_missing_datalist_is_named(tmp_path):
     with pytest.raises(Exception) as info:
         workflow.parser.get_parsed_content("prepared_datalist")
     assert find_in_chain(info.value, DataError, "nowhere.json: datalist file not found")
+
+
+def test_the_evaluate_config_names_a_test_entry_without_a_label(phantom, tmp_path):
+    source = plain_folder(phantom, tmp_path / "scans", count=3)
+    parser = parsed_config("evaluate.yaml", tiny_settings(tmp_path) | {"dataset_dir": str(source)})
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content("dataset#data")
+    assert find_in_chain(info.value, DataError, r"evaluate.yaml needs labels: test entry \(subject 'site_")
