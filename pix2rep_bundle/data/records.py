@@ -39,11 +39,6 @@ class Subject:
     files: list[Path] = field(default_factory=list)
     pool: str | None = None
 
-    @property
-    def labelled(self) -> bool:
-        """Whether every volume of the subject has a label."""
-        return all(v.label is not None for v in self.volumes)
-
 
 @dataclass
 class Source:
