@@ -161,7 +161,7 @@ def main(
         torch.manual_seed(label_seed)
         checkpoint = read_backbone(backbone_path)
         networks["random init"] = feature_unet(checkpoint["features"], in_channels=checkpoint["in_channels"])
-    datalist = parser.get_parsed_content("datalist")
+    datalist = parser.get_parsed_content("prepared_datalist")
     train_entries = labeled_entries(datalist, int(num_subjects), int(label_seed))
     validation_entries = load_datalist(datalist, "validation")
     if not validation_entries:

@@ -1,4 +1,5 @@
-"""Prepare an ACDC-layout folder into 2D-ready volumes and a subject-level datalist.
+"""Prepare a data source (an ACDC-layout folder, a plain folder of NIfTI scans, or a datalist JSON in the Decathlon
+form given as ``--dataset_dir``) into 2D-ready volumes and a subject-level datalist.
 
     python scripts/prepare_data.py --dataset_dir /path/to/ACDC/training --output_dir cache/prepared \
         --spacing "[1.5,1.5]" --image_size "[128,128]" --seed 0 [--include_cine] [--num_workers 2] [--reuse]
@@ -18,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
 
-from pix2rep_bundle.data.acdc import ensure_prepared, prepare_dataset  # noqa: E402
 from pix2rep_bundle.data.datasets import summarize_datalist  # noqa: E402
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset  # noqa: E402
 from pix2rep_bundle.errors import DataError  # noqa: E402
 
 

@@ -166,7 +166,7 @@ def labeled_pool_size(settings: Mapping[str, Any]) -> int:
             **settings["overrides"],
         }
     )
-    entries = load_datalist(parser.get_parsed_content("datalist"), "labeled")
+    entries = load_datalist(parser.get_parsed_content("prepared_datalist"), "labeled")
     return len({e["subject"] for e in entries})
 
 

@@ -70,7 +70,7 @@ def main(
     parser = ConfigParser()
     parser.read_config(str(CONFIG))
     parser.update({**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})})
-    datalist, backbone = parser.get_parsed_content("datalist"), parser.get_parsed_content("pretrained_ckpt")
+    datalist, backbone = parser.get_parsed_content("prepared_datalist"), parser.get_parsed_content("pretrained_ckpt")
     centre_fraction = float(parser.get_parsed_content("selection_centre_fraction"))
     chosen, evidence = choose_from_datalist(datalist, backbone, int(k), centre_fraction=centre_fraction)
     subjects = list(evidence["subjects"])

@@ -13,8 +13,9 @@ import pytest
 import torch
 from helpers import REPO, acdc_dir
 
-from pix2rep_bundle.data.acdc import SubjectRecord, ensure_prepared, prepare_dataset, scan_acdc
+from pix2rep_bundle.data.acdc import SubjectRecord, scan_acdc
 from pix2rep_bundle.data.phantom import write_phantom
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.data.preprocessing import in_plane_pixdim, volume_preprocessing
 from pix2rep_bundle.data.splits import split_subjects
 from pix2rep_bundle.errors import DataError

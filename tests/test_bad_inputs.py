@@ -21,7 +21,7 @@ from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 from test_acdc import _nifti, _save, _truncate, write_dataset
 
-from pix2rep_bundle.data.acdc import prepare_dataset
+from pix2rep_bundle.data.preparation import prepare_dataset
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.outputs import MARKER
 

@@ -18,8 +18,9 @@ from helpers import REPO, acdc_dir, find_in_chain, parsed_config, tiny_settings
 from test_acdc import write_dataset
 from torch import nn
 
-from pix2rep_bundle.data.acdc import ensure_prepared, prepare_dataset, scan_acdc
+from pix2rep_bundle.data.acdc import scan_acdc
 from pix2rep_bundle.data.phantom import write_phantom
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
 from pix2rep_bundle.outputs import MARKER, claim_output_dir, folder_kind
@@ -116,7 +117,7 @@ def test_a_config_prepared_dir_pointing_at_a_users_folder_is_refused(tmp_path):
     before = snapshot(mine)
     parser = parsed_config("pretrain.yaml", tiny_settings(tmp_path) | {"prepared_dir": str(mine)})
     with pytest.raises(Exception) as info:
-        parser.get_parsed_content("datalist")
+        parser.get_parsed_content("prepared_datalist")
     assert find_in_chain(info.value, DataError, "mine.*not made by the bundle")
     assert snapshot(mine) == before
 

@@ -12,9 +12,9 @@ import torch
 from monai.data import DataLoader, MetaTensor
 from monai.transforms import Compose, EnsureTyped, RandAffined
 
-from pix2rep_bundle.data.acdc import prepare_dataset
 from pix2rep_bundle.data.datasets import VolumeSliceDataset, load_datalist, select_labeled_subjects
 from pix2rep_bundle.data.phantom import write_phantom
+from pix2rep_bundle.data.preparation import prepare_dataset
 from pix2rep_bundle.data.preprocessing import volume_preprocessing
 from pix2rep_bundle.errors import DataError
 

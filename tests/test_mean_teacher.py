@@ -270,7 +270,7 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
     pool = parser.get_parsed_content("unlabeled#dataset")
     item = pool[0]
     assert "label" not in item and {"view_1", "view_2"} <= set(item)
-    datalist = parser.get_parsed_content("datalist")
+    datalist = parser.get_parsed_content("prepared_datalist")
     from pix2rep_bundle.data.datasets import load_datalist
 
     held_out = {e["subject"] for split in ("validation", "test") for e in load_datalist(datalist, split)}

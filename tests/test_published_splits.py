@@ -12,8 +12,9 @@ import pytest
 from helpers import REPO, acdc_dir
 
 from pix2rep_bundle.data import published_splits as ps
-from pix2rep_bundle.data.acdc import SubjectRecord, _datalist, _parameters, prepare_dataset
+from pix2rep_bundle.data.acdc import SubjectRecord
 from pix2rep_bundle.data.datasets import labeled_entries, validation_entries
+from pix2rep_bundle.data.preparation import _datalist, _parameters, prepare_dataset
 from pix2rep_bundle.data.splits import subject_splits
 from pix2rep_bundle.errors import DataError
 

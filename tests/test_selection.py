@@ -86,7 +86,7 @@ def test_the_descriptor_reads_only_the_central_pixels_on_request():
 
 def test_choice_from_a_datalist_is_deterministic_distinct_and_reads_no_label(tmp_path, backbone, monkeypatch):
     parser = parsed_config("train.yaml", tiny_settings(tmp_path))
-    datalist = parser.get_parsed_content("datalist")
+    datalist = parser.get_parsed_content("prepared_datalist")
     pool = {e["subject"] for e in json.loads(Path(datalist).read_text())["labeled"]}
 
     import pix2rep_bundle.data.preprocessing as preprocessing
@@ -121,10 +121,10 @@ def test_train_config_labels_the_representative_subjects_on_request(tmp_path, ba
         return sorted({e["subject"] for e in parser.get_parsed_content("train#dataset#data")}), parser
 
     representative, parser = subjects("representative")
-    expected, _ = choose_from_datalist(parser.get_parsed_content("datalist"), str(backbone), 2)
+    expected, _ = choose_from_datalist(parser.get_parsed_content("prepared_datalist"), str(backbone), 2)
     assert representative == sorted(expected)
     central, _ = subjects("representative", centre_fraction=0.25)
-    expected, _ = choose_from_datalist(parser.get_parsed_content("datalist"), str(backbone), 2, centre_fraction=0.25)
+    expected, _ = choose_from_datalist(parser.get_parsed_content("prepared_datalist"), str(backbone), 2, centre_fraction=0.25)
     assert central == sorted(expected)
     with pytest.raises(Exception) as outside:
         subjects("representative", centre_fraction=1.5)

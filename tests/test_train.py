@@ -214,7 +214,7 @@ def test_labelled_training_data_never_holds_validation_or_test_subjects(tiny):
     parser = train_parser({**tiny, "num_labeled_subjects": 2, "label_seed": 3})
     train = parser.get_parsed_content("train#dataset#data")
     validation = parser.get_parsed_content("validate#dataset#data")
-    datalist = parser.get_parsed_content("datalist")
+    datalist = parser.get_parsed_content("prepared_datalist")
     test = load_datalist(datalist, "test")
     labelled = {e["subject"] for e in load_datalist(datalist, "labeled")}
     subjects = {e["subject"] for e in train}

@@ -5,39 +5,23 @@ Layout: ``dataset_dir/patientXXX/patientXXX_frameYY.nii.gz`` (image), ``..._fram
 0 background, 1 RV, 2 MYO, 3 LV), ``Info.cfg`` (``ED``, ``ES``, ``Group``, ``NbFrame``, ...) and optionally
 ``patientXXX_4d.nii.gz`` (the cine sequence). The synthetic phantom is written in the same layout.
 
-Preparation resamples each ED/ES volume in plane, crops/pads it around the image centre and normalises its
-intensities (:func:`pix2rep_bundle.data.preprocessing.volume_preprocessing`), writes it as NIfTI under
-``output_dir/volumes/`` and records everything in ``output_dir/datalist.json`` (paths relative to
-``output_dir``). Splits are by subject and stratified by pathology group; validation and test subjects
-never appear in the pretraining or labelled pools.
+:func:`acdc_source` turns the subjects into the records every source gives (:mod:`pix2rep_bundle.data.records`): the
+ED and ES volumes with their labels, and the other cine frames for pretraining. The preparation itself is
+:mod:`pix2rep_bundle.data.preparation`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
-from pix2rep_bundle.data.jobs import FileLock, run_jobs
-from pix2rep_bundle.data.published_splits import check_split, labelled_phases
-from pix2rep_bundle.data.splits import subject_splits
-from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
+from pix2rep_bundle.data.records import UNKNOWN_GROUP, Source, Subject, Volume, nifti_shape
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.io import write_json_atomic
-from pix2rep_bundle.outputs import check_replaceable, refuse_overlap, replaced_directory
 
-DATALIST_NAME = "datalist.json"
-VOLUMES_DIR = "volumes"
-DATALIST_VERSION = 1
-UNKNOWN_GROUP = "unknown"
 _FRAME_FILE = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)(?P<gt>_gt)?\.nii(\.gz)?$")
 
 
@@ -183,280 +167,42 @@ def scan_acdc(dataset_dir: str | os.PathLike) -> list[SubjectRecord]:
     return subjects
 
 
-# ---------------------------------------------------------------------------------------------- preparation
+# ---------------------------------------------------------------------------------------------- records
 
 
-def _meta_tensor(data: np.ndarray, affine: np.ndarray, path: Path):
-    """Channel-first MetaTensor with the volume's affine, as ``LoadImaged`` + ``EnsureChannelFirstd`` give."""
-    import torch
-    from monai.data import MetaTensor
-
-    return MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(data[None])),
-        affine=torch.as_tensor(affine),
-        meta={"filename_or_obj": str(path)},
-    )
+def is_acdc_layout(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is in the ACDC layout: it has ``patient*`` subfolders holding an ``Info.cfg``."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.is_dir() and (p / "Info.cfg").is_file() for p in folder.glob("patient*"))
 
 
-def _write_nifti(volume, path: Path, dtype) -> None:
-    """Write a channel-first MetaTensor's first channel as NIfTI with the tensor's affine."""
-    import nibabel as nib
-
-    array = np.asarray(volume.detach().cpu().numpy()[0])
-    if np.issubdtype(np.dtype(dtype), np.integer):
-        array = np.rint(array)
-    affine = np.asarray(volume.affine.detach().cpu().numpy(), dtype=np.float64)
-    img = nib.Nifti1Image(array.astype(dtype), affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, str(path))
-
-
-def _entry(name: str, record: SubjectRecord, frame: int, phase: str, labeled: bool) -> dict:
-    """A datalist entry with paths relative to the output folder."""
-    entry: dict[str, Any] = {"image": f"{VOLUMES_DIR}/{name}.nii.gz"}
-    if labeled:
-        entry["label"] = f"{VOLUMES_DIR}/{name}_gt.nii.gz"
-    entry.update(subject=record.subject, frame=int(frame), phase=phase, group=record.group)
-    return entry
-
-
-def _prepare_labeled(record: SubjectRecord, out_dir: Path, spacing, image_size) -> list[dict]:
-    """Check, preprocess and write the ED/ES image+label volumes of one subject; return their entries."""
-    from pix2rep_bundle.data.preprocessing import volume_preprocessing
-
-    chain = volume_preprocessing(("image", "label"), spacing, image_size, load=False)
-    entries = []
-    for phase, frame in record.labeled_frames():
-        image_path, label_path = record.frames[frame]
-        image, image_affine = load_nifti(image_path)
-        label, label_affine = load_nifti(label_path)
-        check_label(label, label_path)
-        check_pair(image, image_affine, label, label_affine, image_path, label_path)
-        out = chain(
-            {
-                "image": _meta_tensor(image, image_affine, image_path),
-                "label": _meta_tensor(label, image_affine, label_path),
-            }
-        )
-        name = f"{record.subject}_frame{frame:02d}"
-        _write_nifti(out["image"], out_dir / VOLUMES_DIR / f"{name}.nii.gz", np.float32)
-        _write_nifti(out["label"], out_dir / VOLUMES_DIR / f"{name}_gt.nii.gz", np.uint8)
-        entries.append(_entry(name, record, frame, phase, labeled=True))
-    return entries
-
-
-def _prepare_cine(record: SubjectRecord, out_dir: Path, spacing, image_size) -> list[dict]:
-    """Preprocess and write every cine frame other than ED/ES (images only); return their entries."""
-    from pix2rep_bundle.data.preprocessing import volume_preprocessing
-
+def _cine_volumes(record: SubjectRecord) -> list[Volume]:
+    """The cine frames other than ED/ES (images only, frames numbered from 1 as in ACDC)."""
     if record.cine is None:
         return []
-    chain = volume_preprocessing(("image",), spacing, image_size, load=False)
-    cine, affine = load_nifti(record.cine, ndim=4)
+    shape = nifti_shape(record.cine, (4,))
     skip = {frame for _, frame in record.labeled_frames()}
-    entries = []
-    for index in range(cine.shape[-1]):
-        frame = index + 1  # ACDC frames are numbered from 1
-        if frame in skip:
-            continue
-        out = chain({"image": _meta_tensor(cine[..., index], affine, record.cine)})
-        name = f"{record.subject}_frame{frame:02d}"
-        _write_nifti(out["image"], out_dir / VOLUMES_DIR / f"{name}.nii.gz", np.float32)
-        entries.append(_entry(name, record, frame, "cine", labeled=False))
-    return entries
+    frames = [index + 1 for index in range(shape[-1]) if index + 1 not in skip]
+    return [
+        Volume(record.cine, f"{record.subject}_frame{frame:02d}", frame, "cine", index=frame - 1) for frame in frames
+    ]
 
 
-def _prepare_subject(job: tuple[SubjectRecord, str, tuple, tuple, bool]) -> tuple[list[dict], list[dict]]:
-    """Worker: (labelled ED/ES entries, cine entries) of one subject written under the output folder."""
-    record, out_dir, spacing, image_size, with_cine = job
-    out_dir = Path(out_dir)
-    labeled = _prepare_labeled(record, out_dir, spacing, image_size)
-    cine = _prepare_cine(record, out_dir, spacing, image_size) if with_cine else []
-    return labeled, cine
+def as_subject(record: SubjectRecord, include_cine: bool) -> Subject:
+    """The source record of an ACDC subject: its ED/ES volumes with labels, and with ``include_cine`` its other cine
+    frames for pretraining; its files are Info.cfg, the ED/ES files and the cine (with ``include_cine``)."""
+    volumes, files = [], [record.folder / "Info.cfg"]
+    for phase, frame in record.labeled_frames():
+        image, label = record.frames[frame]
+        volumes.append(Volume(image, f"{record.subject}_frame{frame:02d}", frame, phase, label=label))
+        files += [image, label]
+    extra = _cine_volumes(record) if include_cine else []
+    if include_cine and record.cine is not None:
+        files.append(record.cine)
+    return Subject(record.subject, record.group, volumes, record.folder, extra=extra, files=files)
 
 
-def _parameters(
-    dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split: str = "random"
-) -> dict:
-    """The recorded parameters of a preparation (what a reused datalist must match)."""
-    return {
-        "source": str(Path(dataset_dir).resolve()),
-        "spacing": [float(s) for s in spacing],
-        "image_size": [int(s) for s in image_size],
-        "seed": int(seed),
-        "val_fraction": float(val_fraction),
-        "test_fraction": float(test_fraction),
-        "include_cine": bool(include_cine),
-        "split": check_split(split),
-        "version": DATALIST_VERSION,
-    }
-
-
-def source_fingerprint(subjects: list[SubjectRecord], include_cine: bool) -> str:
-    """Hash of the names, sizes and modification times of every source file the preparation reads."""
-    digest = hashlib.sha256()
-    for record in subjects:
-        paths = [record.folder / "Info.cfg"]
-        for _, frame in record.labeled_frames():
-            paths += list(record.frames[frame])
-        if include_cine and record.cine is not None:
-            paths.append(record.cine)
-        for path in paths:
-            stat = path.stat()
-            digest.update(f"{record.subject}/{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
-def _datalist(
-    params: dict,
-    fingerprint: str,
-    splits: dict,
-    subjects: list[SubjectRecord],
-    labeled: dict[str, list[dict]],
-    cine: dict[str, list[dict]],
-) -> dict:
-    """Assemble the datalist: splits, groups and the four pools of entries."""
-    pretrain = []
-    for subject in splits["pretrain"]:
-        pretrain += [{k: v for k, v in e.items() if k != "label"} for e in labeled[subject]] + cine[subject]
-    phases = labelled_phases(params["split"])
-
-    def pool(ids: list[str]) -> list[dict]:
-        return [e for s in ids for e in labeled[s] if e["phase"] in phases]
-
-    return {
-        **params,
-        "source_fingerprint": fingerprint,
-        "splits": splits,
-        "groups": {r.subject: r.group for r in subjects},
-        "pretrain": pretrain,
-        "labeled": pool(splits["train"]),
-        "validation": pool(splits["validation"]),
-        "test": pool(splits["test"]),
-    }
-
-
-def prepare_dataset(
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    spacing: tuple[float, float] = (1.5, 1.5),
-    image_size: tuple[int, int] = (128, 128),
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    include_cine: bool = False,
-    num_workers: int = 0,
-    split: str = "random",
-) -> Path:
-    """Prepare every subject of ``dataset_dir`` into ``output_dir`` (atomically) and return the datalist path.
-
-    ``split``: ``random`` (subject-level from ``seed``, stratified by group, ``val_fraction``/``test_fraction``) or a
-    published split (:mod:`pix2rep_bundle.data.published_splits`: ``chaitanya2020``, ``semi_70_10_20``).
-
-    Writes ``output_dir/volumes/<subject>_frameYY[_gt].nii.gz`` (float32 image in [0, 1], uint8 label, the
-    resampled affine) and ``output_dir/datalist.json``. On any error nothing is left at ``output_dir``.
-    """
-    from pix2rep_bundle.data.preprocessing import crop_size, in_plane_pixdim
-
-    in_plane_pixdim(spacing)  # validate both before any work
-    crop_size(image_size)
-    refuse_overlap(output_dir, {"dataset folder": dataset_dir})
-    check_replaceable(output_dir, "prepared")
-    start = time.perf_counter()
+def acdc_source(dataset_dir: str | os.PathLike, include_cine: bool = False) -> Source:
+    """The subjects of an ACDC-layout folder (:func:`scan_acdc`) as a :class:`~pix2rep_bundle.data.records.Source`."""
     subjects = scan_acdc(dataset_dir)
-    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split)
-    splits = subject_splits(subjects, split, seed, val_fraction, test_fraction, dataset_dir)
-    train = set(splits["pretrain"])
-    output_dir = Path(output_dir)
-    print(
-        f"prepare: {len(subjects)} subjects from {params['source']} -> {output_dir} "
-        f"(spacing {params['spacing']} mm, size {params['image_size']})",
-        flush=True,
-    )
-    labeled: dict[str, list[dict]] = {}
-    cine: dict[str, list[dict]] = {}
-    with replaced_directory(output_dir, "prepared") as tmp:
-        (tmp / VOLUMES_DIR).mkdir()
-        jobs = [
-            (r, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]), include_cine and r.subject in train)
-            for r in subjects
-        ]
-        step = max(1, len(jobs) // 10)
-        for done, (record, (lab, cin)) in enumerate(
-            zip(subjects, run_jobs(_prepare_subject, jobs, num_workers)), start=1
-        ):
-            labeled[record.subject], cine[record.subject] = lab, cin
-            if done % step == 0 or done == len(jobs):
-                print(f"prepare: {done}/{len(jobs)} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
-        datalist = _datalist(params, source_fingerprint(subjects, include_cine), splits, subjects, labeled, cine)
-        write_json_atomic(tmp / DATALIST_NAME, datalist)
-        _make_readable(tmp)
-    print(f"prepare: wrote {output_dir / DATALIST_NAME} in {time.perf_counter() - start:.1f} s", flush=True)
-    return output_dir / DATALIST_NAME
-
-
-def _make_readable(folder: Path) -> None:
-    """Give the (private, temporary) output folder the usual permissions under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    os.chmod(folder / DATALIST_NAME, 0o666 & ~umask)
-
-
-# ---------------------------------------------------------------------------------------------- reuse
-
-
-def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
-    """Whether an existing datalist was made from this source with these parameters and is complete."""
-    try:
-        datalist = json.loads(datalist_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if any(datalist.get(k) != v for k, v in params.items()) or datalist.get("source_fingerprint") != fingerprint:
-        return False
-    root = datalist_path.parent
-    pools = ("pretrain", "labeled", "validation", "test")
-    paths = [e[k] for p in pools for e in datalist.get(p, []) for k in ("image", "label") if k in e]
-    return all((root / path).is_file() for path in paths)
-
-
-def ensure_prepared(
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    spacing: tuple[float, float] = (1.5, 1.5),
-    image_size: tuple[int, int] = (128, 128),
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    include_cine: bool = False,
-    num_workers: int = 0,
-    split: str = "random",
-) -> Path:
-    """Return ``output_dir/datalist.json``, preparing it first unless it already matches the source and these
-    parameters. Concurrent callers (e.g. several ranks) are serialised by a lock file beside ``output_dir``."""
-    output_dir = Path(output_dir)
-    datalist_path = output_dir / DATALIST_NAME
-    params = _parameters(dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split)
-    subjects = scan_acdc(dataset_dir)
-    fingerprint = source_fingerprint(subjects, include_cine)
-    if _matches(datalist_path, params, fingerprint):
-        return datalist_path
-    refuse_overlap(output_dir, {"dataset folder": dataset_dir})  # before the lock file is made beside it
-    check_replaceable(output_dir, "prepared")
-    with FileLock(output_dir.parent / f".{output_dir.name}.lock"):
-        if _matches(datalist_path, params, fingerprint):
-            return datalist_path
-        return prepare_dataset(
-            dataset_dir,
-            output_dir,
-            spacing=spacing,
-            image_size=image_size,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            include_cine=include_cine,
-            num_workers=num_workers,
-            split=split,
-        )
+    return Source("acdc", Path(dataset_dir), [as_subject(r, include_cine) for r in subjects])

@@ -1,6 +1,6 @@
 """Datalists and 2D slice datasets over 3D volumes.
 
-``load_datalist`` reads one pool of ``datalist.json`` (written by :mod:`pix2rep_bundle.data.acdc`) with
+``load_datalist`` reads one pool of ``datalist.json`` (written by :mod:`pix2rep_bundle.data.preparation`) with
 absolute paths; ``select_labeled_subjects`` draws the K labelled subjects of a few-shot experiment;
 ``VolumeSliceDataset`` serves every short-axis slice of a list of volumes as a ``(1, H, W)`` item.
 """
@@ -30,10 +30,27 @@ _FRAME = re.compile(r"_frame(\d+)")
 # ---------------------------------------------------------------------------------------------- datalists
 
 
-def load_datalist(datalist_path: str | os.PathLike, split: str) -> list[dict]:
+def load_datalist(datalist_path: str | os.PathLike, split: str, needs_labels: str | None = None) -> list[dict]:
     """The entries of pool ``split`` (``pretrain``, ``labeled``, ``validation`` or ``test``) with absolute
-    ``image``/``label`` paths. DataError for a missing/unreadable file or an unknown split."""
-    return _pool(_read_datalist(datalist_path), datalist_path, split)
+    ``image``/``label`` paths. DataError for a missing/unreadable file or an unknown split, and, when
+    ``needs_labels`` names the config that needs them, for an entry without a label (:func:`require_labels`)."""
+    entries = _pool(_read_datalist(datalist_path), datalist_path, split)
+    return entries if needs_labels is None else require_labels(entries, split, needs_labels)
+
+
+def require_labels(entries: list[dict], pool: str, config: str) -> list[dict]:
+    """``entries``, unless one lacks a label: then DataError naming that entry, its pool and the ``config`` that
+    needs labels (sources without labels are fine for pretraining only)."""
+    missing = [e for e in entries if not e.get("label")]
+    if missing:
+        first = missing[0]
+        raise DataError(
+            first["image"],
+            f"{config} needs labels: {pool} entry (subject {first.get('subject')!r}, frame {first.get('frame')}) has "
+            f"none ({len(missing)} of {len(entries)} {pool} entries lack one); give the source's scans labels "
+            "(<name>_gt beside the image, or 'label' in the datalist JSON), or use the source for pretraining only",
+        )
+    return entries
 
 
 def _read_datalist(datalist_path: str | os.PathLike) -> dict:
@@ -152,14 +169,15 @@ def labeled_entries(
     else:
         labelled, how = _of_subjects(entries, fixed, "labeled", datalist_path), f"published, label_seed {label_seed}"
     print(f"labelled subjects ({how}): {', '.join(sorted({e['subject'] for e in labelled}))}", flush=True)
-    return labelled
+    return require_labels(labelled, "labeled", "train.yaml")
 
 
 def validation_entries(datalist_path: str | os.PathLike, num_subjects: int, label_seed: int) -> list[dict]:
     """The validation entries of a few-shot run: the published combination's own validation subjects
     (chaitanya2020), else the whole validation pool. Never test subjects."""
     entries, fixed = _few_shot_pool(datalist_path, "validation", num_subjects, label_seed)
-    return entries if fixed is None else _of_subjects(entries, fixed, "validation", datalist_path)
+    entries = entries if fixed is None else _of_subjects(entries, fixed, "validation", datalist_path)
+    return require_labels(entries, "validation", "train.yaml")
 
 
 def _group_queues(by_subject: dict[str, list[dict]], rng: np.random.Generator) -> list[list[str]]:

@@ -1,5 +1,6 @@
-"""Subject-level splits of an ACDC-layout dataset: drawn from a seed (stratified by pathology group) or a
-published split (:mod:`pix2rep_bundle.data.published_splits`). Never by slice: a subject's slices stay together."""
+"""Subject-level splits of a data source: drawn from a seed (stratified by pathology group where the source has
+groups), the pools a datalist JSON gives, or a published split of ACDC (:mod:`pix2rep_bundle.data.published_splits`).
+Never by slice: a subject's slices stay together."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pix2rep_bundle.errors import DataError
 
 if TYPE_CHECKING:
     from pix2rep_bundle.data.acdc import SubjectRecord
+    from pix2rep_bundle.data.records import Source, Subject
 
 
 def _round(x: float) -> int:
@@ -98,3 +100,41 @@ def subject_splits(
             f"{' ...' if len(missing) > 8 else ''} ({len(missing)} missing)",
         )
     return pools
+
+
+def given_splits(
+    subjects: list[Subject], seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2
+) -> dict[str, list[str]]:
+    """The pools of a datalist JSON: its ``validation`` and ``test`` subjects as given; a pool it lacks is drawn from
+    its ``training`` subjects (:func:`split_subjects`); the remaining training subjects are ``train`` and
+    ``pretrain``."""
+    given = {p: sorted(s.subject for s in subjects if s.pool == p) for p in ("validation", "test")}
+    training = [s for s in subjects if s.pool == "training"]
+    drawn = split_subjects(
+        training,
+        seed=seed,
+        val_fraction=0.0 if given["validation"] else val_fraction,
+        test_fraction=0.0 if given["test"] else test_fraction,
+    )
+    splits = {"train": drawn["train"], **{p: given[p] or drawn[p] for p in ("validation", "test")}}
+    return {**splits, "pretrain": list(splits["train"])}
+
+
+def source_splits(source: Source, split: str, seed: int, val_fraction: float, test_fraction: float) -> dict:
+    """The subject-level splits of a scanned source (:func:`subject_splits`, or :func:`given_splits` for a datalist
+    JSON); DataError naming the source for a published split of a source that is not in the ACDC layout, or for too
+    few subjects."""
+    if check_split(split) != "random" and source.kind != "acdc":
+        raise DataError(
+            source.path,
+            f"split {split} lists ACDC subjects and needs the ACDC layout (patientXXX/ folders with Info.cfg); "
+            f"this is a {source.describe()}: use --subject_split random",
+        )
+    try:
+        if source.kind == "datalist":
+            return given_splits(source.subjects, seed, val_fraction, test_fraction)
+        return subject_splits(source.subjects, split, seed, val_fraction, test_fraction, source.path)
+    except DataError:
+        raise
+    except ValueError as err:
+        raise DataError(source.path, f"cannot split its subjects: {err}") from err
