@@ -365,3 +365,33 @@ def test_resampled_size_limits_are_checked_per_side_and_in_all():
     side = nifti_checks.MAX_RESAMPLED_SIDE
     with pytest.raises(DataError, match=r"all.nii.gz.*MAX_RESAMPLED_VOXELS"):
         check_resampled_size((side, side, 256), (1.0, 1.0), (1.0, 1.0), "all.nii.gz")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_inference_stops_on_a_corrupt_gzip_and_segments_a_volume_in_metres_as_in_mm(tmp_path):
+    from test_inference import LabelFromIntensity, infer, labelled_volume
+
+    labels = labelled_volume(SHAPE)
+    (tmp_path / "in").mkdir()
+    mm = _save(tmp_path / "in" / "mm.nii.gz", _image((labels / 3).astype(np.float32)))
+    metres = _save(
+        tmp_path / "in" / "metres.nii.gz", _image((labels / 3).astype(np.float32), unit="meter", per_mm=1e-3)
+    )
+    corrupt = _save(tmp_path / "in" / "corrupt.nii.gz", _image((labels / 3).astype(np.float32)))
+    _corrupt_trailer(corrupt, -8)
+    with pytest.raises(Exception) as info:
+        infer(
+            {"inputs": [str(corrupt)], "output_dir": str(tmp_path / "bad"), "ckpt_path": "unused"}, LabelFromIntensity()
+        )
+    assert find_in_chain(info.value, DataError, r"corrupt.nii.gz.*truncated or corrupt"), repr(info.value)
+    assert not list((tmp_path / "bad").glob("*.nii.gz")), "a segmentation was written"
+    infer(
+        {"inputs": [str(mm), str(metres)], "output_dir": str(tmp_path / "out"), "ckpt_path": "unused"},
+        LabelFromIntensity(),
+    )
+    seg_mm, seg_m = (nib.load(str(tmp_path / "out" / f"{n}_seg.nii.gz")) for n in ("mm", "metres"))
+    assert np.count_nonzero(np.asarray(seg_mm.dataobj)) > 0.5 * np.count_nonzero(labels)
+    np.testing.assert_array_equal(np.asarray(seg_m.dataobj), np.asarray(seg_mm.dataobj))
+    assert seg_m.header.get_xyzt_units()[0] == "meter"  # the output keeps its input's header
