@@ -247,7 +247,7 @@ def output_paths(
             raise DataError(
                 out,
                 "would be overwritten by a segmentation (an input file): choose another "
-                "--output_dir or a non-empty --output_postfix",
+                "--output_dir or another --output_postfix",
             )
         if not _inside(out, os.fspath(output_dir)):
             raise DataError(
