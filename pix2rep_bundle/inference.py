@@ -191,6 +191,8 @@ def check_postfix(postfix: Any) -> str:
         raise DataError(
             "--output_postfix", "empty: each segmentation would take its input file's name; give a postfix such as seg"
         )
+    if len(postfix) > 64:
+        raise DataError("--output_postfix", f"{len(postfix)} characters: at most 64 (file names have a length limit)")
     bad = sorted({c for c in postfix if not (c.isalnum() or c in "_-+.")})
     if bad or postfix.startswith(".") or ".." in postfix:
         problem = f"characters {''.join(bad)!r} not allowed" if bad else "a leading dot or '..' is not allowed"
@@ -206,6 +208,17 @@ def _inside(path: str, folder: str) -> bool:
     """Whether ``path`` resolves (symbolic links included) to a place inside ``folder``."""
     real, root = os.path.realpath(path), os.path.realpath(folder)
     return real != root and os.path.commonpath([real, root]) == root
+
+
+def _refuse_a_file_on_the_way(out: str, output_dir: str | os.PathLike) -> None:
+    """DataError when a file stands where a folder of ``out`` below ``output_dir`` would be made."""
+    folder = os.path.dirname(out)
+    while os.path.abspath(folder) != os.path.abspath(os.fspath(output_dir)) and len(folder) > 1:
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise DataError(
+                folder, f"a file is in the way of the folder of {os.path.basename(out)}; it is left untouched"
+            )
+        folder = os.path.dirname(folder)
 
 
 def output_paths(
@@ -234,7 +247,7 @@ def output_paths(
             raise DataError(
                 out,
                 "would be overwritten by a segmentation (an input file): choose another "
-                "--output_dir or a non-empty --output_postfix",
+                "--output_dir or another --output_postfix",
             )
         if not _inside(out, os.fspath(output_dir)):
             raise DataError(
@@ -244,6 +257,7 @@ def output_paths(
             )
         if os.path.isdir(out):
             raise DataError(out, "a folder is in the way of this segmentation; it is left untouched")
+        _refuse_a_file_on_the_way(out, output_dir)
         planned[image] = out
     return planned
 

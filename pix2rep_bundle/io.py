@@ -142,7 +142,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(path.parent)
     prefix, tmp_suffix = _temporary_affixes(path, suffix)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=tmp_suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=tmp_suffix, dir=path.parent)
+    except OSError as err:
+        failure = write_failure(path, err)
+        if failure is None:
+            raise
+        raise failure from err
     os.close(fd)
     tmp_path = Path(tmp)
     _normal_permissions(tmp_path, directory=False)

@@ -241,6 +241,7 @@ def checkpoint_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _relative(path: str | os.PathLike, folder: Path) -> str:
+    """``path`` relative to ``folder``, with forward slashes (as the record lists it)."""
     return Path(os.path.relpath(os.fspath(path), folder)).as_posix()
 
 
@@ -282,7 +283,9 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
     return record
 
 
-def _clear_earlier_outputs(folder: Path, record: Mapping[str, Any] | None, planned: Iterable[str], overwrite: bool):
+def _clear_earlier_outputs(
+    folder: Path, record: Mapping[str, Any] | None, planned: Iterable[str], overwrite: bool
+) -> None:
     """Refuse (or with ``overwrite`` remove first) the segmentations an earlier run left in ``folder``: the files its
     record lists, and any file this run would replace."""
     listed = _listed_files(folder, record) if record else []

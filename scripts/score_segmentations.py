@@ -10,6 +10,10 @@ structure, as ``pix2rep_bundle.evaluation.volume_metrics``), i.e. what a user ge
 inputs, their labels and the output paths are read from ``configs/inference.yaml`` parsed with the same overrides
 (``--inputs`` entries need a ``label``: the default inputs, a datalist split's volumes, have one). Writes
 ``metrics.csv`` and ``summary.json`` into ``--report_dir`` (default ``<bundle_root>/eval/native``).
+
+Only one finished run's results are scored: the output folder's ``run_info.json`` must say ``"status": "finished"``
+and list exactly the segmentations found there (no file missing, none of another run mixed in); else the script
+stops with the problem named, before writing anything.
 """
 
 from __future__ import annotations

@@ -83,7 +83,8 @@ def dead_pid() -> int:
 
 
 @pytest.mark.parametrize(
-    "postfix", ["x/../../mydata/report", "../report", "a/b", "a\\b", "", ".hidden", "a..b", "seg\x00", " seg", None]
+    "postfix",
+    ["x/../../mydata/report", "../report", "a/b", "a\\b", "", ".hidden", "a..b", "seg\x00", " seg", None, "s" * 65],
 )
 def test_a_postfix_that_is_not_a_plain_name_part_is_refused_before_any_work(tmp_path, postfix):
     image = scan(tmp_path / "in" / "case.nii.gz")
@@ -128,6 +129,11 @@ def test_an_output_reached_through_a_symbolic_link_out_of_output_dir_is_refused(
         infer({"inputs": str(tmp_path / "in"), "output_dir": str(out), "overwrite": True}, network)
     assert find_in_chain(info.value, DataError, "outside --output_dir")
     assert network.calls == 0 and list(elsewhere.iterdir()) == []
+    (out / "subjB" / "sa_seg.nii.gz").unlink()
+    (out / "subjB").rmdir()
+    (out / "subjB").write_text("a file where a folder of outputs goes")
+    with pytest.raises(DataError, match="subjB: a file is in the way of the folder of sa_seg.nii.gz"):
+        output_paths(entries, out)
     # an output folder that is itself a link is fine: the outputs lie inside what it resolves to
     (tmp_path / "link").symlink_to(elsewhere, target_is_directory=True)
     assert set(output_paths(entries, tmp_path / "link").values()) == {
@@ -304,6 +310,12 @@ def test_input_lists_with_entries_that_are_not_paths_name_the_entry(tmp_path, li
         inference_data(str(tmp_path / "list.json"))
     with pytest.raises(DataError, match="--inputs: " + problem):
         inference_data(listed)
+
+
+@pytest.mark.parametrize("inputs", [0, True, {"image": "a.nii.gz"}])
+def test_inputs_of_another_type_are_refused_naming_the_setting(inputs):
+    with pytest.raises(DataError, match="^--inputs: expected a folder, a NIfTI file, a JSON list or a list"):
+        inference_data(inputs)
 
 
 def test_a_single_slice_volume_is_refused_before_inference_naming_the_file(tmp_path):
