@@ -112,8 +112,8 @@ def load_segmentation_weights(
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
-    kind = checkpoint_kind(ckpt)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else ckpt
+    kind = checkpoint_kind(state)
     if not isinstance(state, Mapping) or not kind.startswith(("a segmentation model", "a BasicUNet")):
         raise CheckpointError(path, f"holds {kind}, not the weights of a segmentation network (a model.pt)")
     require_finite(state, path)

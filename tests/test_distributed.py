@@ -52,7 +52,8 @@ def test_two_gloo_processes_train_identical_weights_and_only_rank_0_writes(tmp_p
         configs,
     ]
     settings = tiny_settings(tmp_path / "bundle") | {"epochs": 1, "num_workers": 0} | extra
-    if name == "train":
+    if name == "train":  # pretraining's projection sizes are no settings of train.yaml: its command line refuses them
+        settings = {k: v for k, v in settings.items() if not k.startswith("projection_")}
         settings |= {"mode": "scratch", "iterations_per_epoch": 3}
     for key, value in settings.items():
         args += [f"--{key}", str(value).replace(" ", "")]
