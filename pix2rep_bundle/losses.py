@@ -204,6 +204,6 @@ class Pix2RepBarlowTwinsLoss(nn.Module):
             rows_1, rows_2 = aligned_rows(features_1, features_2, alignment, self.max_samples)
             if rows_1.shape[0] < 2:
                 raise ValueError(
-                    "the two views overlap in a single pixel: " "Barlow Twins needs at least 2 aligned pixels"
+                    "the two views overlap in a single pixel: Barlow Twins needs at least 2 aligned pixels"
                 )
             return self.barlow_twins(rows_1, rows_2)

@@ -107,7 +107,7 @@ class GracefulStop:
         self.checkpoint_saver(engine)
         self._restore()
         logger.warning(
-            f"stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}; " "continue with --resume true"
+            f"stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}; continue with --resume true"
         )
         raise SystemExit(INTERRUPTED_EXIT_CODE)
 

@@ -137,7 +137,7 @@ class FixedViews:
     def __init__(self, dataloader: torch.utils.data.DataLoader, seed: int = 0):
         if dataloader.num_workers > 0 and dataloader.generator is None:
             raise ValueError(
-                "FixedViews needs a dataloader built with generator=torch.Generator() " "when num_workers > 0"
+                "FixedViews needs a dataloader built with generator=torch.Generator() when num_workers > 0"
             )
         self.dataloader = dataloader
         self.seed = int(seed)

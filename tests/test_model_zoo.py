@@ -168,5 +168,7 @@ def test_large_files_lists_every_model_file_over_1mb_with_its_md5():
 
 @pytest.mark.skipif(not ZOO_SCHEMA.is_file(), reason="the Zoo's metadata schema is not beside the project")
 def test_metadata_verifies_against_the_zoo_schema(tmp_path):
-    done = monai_bundle(["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(ZOO_SCHEMA)], REPO)
+    done = monai_bundle(
+        ["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(ZOO_SCHEMA)], REPO
+    )
     assert done.returncode == 0 and "metadata is verified with no error" in done.stdout + done.stderr, done.stderr

@@ -201,8 +201,7 @@ def test_write_phantom_acdc_layout(tmp_path):
         folder = out / f"patient{i:03d}"
         text = (folder / "Info.cfg").read_text()
         assert re.fullmatch(
-            r"ED: \d+\nES: \d+\nGroup: (NOR|MINF|DCM|HCM|RV)\nHeight: \d+\.\d\nNbFrame: \d+\nWeight: \d+\.\d\n",
-            text,
+            r"ED: \d+\nES: \d+\nGroup: (NOR|MINF|DCM|HCM|RV)\nHeight: \d+\.\d\nNbFrame: \d+\nWeight: \d+\.\d\n", text
         )
         info = read_info(folder / "Info.cfg")
         assert info["Group"] == group_of(i)

@@ -124,7 +124,9 @@ def test_train_config_labels_the_representative_subjects_on_request(tmp_path, ba
     expected, _ = choose_from_datalist(parser.get_parsed_content("prepared_datalist"), str(backbone), 2)
     assert representative == sorted(expected)
     central, _ = subjects("representative", centre_fraction=0.25)
-    expected, _ = choose_from_datalist(parser.get_parsed_content("prepared_datalist"), str(backbone), 2, centre_fraction=0.25)
+    expected, _ = choose_from_datalist(
+        parser.get_parsed_content("prepared_datalist"), str(backbone), 2, centre_fraction=0.25
+    )
     assert central == sorted(expected)
     with pytest.raises(Exception) as outside:
         subjects("representative", centre_fraction=1.5)
