@@ -40,7 +40,6 @@ bundle's own configs (``monai.bundle.run`` in this process):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -64,12 +63,10 @@ from pix2rep_bundle.fewshot.plan import (
 )
 from pix2rep_bundle.fewshot.report import write_results
 from pix2rep_bundle.outputs import claim_output_dir
+from pix2rep_bundle.progress import progress_log
 from pix2rep_bundle.settings import as_bool, check_settings
 
-
-def log(message: str) -> None:
-    """Progress line, flushed at once."""
-    print(f"[fewshot_sweep {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = progress_log("fewshot_sweep")
 
 
 def main(

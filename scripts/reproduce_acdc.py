@@ -36,6 +36,7 @@ import fire
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.outputs import claim_output_dir
+from pix2rep_bundle.progress import progress_log
 from pix2rep_bundle.reproduction import (
     RECIPE,
     STATE_FILE,
@@ -48,10 +49,7 @@ from pix2rep_bundle.reproduction import (
 )
 from pix2rep_bundle.settings import as_bool
 
-
-def log(message: str) -> None:
-    """Progress line, flushed at once."""
-    print(f"[reproduce_acdc {time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = progress_log("reproduce_acdc")
 
 
 def main(
