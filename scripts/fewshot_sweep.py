@@ -128,6 +128,7 @@ def main(
     overwrite = as_bool(overwrite, "overwrite")
     report_only = as_bool(report_only, "report_only")
     compare_selection = as_bool(compare_selection, "compare_selection")
+    largest_component = as_bool(largest_component, "largest_component")
     train_settings = {"epochs": epochs, "iterations_per_epoch": iterations_per_epoch, "batch_size": batch_size}
     check_settings({k: v for k, v in train_settings.items() if v is not None})
     check_eval_split(eval_split)
@@ -151,7 +152,7 @@ def main(
     else:
         claim()
     train = train_request(common, train_settings, train_overrides, backbone)
-    evaluate = evaluate_request(common, as_bool(largest_component, "largest_component"), eval_split)
+    evaluate = evaluate_request(common, largest_component, eval_split)
     runs = plan_runs(ks, seeds, modes, selection, compare_selection, train, out)
     rows, selected_rows, missing = run_grid(runs, evaluate, backbone, overwrite, report_only, eval_split, log)
     if not rows:
