@@ -23,7 +23,6 @@ import fire
 import torch
 
 BUNDLE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main(output_dir: str = "/tmp/pix2rep_gpu_check", steps: int = 20, warmup: int = 3, epoch: bool = True) -> None:

@@ -10,18 +10,14 @@ ES, slices base to apex, with RV/MYO/LV contours.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
+from phantom_preview import draw_preview  # scripts/phantom_preview.py (the script's folder is first on sys.path)
 
-import fire  # noqa: E402
-from phantom_preview import draw_preview  # noqa: E402  (scripts/phantom_preview.py)
-
-from pix2rep_bundle.data.phantom import write_phantom  # noqa: E402
-from pix2rep_bundle.io import refuse_existing_file  # noqa: E402
-from pix2rep_bundle.settings import as_bool  # noqa: E402
+from pix2rep_bundle.data.phantom import write_phantom
+from pix2rep_bundle.io import refuse_existing_file
+from pix2rep_bundle.settings import as_bool, check_settings
 
 
 def main(
@@ -37,6 +33,8 @@ def main(
 ) -> str:
     """Write the phantom to ``out_dir`` (and the preview PNG to ``preview``, replacing an existing file only with
     ``overwrite_preview``); return ``out_dir``."""
+    check_settings({"seed": seed, "num_workers": num_workers})
+    with_cine = as_bool(with_cine, "with_cine")
     if preview:
         refuse_existing_file(preview, as_bool(overwrite_preview, "overwrite_preview"))
     start = time.perf_counter()

@@ -15,13 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
 
-import fire  # noqa: E402
-
-from pix2rep_bundle.data.datasets import summarize_datalist  # noqa: E402
-from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset  # noqa: E402
-from pix2rep_bundle.errors import DataError  # noqa: E402
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
+from pix2rep_bundle.data.datasets import summarize_datalist
+from pix2rep_bundle.settings import as_bool, check_settings
 
 
 def prepare(
@@ -37,8 +35,10 @@ def prepare(
     reuse: bool = False,
 ) -> None:
     """Prepare ``dataset_dir`` into ``output_dir`` and print a summary."""
+    check_settings({"spacing": spacing, "image_size": image_size, "seed": seed, "num_workers": num_workers})
+    include_cine = as_bool(include_cine, "include_cine")
     start = time.perf_counter()
-    run = ensure_prepared if reuse else prepare_dataset
+    run = ensure_prepared if as_bool(reuse, "reuse") else prepare_dataset
     datalist = run(
         dataset_dir,
         output_dir,
@@ -65,10 +65,10 @@ def print_summary(summary: dict, datalist: Path, seconds: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a DataError prints one line and gives exit status 1."""
+    """Run the CLI; a DataError or a bad setting prints one line and gives exit status 1."""
     try:
         fire.Fire(prepare, command=argv)
-    except DataError as err:
+    except ValueError as err:  # a DataError or a setting that does not fit
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

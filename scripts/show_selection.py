@@ -13,21 +13,15 @@ the random stratified draws of ``--seeds`` (numbered circles), as ``configs/trai
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
+import numpy as np
+from matplotlib.figure import Figure
 
-import fire  # noqa: E402
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
-from pix2rep_bundle.settings import as_bool  # noqa: E402
+from pix2rep_bundle.io import atomic_path, refuse_existing_file
+from pix2rep_bundle.settings import as_bool
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
@@ -78,7 +72,8 @@ def main(
     draws = {int(s): sorted({str(e["subject"]) for e in labeled_entries(datalist, int(k), int(s))}) for s in seeds}
     xy = classical_mds(np.asarray(evidence["distances"]))
 
-    fig, ax = plt.subplots(figsize=(7, 6.3))
+    fig = Figure(figsize=(7, 6.3))  # no pyplot: no backend to choose
+    ax = fig.add_subplot()
     for group in sorted(set(groups.values())):
         idx = [i for i, s in enumerate(subjects) if groups.get(s) == group]
         ax.scatter(xy[idx, 0], xy[idx, 1], s=25, label=group, alpha=0.8)
@@ -104,7 +99,6 @@ def main(
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     print(f"representative K = {k}: {', '.join(chosen)}; random draws: {draws}; figure: {out}", flush=True)
     return chosen
 

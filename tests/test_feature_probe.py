@@ -19,7 +19,8 @@ def blocks(n: int = 6, size: int = 16) -> torch.Tensor:
 
 
 def test_the_readout_recovers_separable_classes_and_not_noise():
-    probe = load_script("feature_probe")
+    from pix2rep_bundle import feature_readout as probe
+
     torch.manual_seed(0)
     labels = blocks()
     one_hot = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).float()  # (N, 4, H, W)

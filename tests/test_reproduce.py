@@ -14,6 +14,7 @@ from helpers import CONFIGS, TINY_FEATURES, load_script, tiny_settings
 from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.networks import read_backbone
+from pix2rep_bundle.reproduction import RECIPE, STATE_FILE, STEPS, read_state, typed_view_settings
 
 # the tiny network and images of the other tests, with the few settings of the reproduction's own configs
 TINY = {k: v for k, v in tiny_settings(".").items() if k not in ("bundle_root", "phantom_subjects")} | {
@@ -42,7 +43,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     )
     state = script.main(**settings)
     out = root / "runs" / "acdc"
-    assert [state["steps"][s]["done"] for s in script.STEPS] == [True, True, True, True]
+    assert [state["steps"][s]["done"] for s in STEPS] == [True, True, True, True]
     assert state["total_seconds"] > 0
     summary = json.loads((out / "eval" / "summary.json").read_text())
     native = json.loads((out / "eval_native" / "summary.json").read_text())
@@ -52,7 +53,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     assert read_backbone(out / "pretrain" / "pix2rep_backbone.pt")["features"] == TINY_FEATURES
     pretrain_info = json.loads((out / "pretrain" / "run_info.json").read_text())["settings"]
     recipe_views = {"zoom_offset": False, "translate_fraction": 0.15}
-    assert pretrain_info["view_settings"] == script.RECIPE["pretrain_view_settings"] == recipe_views
+    assert pretrain_info["view_settings"] == RECIPE["pretrain_view_settings"] == recipe_views
     finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
     assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
     assert not (root / "models").exists(), "nothing is shipped without --ship true"
@@ -67,7 +68,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
         match=r"reproduce_state.json: records a reproduction with other settings \(--pretrain_epochs: 1 -> 2\)",
     ):
         script.main(**{**settings, "pretrain_epochs": 2})
-    state_path = out / script.STATE_FILE
+    state_path = out / STATE_FILE
     recorded = json.loads(state_path.read_text())
     earlier = {**recorded, "settings": {k: v for k, v in recorded["settings"].items() if k != "pretrain_view_settings"}}
     state_path.write_text(json.dumps(earlier))  # a state of an earlier version: its pretraining had the default views
@@ -95,14 +96,15 @@ def test_a_missing_acdc_folder_is_named(tmp_path):
 
 
 def test_view_settings_are_recorded_as_the_pretraining_reads_them(tmp_path):
-    script = load_script("reproduce_acdc")
     # the command line delivers false inside a dict as the word: recorded as False, so a state compares equal
-    typed = script.typed_view_settings({"zoom_offset": "false", "translate_fraction": 0.15, "scale_range": (0.5, 0.9)})
+    typed = typed_view_settings({"zoom_offset": "false", "translate_fraction": 0.15, "scale_range": (0.5, 0.9)})
     assert typed == {"zoom_offset": False, "translate_fraction": 0.15, "scale_range": [0.5, 0.9]}
     settings = {"pretrain_epochs": 20, "pretrain_view_settings": {"zoom_offset": False}}
-    state_path = tmp_path / script.STATE_FILE
+    state_path = tmp_path / STATE_FILE
     state_path.write_text(json.dumps({"settings": {**settings, "pretrain_view_settings": {"zoom_offset": "false"}}}))
-    assert script.read_state(state_path, {**settings, "overrides": {}}, overwrite=False)["settings"]
+    assert read_state(state_path, {**settings, "overrides": {}}, overwrite=False)["settings"]
     with pytest.raises(ValueError, match=r"--pretrain_view_settings: unknown view setting\(s\) \['zoom'\]"):
-        script.main(dataset_dir=str(tmp_path), bundle_root=str(tmp_path), pretrain_view_settings={"zoom": 1})
+        load_script("reproduce_acdc").main(
+            dataset_dir=str(tmp_path), bundle_root=str(tmp_path), pretrain_view_settings={"zoom": 1}
+        )
     assert not (tmp_path / "runs").exists(), "refused before any folder is made"

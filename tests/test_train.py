@@ -441,22 +441,23 @@ def test_rank_among_random_draws():
     """The representative subjects ranked among random draws: the K = 1 test figures of the docs (0.683 against
     five draws), a pair below the median, and the tie rule (matching a draw counts as reaching it)."""
 
-    sweep = load_script("fewshot_sweep")
+    from pix2rep_bundle.fewshot.ranking import rank_among_draws, selection_markdown
+
     draws = [0.546, 0.541, 0.492, 0.551, 0.500]
-    rank = sweep.rank_among_draws(0.683, draws)
+    rank = rank_among_draws(0.683, draws)
     assert (rank["at_or_above"], rank["draws"]) == (5, 5)
     assert rank["median"] == pytest.approx(0.541) and rank["percentile_75"] == pytest.approx(0.546)
     assert rank["above_median"] and rank["at_or_above_75th"]
-    low = sweep.rank_among_draws(0.495, draws)
+    low = rank_among_draws(0.495, draws)
     assert low["at_or_above"] == 1 and not low["above_median"] and not low["at_or_above_75th"]
-    tie = sweep.rank_among_draws(0.546, draws)
+    tie = rank_among_draws(0.546, draws)
     assert tie["at_or_above"] == 4 and tie["at_or_above_75th"] and tie["above_median"]
     rows = [{"mode": "finetune", "k": 1, "seed": s, "dice_mean": d} for s, d in enumerate(draws)]
-    lines = sweep.selection_markdown(rows, [{"mode": "finetune", "k": 1, "seed": 0, "dice_mean": 0.683}])
+    lines = selection_markdown(rows, [{"mode": "finetune", "k": 1, "seed": 0, "dice_mean": 0.683}])
     assert "| finetune | 1 | 0.683 | 0.546, 0.541, 0.492, 0.551, 0.500 | 5 of 5 | 0.541 | 0.546 | yes | yes |" in lines
     assert not any("coarse" in line for line in lines)
     two = [{"mode": "finetune", "k": 2, "seed": s, "dice_mean": d} for s, d in enumerate([0.5, 0.7])]
-    few = sweep.selection_markdown(two, [{"mode": "finetune", "k": 2, "seed": 0, "dice_mean": 0.3}])
+    few = selection_markdown(two, [{"mode": "finetune", "k": 2, "seed": 0, "dice_mean": 0.3}])
     assert "| finetune | 2 | 0.300 | 0.500, 0.700 | 0 of 2 | 0.600 | 0.650 | no | no |" in few
     assert any("Fewer than 5 random draws" in line for line in few)
 
@@ -465,10 +466,12 @@ def test_sweep_report_names_the_subjects_it_scores(tmp_path):
     """A sweep scored on the validation subjects (to choose a setting) says so in its table and plot; a default one
     says test: a choice's evidence is never mistaken for a result on the test subjects."""
 
-    sweep = load_script("fewshot_sweep")
-    row = {"mode": "finetune", "k": 1, "seed": 0, "hd95_mean": 70.0, **{f"dice_{s}": 0.4 for s in sweep.STRUCTURES}}
-    assert sweep.results_markdown([row], {}).startswith("# Few-shot segmentation: test Dice")
-    sweep.write_results([row], tmp_path, {"epochs": 1}, split="validation")
+    from pix2rep_bundle.fewshot.report import results_markdown, write_results
+    from pix2rep_bundle.fewshot.rows import STRUCTURES
+
+    row = {"mode": "finetune", "k": 1, "seed": 0, "hd95_mean": 70.0, **{f"dice_{s}": 0.4 for s in STRUCTURES}}
+    assert results_markdown([row], {}).startswith("# Few-shot segmentation: test Dice")
+    write_results([row], tmp_path, {"epochs": 1}, split="validation")
     table = (tmp_path / "results.md").read_text()
     assert table.startswith("# Few-shot segmentation: validation Dice") and "test Dice" not in table
     assert (tmp_path / "dice_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
