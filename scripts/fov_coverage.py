@@ -12,17 +12,14 @@ centre lies inside), i.e. what the resampling and centre crop keep up to one out
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
+import numpy as np
 
-import fire  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pix2rep_bundle.data.volume_checks import load_nifti  # noqa: E402
-from pix2rep_bundle.errors import DataError  # noqa: E402
+from pix2rep_bundle.data.volume_checks import load_nifti
+from pix2rep_bundle.errors import DataError
 
 CANDIDATES = ((2.0, 96), (1.5, 128), (2.0, 112), (1.75, 128), (1.5, 144), (1.5, 160), (2.0, 128))
 

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pix2rep_bundle.data.phantom import LABELS, PhantomSubject, read_info, subject_name  # noqa: E402
-from pix2rep_bundle.errors import DataError  # noqa: E402
-from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
+from pix2rep_bundle.data.phantom import LABELS, PhantomSubject, read_info, subject_name
+from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.io import atomic_path, refuse_existing_file
 
 _CONTOUR_COLOURS = {"RV": "#ff4040", "MYO": "#40e040", "LV": "#40a0ff"}
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import fire
 
-from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.data.datasets import summarize_datalist
+from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
 from pix2rep_bundle.settings import as_bool, check_settings
 
 

@@ -18,16 +18,13 @@ stops with the problem named, before writing anything.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
 
-import fire  # noqa: E402
-
-from pix2rep_bundle.evaluation import score_inference_outputs  # noqa: E402
-from pix2rep_bundle.settings import as_bool  # noqa: E402
+from pix2rep_bundle.evaluation import score_inference_outputs
+from pix2rep_bundle.settings import as_bool
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "inference.yaml"
 

@@ -11,23 +11,17 @@ comparable between slices). After pretraining, the same anatomy should take the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-import fire  # noqa: E402
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from pix2rep_bundle.data.volume_checks import load_nifti  # noqa: E402
-from pix2rep_bundle.io import atomic_path, refuse_existing_file  # noqa: E402
-from pix2rep_bundle.networks import feature_unet, read_backbone  # noqa: E402
-from pix2rep_bundle.settings import as_bool  # noqa: E402
+from pix2rep_bundle.data.volume_checks import load_nifti
+from pix2rep_bundle.io import atomic_path, refuse_existing_file
+from pix2rep_bundle.networks import feature_unet, read_backbone
+from pix2rep_bundle.settings import as_bool
 
 
 def pca_rgb(features: torch.Tensor) -> np.ndarray:
@@ -67,7 +61,8 @@ def main(
     after.load_state_dict(ckpt["backbone"])
     with torch.no_grad():
         rgb_before, rgb_after = pca_rgb(before(images)), pca_rgb(after(images))
-    fig, axes = plt.subplots(3, num_slices, figsize=(2.4 * num_slices, 7.4), squeeze=False)
+    fig = Figure(figsize=(2.4 * num_slices, 7.4))  # no pyplot: no display backend involved
+    axes = fig.subplots(3, num_slices, squeeze=False)
     for col in range(num_slices):
         for row, (title, picture) in enumerate(
             [("image", images[col, 0].numpy()), ("before", rgb_before[col]), ("after", rgb_after[col])]
@@ -81,7 +76,6 @@ def main(
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
     print(f"wrote {out}")
     return out
 
