@@ -27,6 +27,8 @@ import numpy as np
 from pix2rep_bundle.data.info_cfg import read_info_cfg
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_path, refuse_existing_file, write_text_atomic
+from pix2rep_bundle.run_guard import check_inference_folder
+from pix2rep_bundle.run_state import RUN_RECORD
 
 DEFAULT_LABELS: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
@@ -273,6 +275,8 @@ def compute_indices(
     if dataset_dir is not None and not Path(dataset_dir).is_dir():
         raise DataError(dataset_dir, "dataset folder not found")
     label_map = parse_labels(labels)
+    if (Path(segmentations) / RUN_RECORD).is_file():  # the bundle's inference folder: one finished run, complete
+        check_inference_folder(segmentations)
     found = find_segmentations(segmentations, postfix)
     return [subject_indices(found[s], dataset_dir, label_map) for s in sorted(found)]
 

@@ -262,3 +262,15 @@ def test_a_3d_file_named_as_a_cine_and_hidden_files(tmp_path):
     (tmp_path / "seg" / "subject1_seg.nii.gz").rename(tmp_path / "seg" / ".subject1_seg.nii.gz")
     with pytest.raises(DataError, match="no segmentation"):  # a hidden (e.g. temporary) file is not an input
         compute_indices(tmp_path / "seg")
+
+
+def test_an_inference_folder_is_read_only_as_one_finished_run(tmp_path):
+    import json
+
+    seg, data = _two_subjects_with_truth(tmp_path)
+    record = {"kind": "inference", "status": "running", "outputs": []}
+    (seg / "run_info.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match="not finished"):
+        compute_indices(seg, data)
+    (seg / "run_info.json").unlink()  # segmentations of any other origin: no record, read as they are
+    assert len(compute_indices(seg, data)) == 2
