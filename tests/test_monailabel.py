@@ -397,3 +397,28 @@ def test_the_server_does_not_start_on_every_interface_without_host(server, tmp_p
     assert "--host 127.0.0.1" in output and "--host 0.0.0.0" in output, output[-3000:]
     with pytest.raises(urllib.error.URLError):
         request(f"http://127.0.0.1:{port}/info/", timeout=5)
+
+
+def test_the_host_check_reads_start_server_s_command_line():
+    """Which ``--host`` the guard reads: none (refused), a loopback address (served), another one (served, with a
+    warning); commands other than ``start_server`` (MONAI Label's training subprocesses) are not checked."""
+    code = """
+import logging
+from pix2rep_bundle.monailabel_app import check_served_host
+
+logging.basicConfig(level=logging.WARNING)
+assert check_served_host(["monailabel", "start_server", "--app", "a", "--host", "127.0.0.1"]) == "127.0.0.1"
+assert check_served_host(["monailabel", "start_server", "-i", "::1"]) == "::1"
+assert check_served_host(["monailabel", "start_server", "--host=localhost"]) == "localhost"
+assert check_served_host(["monailabel", "start_server", "--host", "0.0.0.0"]) == "0.0.0.0"
+assert check_served_host(["python", "-m", "monailabel.interfaces.utils.app", "-m", "train"]) is None
+try:
+    check_served_host(["monailabel", "start_server", "--app", "a", "--port", "8000"])
+except RuntimeError as err:
+    print("REFUSED", err)
+"""
+    result = subprocess.run([ML_PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REFUSED monailabel start_server without --host listens on every interface" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line and "listens on" in line]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0], result.stderr[-3000:]
