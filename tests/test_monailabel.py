@@ -434,3 +434,17 @@ except RuntimeError as err:
     assert "REFUSED monailabel start_server without --host listens on every interface" in result.stdout
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line and "listens on" in line]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0], result.stderr[-3000:]
+
+
+def test_infer_saves_its_own_label_through_the_checks(server):
+    """/infer/ with ``save_label`` (as batch inference does): MONAI Label's own output passes the label checks (0..3
+    on the image's grid) and is stored under the tag asked for, beside the study."""
+    url = server["url"]
+    image_id = sorted(server["truth"])[0]
+    fields = {"params": json.dumps({"device": "cpu", "save_label": True, "label_tag": "original"})}
+    body, content_type = multipart(fields)
+    request(f"{url}/infer/{MODEL}?image={image_id}&output=json", "POST", body, {"Content-Type": content_type})
+    saved = server["studies"] / "labels" / "original" / f"{image_id}.nii.gz"
+    assert saved.is_file(), sorted(p.name for p in saved.parent.iterdir())
+    assert nib.load(str(saved)).shape == nib.load(str(server["studies"] / f"{image_id}.nii.gz")).shape
+    assert "original" in json.loads(request(f"{url}/datastore/?output=all"))["objects"][image_id]["labels"]
