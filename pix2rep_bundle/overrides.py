@@ -66,7 +66,8 @@ def parse_fire_arguments(args: Sequence[str]) -> tuple[dict[str, str], list[str]
         if equals:
             named[key] = value
         elif index + 1 == len(args) or _is_flag(args[index + 1]):  # a flag alone: true, or false as --noname
-            named[key[2:] if key.startswith("no") and key not in CLI_ARGUMENTS else key] = "True"
+            negated = key.startswith("no") and key not in CLI_ARGUMENTS
+            named[key[2:] if negated else key] = "False" if negated else "True"
         else:
             named[key] = args[index + 1]
             skip = True
