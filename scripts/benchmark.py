@@ -282,15 +282,17 @@ def compare_settings(
                 details[name] = report_breakdown(parser, dev, steps, warmup, limits)
                 parser.get_parsed_content("tensorboard_writer").close()
     reference = statistics.median(rates[next(iter(settings))])
-    print("| setting | the config's trainer, pairs/s (each repetition) | median | x the first |", flush=True)
-    print("|---|---|---|---|", flush=True)
+    extra = " GFLOP per pair | validation, ms per step |" if details else ""
+    print(f"| setting | the config's trainer, pairs/s (each repetition) | median | x the first |{extra}", flush=True)
+    print("|---|---|---|---|" + ("---|---|" if details else ""), flush=True)
     results: dict[str, Any] = {}
     for name, values in rates.items():
         median = statistics.median(values)
         results[name] = {"trainer_pairs_per_s": values, "median": median, "ratio": median / reference}
         results[name] |= details.get(name, {})
         listed = ", ".join(f"{v:.1f}" for v in values)
-        print(f"| {name} | {listed} | {median:.1f} | {median / reference:.2f}x |", flush=True)
+        more = f" {details[name]['gflops_per_pair']:.2f} | {details[name]['validation_ms']:.0f} |" if details else ""
+        print(f"| {name} | {listed} | {median:.1f} | {median / reference:.2f}x |{more}", flush=True)
     return results
 
 

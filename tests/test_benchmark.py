@@ -48,7 +48,8 @@ def test_benchmark_smoke(tmp_path, capsys):
         assert parts["share_sum"] == pytest.approx(100.0)
         stages = sum(parts[f"{name}_ms"] for name, _ in STAGES)
         assert parts["step_ms"] == pytest.approx(stages) and all(parts[f"{name}_ms"] > 0 for name, _ in STAGES)
-        assert parts["gflops_per_pair"] == pytest.approx(figures[path]["gflops_per_step"] / 2)  # batch 2 pairs
+        # batch 2 pairs; the loss's share depends on how many pixels of the batch are valid (up to 1000)
+        assert parts["gflops_per_pair"] == pytest.approx(figures[path]["gflops_per_step"] / 2, rel=0.1)
         assert set(figures[path]) == {
             "data_pairs_per_s",
             "step_pairs_per_s",
