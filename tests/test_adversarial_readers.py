@@ -20,9 +20,10 @@ from helpers import find_in_chain, parsed_config, tiny_settings
 from test_acdc import write_dataset
 
 from pix2rep_bundle.data import nifti_checks
-from pix2rep_bundle.data.acdc import _meta_tensor, prepare_dataset, scan_acdc
+from pix2rep_bundle.data.acdc import scan_acdc
 from pix2rep_bundle.data.info_cfg import read_info_cfg
 from pix2rep_bundle.data.nifti_checks import check_resampled_size, verify_compressed
+from pix2rep_bundle.data.preparation import _meta_tensor, prepare_dataset
 from pix2rep_bundle.data.preprocessing import volume_loader, volume_preprocessing
 from pix2rep_bundle.data.volume_checks import load_nifti
 from pix2rep_bundle.errors import DataError
