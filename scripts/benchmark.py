@@ -362,6 +362,7 @@ def main(
         features = features or [4, 4, 8, 8, 16, 8]
     check_counts(image_size=image_size, batch_size=batch_size, steps=steps, warmup=warmup, repeats=repeats)
     settings = None if compare is None else parse_compare(compare)
+    breakdown = as_bool(breakdown, "breakdown")  # the command line's "false" is a string
     if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
         raise ValueError(f"--num_workers must be a whole number >= 0, got {num_workers!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -112,6 +112,11 @@ def test_malformed_counts_are_named(setting):
         load_script("benchmark").main(**setting)
 
 
+def test_breakdown_reads_a_word_as_the_command_line_gives_it():
+    with pytest.raises(ValueError, match="--breakdown must be true or false, got 'maybe'"):
+        load_script("benchmark").main(breakdown="maybe")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_check_stops_clearly_without_cuda():
     done = subprocess.run(
