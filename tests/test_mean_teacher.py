@@ -249,7 +249,7 @@ def test_train_yaml_alone_builds_nothing_of_it(tiny, tmp_path):
     assert "teacher" not in Path(TRAIN).read_text().lower()
     assert parser.get_parsed_content("validate#evaluator").network is parser.get_parsed_content("network")
     assert set(parser.get_parsed_content("training_state")) == {"network", "optimizer", "trainer", "best_model", "rng"}
-    assert len(parser.get_parsed_content("train#handlers")) == 3
+    assert len(parser.get_parsed_content("train#handlers")) == 4  # body warm-up, validation, two loggers
     parser.get_parsed_content("checkpoint_saver")
     assert not (tmp_path / "bundle" / "cache").exists()
 
@@ -288,7 +288,7 @@ def test_mean_teacher_from_pix2rep_trains_saves_the_teacher_and_resumes(tiny, tm
     assert {"network", "teacher", "ema_update"} <= set(state) and state["ema_update"] == {"step": 2}
     record = json.loads((out / "run_info.json").read_text())["settings"]
     assert record["mean_teacher"] is True and record["ema_decay"] == 0.99 and record["unlabeled_batch_size"] == 4
-    assert len(parser.get_parsed_content("train#handlers")) == 5  # train.yaml's 3 and the two terms
+    assert len(parser.get_parsed_content("train#handlers")) == 6  # train.yaml's 4 and the two terms
 
     resumed = train_workflow(
         {**tiny, "mode": "finetune", "output_dir": str(out), "epochs": 2, "resume": True}, MEAN_TEACHER
