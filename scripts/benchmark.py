@@ -32,7 +32,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,11 +44,9 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pix2rep_bundle.engines import bf16_is_fast  # noqa: E402
-from pix2rep_bundle.profiling import step_breakdown  # noqa: E402
-from pix2rep_bundle.profiling import Breakdown, conv_gflops, first_block_conv, matmul_gflops  # noqa: E402
-from pix2rep_bundle.settings import as_bool  # noqa: E402
+from pix2rep_bundle.engines import bf16_is_fast
+from pix2rep_bundle.profiling import Breakdown, conv_gflops, first_block_conv, matmul_gflops, step_breakdown
+from pix2rep_bundle.settings import as_bool
 
 BUNDLE = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = str(BUNDLE)  # the default --bundle_root

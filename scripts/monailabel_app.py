@@ -19,11 +19,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import fire
 
-import fire  # noqa: E402
-
-from pix2rep_bundle.errors import PathError  # noqa: E402
+from pix2rep_bundle.errors import PathError
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
