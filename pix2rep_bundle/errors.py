@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class PathError(ValueError):
@@ -23,3 +26,12 @@ class DataError(PathError):
 
 class CheckpointError(PathError):
     """A checkpoint that is missing or does not fit the network it is loaded into."""
+
+
+def error_in_chain(err: BaseException | None, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in the chain of causes of ``err`` (MONAI wraps transform errors), if any."""
+    while err is not None:
+        if isinstance(err, kind):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -34,7 +34,7 @@ from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
-from pix2rep_bundle.errors import DataError, PathError
+from pix2rep_bundle.errors import DataError, PathError, error_in_chain
 from pix2rep_bundle.io import atomic_directory
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class StudiesGuard:
         try:
             return super().infer(request, datastore)
         except Exception as err:
-            bad = bad_input_in_chain(err)
+            bad = error_in_chain(err, PathError)
             if bad is None:
                 raise
             raise refusal(422, f"image {request.get('image')!r}", str(bad)) from err
@@ -272,15 +272,6 @@ class StudiesGuard:
         for value in name if isinstance(name, (list, tuple)) else [name] if name is not None else []:
             check_plain_name(value, "model_filename", "the bundle's models folder")
         return super().train(request)
-
-
-def bad_input_in_chain(err: BaseException | None) -> PathError | None:
-    """The bundle's error about an input file in the chain of ``err`` (MONAI wraps transform errors), if any."""
-    while err is not None:
-        if isinstance(err, PathError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def representative_strategies(models: dict[str, str]) -> dict[str, Any]:

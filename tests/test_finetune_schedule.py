@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONFIGS, TINY_FEATURES, find_in_chain
+from helpers import CONFIGS, find_in_chain, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -24,14 +24,11 @@ def test_the_body_rate_is_zero_then_ramps_linearly_to_one():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, backbone) -> dict:
-    return {
-        "bundle_root": str(tmp_path_factory.mktemp("bundle")),
-        "phantom_subjects": 10,
-        "image_size": [48, 48],
-        "spacing": [4.0, 4.0],
-        "features": TINY_FEATURES,
+    settings = tiny_settings(tmp_path_factory.mktemp("bundle"))
+    for pretraining_only in ("projection_hidden", "projection_dim"):
+        del settings[pretraining_only]
+    return settings | {
         "iterations_per_epoch": 2,
-        "batch_size": 4,
         "val_batch_size": 64,
         "num_workers": 0,
         "pretrained_ckpt": str(backbone),

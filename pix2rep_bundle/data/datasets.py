@@ -21,7 +21,7 @@ import torch
 
 from pix2rep_bundle.data.published_splits import fixed_combination
 from pix2rep_bundle.data.volume_checks import check_label
-from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.errors import DataError, error_in_chain
 
 POOLS = ("pretrain", "labeled", "validation", "test")
 _FRAME = re.compile(r"_frame(\d+)")
@@ -202,15 +202,6 @@ def _default_loader(keys: Sequence[str]) -> Callable:
     return Compose(load_transforms(keys))
 
 
-def _data_error_in(err: BaseException | None) -> DataError | None:
-    """The first DataError in an exception's chain of causes, if any."""
-    while err is not None:
-        if isinstance(err, DataError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def needs_preparation(entries: Sequence[dict]) -> bool:
     """Whether entries are raw volumes, to be prepared on the fly, rather than the bundle's prepared ones.
 
@@ -303,7 +294,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         try:
             loaded = loader({k: entry[k] for k in present})
         except Exception as err:
-            cause = _data_error_in(err)
+            cause = error_in_chain(err, DataError)
             if cause is not None:  # MONAI's Compose wraps it in "applying transform ..." errors
                 raise cause from err
             # other loader errors name no file; say which entry failed
