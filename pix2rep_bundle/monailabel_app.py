@@ -35,7 +35,7 @@ from monailabel.datastore.local import LocalDatastore
 
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
 from pix2rep_bundle.errors import DataError, PathError, error_in_chain
-from pix2rep_bundle.io import atomic_directory
+from pix2rep_bundle.outputs import replaced_directory
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +327,9 @@ def sample_app() -> Path:
     return path
 
 
+APP_KIND = "monailabel_app"  # the marker kind of an app folder built here (pix2rep_bundle.outputs)
+
+
 def build_app(
     app: str | os.PathLike,
     bundle: str | os.PathLike,
@@ -337,7 +340,8 @@ def build_app(
     """Write a ready MONAI Label app at ``app``: the ``monaibundle`` sample app (``sample``, by default the
     installed one) with ``bundle``'s ``configs``, ``models``, ``pix2rep_bundle`` and ``LICENSE`` as its model
     ``name``, and its ``main.py`` patched (:func:`patch_main`). ``app`` must not exist (or be empty) unless
-    ``overwrite``; it is written whole or not at all."""
+    ``overwrite``, and only an app folder built here is ever replaced (a folder of other files is refused even then);
+    it is written whole or not at all."""
     app, bundle = Path(app), Path(bundle)
     sample = Path(sample) if sample is not None else sample_app()
     if not name or "/" in name or "\\" in name or name in (".", ".."):
@@ -352,7 +356,7 @@ def build_app(
     main_path = sample / "main.py"
     main = patch_main(main_path.read_text(), name, main_path)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    with atomic_directory(app) as tmp:
+    with replaced_directory(app, APP_KIND) as tmp:  # only an app this bundle built is ever replaced
         shutil.copytree(sample, tmp, dirs_exist_ok=True, ignore=ignore)
         (tmp / "main.py").write_text(main)
         model = tmp / "model" / name

@@ -10,8 +10,8 @@ The app is MONAI Label's ``monaibundle`` sample app (from the environment this s
 ``main.py`` patched: ``MyApp`` mixes in ``pix2rep_bundle.monailabel_app.StudiesGuard`` (image ids and label tags
 confined to the studies folder, 4xx answers with a detail, no server on every interface without ``--host``) and
 offers the ``pix2rep_representative`` active-learning strategy. ``--bundle`` is the bundle folder (by default the
-one this script lies in); ``--app`` must be new or empty (``--overwrite true`` replaces it); it is written whole or
-not at all. Run it with the Python of MONAI Label's environment.
+one this script lies in); ``--app`` must be new or empty (``--overwrite true`` replaces an app this script built,
+never another folder); it is written whole or not at all. Run it with the Python of MONAI Label's environment.
 """
 
 from __future__ import annotations
