@@ -134,6 +134,31 @@ class BackboneSaver(BestSaver):
         save_backbone(network, self.path)
 
 
+class BackboneSnapshots:
+    """Every ``interval`` epochs, keep a copy of the backbone as ``<folder>/pix2rep_backbone_epochNNN.pt`` (0: none).
+
+    The snapshots let the features be read out along one run (``scripts/readout_curve.py``), so the return of a
+    longer schedule is measured instead of guessed."""
+
+    def __init__(self, network: nn.Module, folder: str | os.PathLike, interval: int = 0):
+        self.network = network
+        self.folder = str(folder)
+        self.interval = int(interval)
+
+    def path(self, epoch: int) -> str:
+        return os.path.join(self.folder, f"pix2rep_backbone_epoch{epoch:03d}.pt")
+
+    def attach(self, engine: Engine) -> None:
+        if self.interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    def __call__(self, engine: Engine) -> None:
+        network = self.network.module if hasattr(self.network, "module") else self.network
+        os.makedirs(self.folder, exist_ok=True)
+        save_backbone(network, self.path(engine.state.epoch))
+        logger.info(f"backbone snapshot written to {self.path(engine.state.epoch)}")
+
+
 class ModelSaver(BestSaver):
     """Write the network's plain state dict (``models/model.pt``, what MONAI Label and evaluate load)."""
 

@@ -60,6 +60,7 @@ SPEED_SETTINGS = frozenset(
         "device",
         "log_interval",
         "save_interval",
+        "snapshot_interval",
     }
 )
 

@@ -73,8 +73,11 @@ def test_unknown_loss_names_the_choices(tiny):
 
 def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path):
     out = tmp_path / "pretrain"
-    result = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow"})
+    result = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow", "snapshot_interval": 1})
     assert result.returncode == 0, result.stderr[-3000:]
+    snapshot = read_backbone(out / "snapshots" / "pix2rep_backbone_epoch001.pt")["backbone"]  # --snapshot_interval 1
+    last = read_backbone(out / "pix2rep_backbone_last.pt")["backbone"]
+    assert snapshot.keys() == last.keys() and all(torch.equal(snapshot[k], last[k]) for k in last)
     log = result.stdout + result.stderr
     assert "train_loss" in log and "pairs/s" in log and "val_loss" in log
     written = {p.name for p in out.iterdir()}
@@ -94,7 +97,7 @@ def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path)
     }
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     # the finished run is kept: a rerun is refused, and so is a resume that changes the schedule
-    rerun = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow"})
+    rerun = run_pretrain({**tiny, "epochs": 1, "output_dir": out, "loss": "barlow", "snapshot_interval": 1})
     assert rerun.returncode != 0 and "holds another run" in rerun.stderr and "--resume true" in rerun.stderr
     longer = run_pretrain({**tiny, "epochs": 2, "output_dir": out, "loss": "barlow", "resume": True})
     assert longer.returncode != 0 and "--epochs: 1 -> 2" in longer.stderr
