@@ -1,0 +1,89 @@
+"""The converged read-out of every backbone snapshot of one pretraining run: what each stretch of pretraining bought.
+
+    python -m monai.bundle run pretrain --config_file configs/pretrain.yaml --snapshot_interval 10 ... > pretrain.log
+    python scripts/readout_curve.py --run_dir runs/pretrain --log pretrain.log --out runs/pretrain/readout.csv \
+        --figure runs/pretrain/readout.png --dataset_dir /data/ACDC/training --subject_split semi_70_10_20
+
+Each snapshot (``<run_dir>/snapshots/pix2rep_backbone_epochNNN.pt``) is probed as ``scripts/feature_probe.py`` probes a
+backbone (the same labelled training subjects, the validation subjects, the same fit), and the randomly initialised
+network once. ``--log``: the run's console output, for the minutes of training up to each snapshot (from ignite's
+"Epoch[n] Complete. Time taken" lines); without it the curve is drawn against epochs. Writes ``--out`` (CSV: epoch,
+minutes, Dice per structure and mean) and ``--figure`` (PNG); an existing file is replaced only with
+``--overwrite true``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import fire
+
+from pix2rep_bundle.bundle_configs import config_parser
+from pix2rep_bundle.feature_readout import probe, readout_data, readout_networks
+from pix2rep_bundle.io import refuse_existing_file, write_text_atomic
+from pix2rep_bundle.readout_curve import (
+    cumulative_minutes,
+    curve_csv,
+    curve_figure,
+    curve_rows,
+    epoch_seconds,
+    read_log,
+    snapshots,
+)
+from pix2rep_bundle.settings import as_bool
+
+
+def main(
+    run_dir: str,
+    out: str,
+    figure: str | None = None,
+    log: str | None = None,
+    num_subjects: int = 10,
+    label_seed: int = 0,
+    max_iter: int = 300,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> None:
+    """Probe every snapshot of ``run_dir``; write the curve to ``out`` (CSV) and ``figure`` (PNG).
+
+    Args:
+        run_dir: the pretraining run's ``--output_dir`` (run with ``--snapshot_interval n``).
+        out: the CSV to write.
+        figure: the PNG to write (none by default).
+        log: the run's console output, for minutes of training (epochs only without it).
+        num_subjects: labelled training subjects to fit each read-out on.
+        label_seed: which draw of them (train.yaml's).
+        max_iter: L-BFGS iterations at most.
+        overwrite: replace existing output files.
+        overrides: train.yaml overrides that choose the data (``--dataset_dir``, ``--subject_split``, ...).
+    """
+    overwrite = as_bool(overwrite, "overwrite")
+    for path in (out, *([figure] if figure else [])):
+        refuse_existing_file(path, overwrite)
+    found = snapshots(run_dir)
+    seconds = epoch_seconds(read_log(log)) if log else {}
+    parser = config_parser("train.yaml", {**overrides, "pretrained_ckpt": str(found[-1][1])})
+    control = readout_networks(str(found[-1][1]), True, int(label_seed))["random init"]
+    train, validation, subjects = readout_data(
+        parser.get_parsed_content("prepared_datalist"), int(num_subjects), int(label_seed)
+    )
+    print(f"{len(found)} snapshots of {run_dir}; read-out fitted on {len(subjects)} subjects", flush=True)
+    dices = []
+    for epoch, path in found:
+        start = time.perf_counter()
+        network = readout_networks(str(path), False)["backbone"]
+        dices.append(probe(network, train, validation, max_iter=int(max_iter), seed=int(label_seed))["dice"])
+        print(f"epoch {epoch}: read-out Dice {dices[-1]['mean']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    control_dice = probe(control, train, validation, max_iter=int(max_iter), seed=int(label_seed))["dice"]["mean"]
+    print(f"random initialisation: read-out Dice {control_dice:.3f}", flush=True)
+    epochs = [epoch for epoch, _ in found]
+    rows = curve_rows(epochs, cumulative_minutes(epochs, seconds), dices)
+    write_text_atomic(out, curve_csv(rows))
+    if figure:
+        curve_figure(rows, figure, control_dice)
+    print(f"written: {out}" + (f", {figure}" if figure else ""), flush=True)
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
