@@ -44,12 +44,16 @@ def read_log(path: str | os.PathLike) -> str:
 
 
 def epoch_seconds(log_text: str) -> dict[int, float]:
-    """Seconds of every epoch in the console log of ``run pretrain`` (ignite's "Epoch[n] Complete. Time taken"
-    lines); an epoch logged twice (a resumed run) keeps its last time."""
-    return {
-        int(epoch): int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        for epoch, hours, minutes, seconds in EPOCH_LINE.findall(log_text)
-    }
+    """Seconds of every epoch in the console log of ``run pretrain``: the trainer's "Epoch[n] Complete. Time taken"
+    lines (ignite counts the epoch's handlers, validation included, in it; the evaluator's own lines are left out); an
+    epoch logged twice (a resumed run) keeps its last time."""
+    seconds = {}
+    for line in log_text.splitlines():
+        match = EPOCH_LINE.search(line)
+        if match and "Evaluator" not in line[: match.start()]:
+            epoch, hours, minutes, secs = match.groups()
+            seconds[int(epoch)] = int(hours) * 3600 + int(minutes) * 60 + float(secs)
+    return seconds
 
 
 def cumulative_minutes(epochs: Sequence[int], seconds: Mapping[int, float]) -> list[float | None]:

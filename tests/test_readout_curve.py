@@ -12,6 +12,7 @@ from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.readout_curve import cumulative_minutes, epoch_seconds, read_log, snapshots
 
 LOG = """2026-12-06 10:13:25,338 - ignite.engine.engine.AutocastTrainer - INFO - Epoch[1] Complete. Time taken: 00:01:30.000
+2026-12-06 10:14:50,338 - ignite.engine.engine.AutocastEvaluator - INFO - Epoch[2] Complete. Time taken: 00:00:04.946
 2026-12-06 10:14:55,338 - ignite.engine.engine.AutocastTrainer - INFO - Epoch[2] Complete. Time taken: 00:01:30.000
 2026-12-06 10:16:25,338 - ignite.engine.engine.AutocastTrainer - INFO - Epoch[2] Complete. Time taken: 00:02:00.000
 2026-12-06 10:19:25,338 - ignite.engine.engine.AutocastTrainer - INFO - Epoch[3] Complete. Time taken: 01:00:00.500
@@ -20,7 +21,7 @@ LOG = """2026-12-06 10:13:25,338 - ignite.engine.engine.AutocastTrainer - INFO -
 
 def test_epoch_times_come_from_the_log_and_add_up():
     seconds = epoch_seconds(LOG)
-    assert seconds == {1: 90.0, 2: 120.0, 3: 3600.5}  # a resumed epoch keeps its last time
+    assert seconds == {1: 90.0, 2: 120.0, 3: 3600.5}  # a resumed epoch keeps its last time; validation's is inside
     assert cumulative_minutes([1, 3, 4], seconds) == [1.5, pytest.approx((90 + 120 + 3600.5) / 60), None]
 
 
