@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from monai.data import NibabelWriter
 
@@ -431,7 +431,7 @@ class AtomicNibabelWriter(NibabelWriter):
 
     source: str | None = None
     frame: tuple[int, int] | None = None  # (index, count) of a cine frame
-    _pending: dict[str, _PendingCine] = {}  # output path -> its cine's frames so far (shared by the instances)
+    _pending: ClassVar[dict[str, _PendingCine]] = {}  # output path -> its cine's frames so far (shared by the instances)
 
     def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options):
         super().set_metadata(meta_dict, resample, **options)
@@ -456,7 +456,9 @@ class AtomicNibabelWriter(NibabelWriter):
         import numpy as np
 
         index, count = self.frame
-        labels = np.asanyarray(self.create_backend_obj(self.data_obj, affine=self.affine, dtype=self.output_dtype).dataobj)
+        labels = np.asanyarray(
+            self.create_backend_obj(self.data_obj, affine=self.affine, dtype=self.output_dtype).dataobj
+        )
         if index == 0:
             type(self)._pending.clear()
             type(self)._pending[path] = _PendingCine(labels.shape, count, labels.dtype)
@@ -464,7 +466,8 @@ class AtomicNibabelWriter(NibabelWriter):
         if pending is None or pending.received != index or pending.labels.shape[:-1] != labels.shape:
             done = 0 if pending is None else pending.received
             raise DataError(
-                self.source or path, f"frame {index + 1} of {count} came after {done} frame(s): frames must come in order"
+                self.source or path,
+                f"frame {index + 1} of {count} came after {done} frame(s): frames must come in order",
             )
         pending.labels[..., index] = labels
         pending.received += 1

@@ -140,7 +140,9 @@ class CineFrameReader(HeaderSpacingNibabelReader):
         try:
             frame = np.asanyarray(img.dataobj[..., self.index])
         except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
-            raise DataError(name, f"{self._part()}truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
+            raise DataError(
+                name, f"{self._part()}truncated or corrupt NIfTI data ({type(err).__name__}: {err})"
+            ) from err
         return correct_nifti_header_if_necessary(nib.Nifti1Image(frame, img.affine, header=img.header.copy()))
 
 
