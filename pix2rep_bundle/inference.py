@@ -431,7 +431,9 @@ class AtomicNibabelWriter(NibabelWriter):
 
     source: str | None = None
     frame: tuple[int, int] | None = None  # (index, count) of a cine frame
-    _pending: ClassVar[dict[str, _PendingCine]] = {}  # output path -> its cine's frames so far (shared by the instances)
+    _pending: ClassVar[dict[str, _PendingCine]] = (
+        {}
+    )  # output path -> its cine's frames so far (shared by the instances)
 
     def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options):
         super().set_metadata(meta_dict, resample, **options)

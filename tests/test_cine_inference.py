@@ -143,15 +143,21 @@ def test_cardiac_indices_of_an_inferred_cine_take_ed_and_es_from_its_lv_curve(tm
 # ---------------------------------------------------------------- bad input
 
 
-def test_a_nan_frame_stops_the_run_naming_the_file_and_frame_and_writes_no_cine(tmp_path, phantom, capsys):
+@pytest.mark.parametrize("damage, problem", [("nan", "1 NaN/inf voxels"), ("constant", "constant image")])
+def test_a_bad_frame_stops_the_run_naming_the_file_and_frame_and_writes_no_cine(
+    tmp_path, phantom, capsys, damage, problem
+):
     ed, es = (f.astype(np.float32) for f in phantom["images"])
     broken = es.copy()
-    broken[10, 10, 0] = np.nan
+    if damage == "nan":
+        broken[10, 10, 0] = np.nan
+    else:
+        broken[:] = 7.0
     cine = save(tmp_path / "in" / "cine.nii.gz", np.stack([ed, es, broken], -1), phantom["image"])
     out = tmp_path / "out"
     with pytest.raises(Exception) as info:
         infer({"inputs": str(cine), "output_dir": str(out), "ckpt_path": "unused"}, LabelFromIntensity())
-    assert find_in_chain(info.value, DataError, r"cine\.nii\.gz: frame 3 of 3: 1 NaN/inf voxels"), info.value
+    assert find_in_chain(info.value, DataError, r"cine\.nii\.gz: frame 3 of 3: " + problem), info.value
     assert "frame 2/3" in capsys.readouterr().out  # frames are read one at a time: two were done before the third
     assert {p.name for p in out.iterdir()} == {MARKER, RUN_RECORD}  # no segmentation, not even a temporary
     record = json.loads((out / RUN_RECORD).read_text())

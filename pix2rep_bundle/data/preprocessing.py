@@ -156,7 +156,10 @@ class NumpyPercentiles(ScaleIntensityRangePercentiles):
     """
 
     def __call__(self, img):
-        self._source = getattr(img, "meta", {}).get("filename_or_obj", "<image>")  # _normalize sees no meta
+        meta = getattr(img, "meta", {})
+        self._source = meta.get("filename_or_obj", "<image>")  # _normalize sees no meta
+        index = meta.get(CINE_FRAME)
+        self._part = "" if index is None else f"frame {int(index) + 1} of {int(meta.get(CINE_FRAMES, 0)) or '?'}: "
         return super().__call__(img)
 
     def _normalize(self, img):
@@ -166,7 +169,8 @@ class NumpyPercentiles(ScaleIntensityRangePercentiles):
             a_min, a_max = float(values.min()), float(values.max())
         if a_max <= a_min:
             raise DataError(
-                getattr(self, "_source", "<image>"), f"constant image (every voxel is {a_min:g}): nothing to segment"
+                getattr(self, "_source", "<image>"),
+                f"{getattr(self, '_part', '')}constant image (every voxel is {a_min:g}): nothing to segment",
             )
         scaler = ScaleIntensityRange(
             a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max, clip=self.clip, dtype=self.dtype
