@@ -431,9 +431,8 @@ class AtomicNibabelWriter(NibabelWriter):
 
     source: str | None = None
     frame: tuple[int, int] | None = None  # (index, count) of a cine frame
-    _pending: ClassVar[dict[str, _PendingCine]] = (
-        {}
-    )  # output path -> its cine's frames so far (shared by the instances)
+    # output path -> the frames of its cine so far (shared by the instances: SaveImaged makes one per volume)
+    _pending: ClassVar[dict[str, _PendingCine]] = {}
 
     def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options):
         super().set_metadata(meta_dict, resample, **options)
