@@ -1,27 +1,35 @@
-"""Inference on 3D NIfTI volumes: which files to segment, atomic NIfTI output and progress lines.
+"""Inference on 3D NIfTI volumes and 4D cines: which files to segment, atomic NIfTI output and progress lines.
 
 ``configs/inference.yaml`` wires these around MONAI's pieces: the preprocessing chain of
 :func:`pix2rep_bundle.data.preprocessing.volume_preprocessing`, ``SliceInferer``, ``Invertd`` back to the
 input's voxel grid and ``SaveImaged`` with :class:`AtomicNibabelWriter`.
+
+A 4D cine (x, y, z, t) is segmented frame by frame: :func:`frame_entries` gives the dataset one entry per frame,
+the loader reads that frame only (:class:`~pix2rep_bundle.data.preprocessing.CineFrameReader`), the frame takes the
+3D path unchanged, and :class:`AtomicNibabelWriter` keeps each frame's labels (uint8) until the last one arrives,
+then writes the cine's one 4D segmentation with the input's header. The run checks and records files, not frames.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from monai.data import NibabelWriter
 
-from pix2rep_bundle.data.preprocessing import NIFTI_SUFFIXES
+from pix2rep_bundle.data.preprocessing import CINE_FRAME, CINE_FRAMES, NIFTI_SUFFIXES
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_path
 
 # file names that are never inputs: ground-truth labels and this bundle's own outputs
 SKIPPED_SUFFIXES = ("_gt", "_seg")
+# ``<subject>_frameNN``: a 3D frame of a subject (ACDC names); its cine is ``<subject>`` or ``<subject>_4d``
+_FRAME_NAME = re.compile(r"^(?P<subject>.+)_frame\d+$")
 
 
 def _nifti_stem(name: str) -> str | None:
@@ -85,7 +93,7 @@ def inference_data(inputs: str | os.PathLike | Sequence[Any]) -> list[dict[str, 
                 raise DataError(path, 'expected a list of paths or {"image": path} entries')
             root = path.parent
             entries = _listed_entries(listed, path)
-            return [e | {"image": str(root / e["image"])} for e in entries]
+            return _refuse_duplicates([e | {"image": str(root / e["image"])} for e in entries], path)
         if not path.exists():
             raise DataError(path, "input not found")
         return [{"image": str(path)}]
@@ -94,7 +102,22 @@ def inference_data(inputs: str | os.PathLike | Sequence[Any]) -> list[dict[str, 
             "--inputs",
             f"expected a folder, a NIfTI file, a JSON list or a list of volumes, got {type(inputs).__name__}",
         )
-    return _listed_entries(inputs, "--inputs")
+    return _refuse_duplicates(_listed_entries(inputs, "--inputs"), "--inputs")
+
+
+def _refuse_duplicates(entries: list[dict[str, Any]], where: str | os.PathLike) -> list[dict[str, Any]]:
+    """``entries`` unchanged; DataError naming the file and both entries when one file is listed twice (the same
+    path, or two paths to one file)."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        key = os.path.realpath(entry["image"])
+        if key in seen:
+            raise DataError(
+                entry["image"],
+                f"listed twice in {os.fspath(where)} (input entries {seen[key]} and {index}): give each file once",
+            )
+        seen[key] = index
+    return entries
 
 
 def _listed_entries(items: Sequence[Any], where: str | os.PathLike) -> list[dict[str, Any]]:
@@ -117,31 +140,98 @@ def _listed_entries(items: Sequence[Any], where: str | os.PathLike) -> list[dict
     return entries
 
 
-def check_input_volumes(entries: Sequence[Mapping[str, Any]]) -> None:
-    """Before any work, from each file's header only (cheap): every input is a NIfTI file that exists and holds a
-    3D volume of at least two slices. DataError naming the first file that does not (a single slice, a 2D image, a
-    4D cine); files whose header cannot be read are left to the loader, which names the problem."""
+def _header_shape(image: str | os.PathLike) -> tuple[int, ...] | None:
+    """The shape a NIfTI file's header declares, or None when the header cannot be read (the loader names why)."""
     import nibabel as nib
 
+    try:
+        return tuple(int(n) for n in nib.load(os.fspath(image)).shape)
+    except Exception:  # unreadable: the loader names the problem (missing, not NIfTI, truncated, ...)
+        return None
+
+
+def _check_shape(image: str, shape: tuple[int, ...]) -> None:
+    """DataError naming ``image`` unless ``shape`` is a 3D volume (x, y, z) or a 4D cine (x, y, z, t) of at least
+    one frame, with at least two slices."""
+    if len(shape) not in (3, 4):
+        raise DataError(
+            image,
+            "expected a 3D volume (rows, columns, slices) or a 4D cine (rows, columns, slices, frames), "
+            + f"got shape {shape}",
+        )
+    if len(shape) == 4 and shape[3] < 1:
+        raise DataError(image, f"a 4D cine of no frame (shape {shape}): nothing to segment")
+    if shape[2] < 2:
+        raise DataError(
+            image,
+            f"a single slice (shape {shape}): the network segments 3D stacks of short-axis slices; "
+            + "give the volume with all its slices",
+        )
+
+
+def _is_cine(shape: tuple[int, ...]) -> bool:
+    """A 4D file of two frames or more (a trailing axis of one frame is a 3D volume)."""
+    return len(shape) == 4 and shape[3] >= 2
+
+
+def _subject_key(image: str) -> tuple[str, str]:
+    """(folder, subject) of an input: ``<subject>_frameNN`` is a 3D frame of ``<subject>``, whose cine is
+    ``<subject>`` or ``<subject>_4d`` (the names of ACDC and of scripts/cardiac_indices.py)."""
+    stem = _nifti_stem(os.path.basename(image)) or os.path.basename(image)
+    match = _FRAME_NAME.match(stem)
+    subject = match["subject"] if match else stem.removesuffix("_4d")
+    return os.path.dirname(os.path.abspath(image)), subject
+
+
+def _refuse_mixed_subjects(shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """DataError naming the cine when a folder holds a 4D cine and 3D frames of the same subject (see
+    :func:`_subject_key`): one subject's segmentations are of one kind."""
+    cines: dict[tuple[str, str], str] = {}
+    volumes: dict[tuple[str, str], str] = {}
+    for image, shape in shapes.items():
+        (cines if _is_cine(shape) else volumes).setdefault(_subject_key(image), image)
+    for key, cine in cines.items():
+        if key in volumes:
+            raise DataError(
+                cine,
+                f"a 4D cine of subject {key[1]!r}, and {os.path.basename(volumes[key])} beside it is a 3D volume of "
+                + "the same subject: segment the cine or its 3D frames, not both in one run (list the files to "
+                + "segment in --inputs, or run each kind into its own --output_dir)",
+            )
+
+
+def check_input_volumes(entries: Sequence[Mapping[str, Any]]) -> None:
+    """Before any work, from each file's header only (cheap): every input is a NIfTI file that exists and holds a
+    3D volume or a 4D cine (x, y, z, t; t >= 1) of at least two slices, and no folder holds both a cine and 3D
+    frames of one subject. DataError naming the first file that does not (a single slice, a 2D image, a 5D file,
+    a cine of no frame); files whose header cannot be read are left to the loader, which names the problem."""
+    shapes: dict[str, tuple[int, ...]] = {}
     for entry in entries:
         image = os.fspath(entry["image"])
         if _nifti_stem(os.path.basename(image)) is None:
             raise DataError(image, "not a NIfTI file name (expected .nii or .nii.gz)")
         if not os.path.isfile(image):
             raise DataError(image, "file not found")
-        try:
-            shape = tuple(int(n) for n in nib.load(image).shape)
-        except Exception:  # unreadable: the loader names the problem (missing, not NIfTI, truncated, ...)
+        shape = _header_shape(image)
+        if shape is None:
             continue
-        if len(shape) != 3:
-            hint = "; a 4D cine must be split into its 3D frames first" if len(shape) == 4 else ""
-            raise DataError(image, f"expected a 3D volume (rows, columns, slices), got shape {shape}{hint}")
-        if shape[2] < 2:
-            raise DataError(
-                image,
-                f"a single slice (shape {shape}): the network segments 3D stacks of short-axis slices; "
-                + "give the volume with all its slices",
-            )
+        _check_shape(image, shape)
+        shapes[image] = shape
+    _refuse_mixed_subjects(shapes)
+
+
+def frame_entries(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The dataset's entries: a 3D volume's as it is, a 4D file's (x, y, z, t) as t entries, frame k's with
+    ``"cine_frame": k`` (0-based), which the loader reads alone (memory of one frame). Shapes from the headers;
+    an unreadable file stays one entry, for the loader to name its problem."""
+    expanded = []
+    for entry in entries:
+        shape = _header_shape(entry["image"])
+        if shape is not None and len(shape) == 4:
+            expanded += [dict(entry) | {CINE_FRAME: index} for index in range(shape[3])]
+        else:
+            expanded.append(dict(entry))
+    return expanded
 
 
 def split_volumes(datalist_path: str | os.PathLike, split: str = "test") -> list[dict[str, Any]]:
@@ -300,29 +390,96 @@ def copy_geometry(path: str | os.PathLike, source: str | os.PathLike) -> None:
     nib.save(image, os.fspath(path))
 
 
+def write_cine(path: str | os.PathLike, labels: Any, source: str | os.PathLike) -> None:
+    """Write the 4D label map ``labels`` (x, y, z, t) to ``path`` atomically with the header of the cine ``source``
+    (affine, qform/sform and codes, pixdim of all four axes, units); DataError when the shapes differ."""
+    import nibabel as nib
+
+    original = nib.load(os.fspath(source))
+    if tuple(labels.shape) != tuple(original.shape):
+        raise DataError(source, f"segmentation shape {tuple(labels.shape)} does not match the input's {original.shape}")
+    image = nib.Nifti1Image(labels, None, header=original.header.copy())
+    image.set_data_dtype(labels.dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(path, suffix=_suffix(Path(path).name)) as tmp:
+        nib.save(image, os.fspath(tmp))
+
+
+def _suffix(name: str) -> str:
+    """The NIfTI suffix of a file name (``.nii.gz`` when it has none)."""
+    stem = _nifti_stem(name)
+    return name[len(stem) :] if stem is not None else ".nii.gz"
+
+
+class _PendingCine:
+    """The labels of the frames of one cine segmented so far, in frame order."""
+
+    def __init__(self, shape: tuple[int, ...], frames: int, dtype: Any):
+        import numpy as np
+
+        self.labels = np.zeros((*shape, frames), dtype=dtype)
+        self.received = 0
+
+
 class AtomicNibabelWriter(NibabelWriter):
     """``NibabelWriter`` that writes to a temporary sibling then renames (no half-written segmentation), with the
-    input's own header (:func:`copy_geometry`) when the input is a NIfTI file."""
+    input's own header (:func:`copy_geometry`) when the input is a NIfTI file.
+
+    A frame of a 4D cine (metadata ``cine_frame``, ``cine_frames``) is kept, as the labels it would be written with,
+    until the cine's last frame arrives; then the cine's one 4D segmentation is written (:func:`write_cine`). Frames
+    come in order, one cine at a time: the first frame of a cine drops what an unfinished one left (a failed run)."""
 
     source: str | None = None
+    frame: tuple[int, int] | None = None  # (index, count) of a cine frame
+    # output path -> the frames of its cine so far (shared by the instances: SaveImaged makes one per volume)
+    _pending: ClassVar[dict[str, _PendingCine]] = {}
 
     def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options):
         super().set_metadata(meta_dict, resample, **options)
-        source = (meta_dict or {}).get("filename_or_obj")
+        meta = meta_dict or {}
+        source = meta.get("filename_or_obj")
         self.source = os.fspath(source) if source and _nifti_stem(os.path.basename(os.fspath(source))) else None
+        index = meta.get(CINE_FRAME)
+        self.frame = None if index is None else (int(index), int(meta[CINE_FRAMES]))
 
     def write(self, filename_or_obj, verbose: bool = False, **obj_kwargs):
+        if self.frame is not None:
+            self._keep_frame(os.path.abspath(os.fspath(filename_or_obj)))
+            return
         path = Path(filename_or_obj)
-        stem = _nifti_stem(path.name)
-        suffix = path.name[len(stem) :] if stem is not None else ".nii.gz"
-        with atomic_path(path, suffix=suffix) as tmp:
+        with atomic_path(path, suffix=_suffix(path.name)) as tmp:
             super().write(tmp, verbose=False, **obj_kwargs)
             if self.source is not None:
                 copy_geometry(tmp, self.source)
 
+    def _keep_frame(self, path: str) -> None:
+        """Keep this frame's labels; write the cine's segmentation once its last frame is in."""
+        import numpy as np
+
+        index, count = self.frame
+        labels = np.asanyarray(
+            self.create_backend_obj(self.data_obj, affine=self.affine, dtype=self.output_dtype).dataobj
+        )
+        if index == 0:
+            type(self)._pending.clear()
+            type(self)._pending[path] = _PendingCine(labels.shape, count, labels.dtype)
+        pending = self._pending.get(path)
+        if pending is None or pending.received != index or pending.labels.shape[:-1] != labels.shape:
+            done = 0 if pending is None else pending.received
+            raise DataError(
+                self.source or path,
+                f"frame {index + 1} of {count} came after {done} frame(s): frames must come in order",
+            )
+        pending.labels[..., index] = labels
+        pending.received += 1
+        if pending.received == count:
+            del type(self)._pending[path]
+            write_cine(path, pending.labels, self.source or path)
+
 
 class InferenceProgress:
-    """Logs each segmented volume (input, shape, seconds) and a summary line at the end of the run."""
+    """Logs each segmented volume (input, frame k/t of a cine, shape, seconds) and a summary line at the end of the
+    run (a cine's frames count as volumes)."""
 
     def __init__(self, output_dir: str | os.PathLike, postfix: str = "seg", log: Any = print):
         self.output_dir, self.postfix, self.log = os.fspath(output_dir), postfix, log
@@ -342,9 +499,12 @@ class InferenceProgress:
         total = engine.state.epoch_length or "?"
         for item in engine.state.output:
             image = item["image"]
-            source = image.meta.get("filename_or_obj", "?") if hasattr(image, "meta") else "?"
-            shape = tuple(int(s) for s in image.meta.get("spatial_shape", ())) if hasattr(image, "meta") else ()
-            self.log(f"infer {engine.state.iteration}/{total}: {source} {shape} in {now - self.last:.2f} s")
+            meta = image.meta if hasattr(image, "meta") else {}
+            source = meta.get("filename_or_obj", "?")
+            shape = tuple(int(s) for s in meta.get("spatial_shape", ()))
+            index = meta.get(CINE_FRAME)
+            frame = "" if index is None else f" frame {int(index) + 1}/{int(meta.get(CINE_FRAMES, 0)) or '?'}"
+            self.log(f"infer {engine.state.iteration}/{total}: {source}{frame} {shape} in {now - self.last:.2f} s")
         self.last = now
 
     def _completed(self, engine) -> None:

@@ -183,7 +183,7 @@ def _bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     volume = rng.random((30, 30, 3)).astype(np.float32)
     cases = {
         "2D image": (write(folder / "flat.nii.gz", volume[..., 0], np.eye(4)), "expected a 3D volume"),
-        "4D cine": (write(folder / "cine.nii.gz", np.stack([volume] * 4, -1), np.eye(4)), "4D cine"),
+        "5D image": (write(folder / "five.nii.gz", volume[..., None, None], np.eye(4)), "or a 4D cine"),
         "NaN voxels": (write(folder / "nan.nii.gz", np.where(volume > 0.99, np.nan, volume), np.eye(4)), "NaN/inf"),
         "constant image": (
             write(folder / "constant.nii.gz", np.ones((30, 30, 3), np.float32), np.eye(4)),

@@ -6,7 +6,8 @@ original voxel grid. Every spatial step is an invertible MONAI transform; the in
 and is skipped by the inversion.
 
 Steps: load (NIfTI, header and compressed stream checked first, affine in mm repaired from the header's voxel
-sizes when they disagree: :mod:`pix2rep_bundle.data.nifti_checks`), channel first, a check that the resampled
+sizes when they disagree: :mod:`pix2rep_bundle.data.nifti_checks`; an entry with ``"cine_frame": k`` reads frame k
+of a 4D cine only, as the 3D volume it is: :class:`CineFrameReader`), channel first, a check that the resampled
 volume stays within :data:`~pix2rep_bundle.data.nifti_checks.MAX_RESAMPLED_SIDE`,
 resample **in plane only** to ``spacing`` (the slice spacing and slice count are kept), per-volume intensity
 normalisation (clip at the 1st/99th percentile, rescale to [0, 1]), crop/pad in plane around the image
@@ -43,6 +44,8 @@ SPACING_TOL = 1e-3
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Percentiles of the per-volume intensity clipping.
 LOWER_PERCENTILE, UPPER_PERCENTILE = 1.0, 99.0
+# Entry (and image metadata) keys of one frame of a 4D cine (x, y, z, t): its index t (0-based) and the frame count.
+CINE_FRAME, CINE_FRAMES = "cine_frame", "cine_frames"
 
 
 def repair_affine(affine: np.ndarray, zooms: Sequence[float]) -> np.ndarray:
@@ -95,11 +98,52 @@ class HeaderSpacingNibabelReader(NibabelReader):
             raise DataError(name, f"truncated or corrupt NIfTI data ({type(err).__name__}: {err})") from err
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         if bad:
-            raise DataError(name, f"{bad} NaN/inf voxels")
+            raise DataError(name, f"{self._part()}{bad} NaN/inf voxels")
         return array, meta
+
+    def _part(self) -> str:
+        """Which part of the file is read, for error messages (the whole file: nothing to say)."""
+        return ""
 
     def _get_affine(self, img):
         return mm_affine(img, self._name())
+
+
+class CineFrameReader(HeaderSpacingNibabelReader):
+    """Reads frame ``index`` (0-based) of a 4D cine (x, y, z, t) as the 3D volume it is: the file's header, affine and
+    data checks (:func:`~pix2rep_bundle.data.nifti_checks.open_nifti`, the compressed stream verified to its end
+    when the first frame is read), then only that frame's voxels (nibabel's ``dataobj[..., index]``), given the
+    file's header with three dimensions, so the frame goes through exactly what a 3D file of it would. A frame
+    index out of range or NaN/inf voxels in the frame raise DataError naming the file and the frame (1-based)."""
+
+    def __init__(self, index: int, **kwargs):
+        super().__init__(spatial_ndims=4, **kwargs)
+        self.index = int(index)
+        self.frames: int | None = None
+
+    def _part(self) -> str:
+        return f"frame {self.index + 1} of {self.frames or '?'}: "
+
+    def read(self, data, **kwargs):
+        import nibabel as nib
+        from monai.data.utils import correct_nifti_header_if_necessary
+
+        names = ensure_tuple(data)
+        if len(names) != 1:
+            raise ValueError(f"one 4D file at a time, got {names}")
+        self.filenames = names
+        name = os.fspath(names[0])
+        img = open_nifti(name, 4, verify_data=self.index == 0)
+        self.frames = int(img.shape[3])
+        if not 0 <= self.index < self.frames:
+            raise DataError(name, f"no frame {self.index + 1} in this cine of {self.frames} frames")
+        try:
+            frame = np.asanyarray(img.dataobj[..., self.index])
+        except Exception as err:  # truncated gzip (EOFError), zlib.error, short data (ValueError/OSError)
+            raise DataError(
+                name, f"{self._part()}truncated or corrupt NIfTI data ({type(err).__name__}: {err})"
+            ) from err
+        return correct_nifti_header_if_necessary(nib.Nifti1Image(frame, img.affine, header=img.header.copy()))
 
 
 class NumpyPercentiles(ScaleIntensityRangePercentiles):
@@ -112,7 +156,10 @@ class NumpyPercentiles(ScaleIntensityRangePercentiles):
     """
 
     def __call__(self, img):
-        self._source = getattr(img, "meta", {}).get("filename_or_obj", "<image>")  # _normalize sees no meta
+        meta = getattr(img, "meta", {})
+        self._source = meta.get("filename_or_obj", "<image>")  # _normalize sees no meta
+        index = meta.get(CINE_FRAME)
+        self._part = "" if index is None else f"frame {int(index) + 1} of {int(meta.get(CINE_FRAMES, 0)) or '?'}: "
         return super().__call__(img)
 
     def _normalize(self, img):
@@ -122,7 +169,8 @@ class NumpyPercentiles(ScaleIntensityRangePercentiles):
             a_min, a_max = float(values.min()), float(values.max())
         if a_max <= a_min:
             raise DataError(
-                getattr(self, "_source", "<image>"), f"constant image (every voxel is {a_min:g}): nothing to segment"
+                getattr(self, "_source", "<image>"),
+                f"{getattr(self, '_part', '')}constant image (every voxel is {a_min:g}): nothing to segment",
             )
         scaler = ScaleIntensityRange(
             a_min=a_min, a_max=a_max, b_min=self.b_min, b_max=self.b_max, clip=self.clip, dtype=self.dtype
@@ -214,6 +262,8 @@ class LoadVolumed(LoadImaged):
     ``LoadImage`` given a reader instance tries it inside ``try`` and, on failure, reports "cannot find a
     suitable reader ... install the reader libraries", which hides the real problem; choosing the reader by
     file suffix (``auto_select``) lets the reader's :class:`~pix2rep_bundle.errors.DataError` through.
+    An entry with ``"cine_frame": k`` (see :func:`pix2rep_bundle.inference.frame_entries`) loads frame k of each
+    key's 4D file with :class:`CineFrameReader`, and its image metadata records ``cine_frame`` and ``cine_frames``.
     """
 
     def __init__(self, keys, spatial_ndims: int | None = 3, allow_missing_keys: bool = True):
@@ -230,7 +280,14 @@ class LoadVolumed(LoadImaged):
             path = data[key]
             if isinstance(path, (str, os.PathLike)) and not str(path).endswith(NIFTI_SUFFIXES):
                 raise DataError(path, "not a NIfTI file name (expected .nii or .nii.gz)")
-        return super().__call__(data, reader)
+        if data.get(CINE_FRAME) is None:
+            return super().__call__(data, reader)
+        d = dict(data)
+        for key in self.key_iterator(d):
+            frame_reader = CineFrameReader(int(d[CINE_FRAME]))
+            d[key] = self._loader(d[key], frame_reader)
+            d[key].meta |= {CINE_FRAME: frame_reader.index, CINE_FRAMES: frame_reader.frames}
+        return d
 
 
 def volume_loader(spatial_ndims: int | None = 3) -> LoadImage:
