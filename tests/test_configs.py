@@ -19,12 +19,48 @@ def shared_block(text: str) -> list[str]:
     return lines[start:]
 
 
+def top_level_ids(text: str) -> list[str]:
+    """The top-level ids of a YAML config, in order, repeats kept (YAML keeps the last of a repeated key silently)."""
+    return re.findall(r"^([A-Za-z_+][\w#+]*):", text, re.M)
+
+
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_each_config_starts_with_the_common_block_verbatim(name):
+def test_each_config_holds_the_common_block_verbatim_and_once(name):
+    """Each runnable config runs alone, so it holds configs/common.yaml's block (the settings every config shares and
+    the BundleSettings built from them) line for line, and defines none of its ids a second time."""
     common = shared_block((CONFIGS / "common.yaml").read_text())
-    text = (CONFIGS / name).read_text().splitlines()
-    start = text.index(common[0])
-    assert text[start : start + len(common)] == common, f"configs/{name} drifted from configs/common.yaml"
+    text = (CONFIGS / name).read_text()
+    lines = text.splitlines()
+    start = lines.index(common[0])
+    assert lines[start : start + len(common)] == common, f"configs/{name} drifted from configs/common.yaml"
+    ids = top_level_ids(text)
+    for key in top_level_ids("\n".join(common)):
+        assert ids.count(key) == 1, f"configs/{name} defines {key} again after the common block"
+
+
+def dollar_expressions(node, path=""):
+    """``(id, expression)`` of every ``$`` expression in a parsed config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from dollar_expressions(value, f"{path}#{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from dollar_expressions(value, f"{path}#{index}")
+    elif isinstance(node, str) and node.startswith("$"):
+        yield path, node
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_expression_of_the_configs_is_short(name):
+    """A ``$`` expression of at most 100 characters: longer logic belongs in the package (e.g. BundleSettings), and
+    a long call takes its arguments from a mapping of references (``$start_run(**@run_start)``)."""
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    expressions = list(dollar_expressions(config))
+    assert expressions, f"configs/{name}: no expression found (the walk is broken)"
+    long = [f"{key} ({len(value)} characters)" for key, value in expressions if len(value) > 100]
+    assert not long, f"configs/{name}: expressions over 100 characters: {long}"
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -126,3 +162,59 @@ def test_monai_label_keys_of_the_inference_config():
     config = parsed_config("inference.yaml")
     for key in ["bundle_root", "device", "network_def", "preprocessing", "inferer", "postprocessing"]:
         assert key in config, key
+
+
+# ---------------------------------------------------------------- the shared settings (pix2rep_bundle/bundle_settings.py)
+
+
+def test_bundle_settings_name_the_data_folders_by_the_bundle_rules():
+    from pix2rep_bundle.bundle_settings import BundleSettings
+
+    default = BundleSettings(bundle_root=".", phantom_subjects=20, data_seed=0)
+    assert default.phantom_dir == default.dataset_dir == "./cache/phantom_n20_seed0"
+    assert default.prepared_dir == "./cache/prepared/phantom_n20_seed0"
+    assert default.pretrained_ckpt == "./models/pretrain/pix2rep_backbone.pt"
+    acdc = BundleSettings(bundle_root="/b", dataset_dir="/data/ACDC/training/", subject_split="chaitanya2020")
+    assert (acdc.dataset_dir, acdc.prepared_dir) == ("/data/ACDC/training/", "/b/cache/prepared/training_chaitanya2020")
+    listed = BundleSettings(bundle_root="/b", phantom_subjects=5, data_seed=3, datalist="/x/my.list.json")
+    assert listed.dataset_dir == "/b/cache/phantom_n5_seed3"  # recorded as before; the datalist is the source
+    assert listed.prepared_dir == "/b/cache/prepared/my.list"
+    given = BundleSettings(phantom_dir="/p", prepared_dir="/q", pretrained_dir="/r")
+    assert (given.dataset_dir, given.prepared_dir, given.pretrained_ckpt) == ("/p", "/q", "/r/pix2rep_backbone.pt")
+
+
+def test_profile_value_is_a_copy_and_an_unknown_profile_lists_the_known_ones():
+    from pix2rep_bundle.bundle_settings import PROFILES, profile_value
+
+    size = profile_value("compact", "image_size")
+    size[0] = 1
+    assert PROFILES["compact"]["image_size"] == [128, 128]
+    with pytest.raises(ValueError, match=r"unknown profile 'large': choose one of \['compact', 'paper'\]"):
+        profile_value("large", "features")
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_the_shared_overrides_reach_the_settings_object(tmp_path, name):
+    """Each shared setting stays an id of every config (check_overrides accepts it) and reaches BundleSettings."""
+    from pix2rep_bundle.overrides import unknown_id
+
+    overrides = {
+        "bundle_root": str(tmp_path),
+        "profile": "paper",
+        "image_size": [64, 64],
+        "phantom_subjects": 4,
+        "data_seed": 2,
+        "dataset_dir": str(tmp_path / "scans"),
+        "subject_split": "semi_70_10_20",
+        "pretrained_dir": str(tmp_path / "backbones"),
+    }
+    config = parsed_config(name, overrides)
+    raw = config.get()
+    for key in [*overrides, "device", "seed", "spacing", "features", "datalist", "phantom_dir", "prepared_dir"]:
+        assert unknown_id(raw, key) is None, f"configs/{name}: --{key} is no longer a setting"
+    settings = config.get_parsed_content("settings")
+    assert (settings.image_size, settings.spacing) == ([64, 64], [1.5, 1.5])  # given, and the paper profile's
+    assert config.get_parsed_content("features") == [128, 256, 512, 1024, 2048, 1024]
+    assert settings.phantom_dir == str(tmp_path / "cache" / "phantom_n4_seed2")
+    assert settings.prepared_dir == str(tmp_path / "cache" / "prepared" / "scans_semi_70_10_20")
+    assert config.get_parsed_content("pretrained_ckpt") == str(tmp_path / "backbones" / "pix2rep_backbone.pt")

@@ -259,13 +259,6 @@ def test_missing_or_mismatched_pretrained_checkpoint_stops_before_training(tiny,
     assert not (tmp_path / "out" / "model.pt").exists()
 
 
-def test_config_starts_with_the_common_block_verbatim():
-    common = (CONFIGS / "common.yaml").read_text()
-    block = common[common.index("bundle_root:") :]
-    for name in ("train.yaml", "evaluate.yaml"):
-        assert block in (CONFIGS / name).read_text(), name
-
-
 # ---------------------------------------------------------------- the sweep, micro setting
 
 
