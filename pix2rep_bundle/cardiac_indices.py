@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import atomic_path, refuse_existing_file, write_text_atomic
-from pix2rep_bundle.run_guard import check_inference_folder
-from pix2rep_bundle.run_state import RUN_RECORD
+from pix2rep_bundle.run_record import RUN_RECORD
 
 DEFAULT_LABELS: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
@@ -52,7 +53,6 @@ FIGURE_PANELS = (
     ("rv_edv_ml", "RV EDV (mL)"),
     ("myo_mass_g", "Myocardial mass (g)"),
 )
-_SEG_SUFFIXES = (".nii.gz", ".nii")
 _FRAME = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)$")
 
 
@@ -110,7 +110,7 @@ def find_segmentations(folder: str | os.PathLike, postfix: str = "seg") -> dict[
         raise DataError(folder, "segmentation folder not found")
     subjects: dict[str, SubjectFiles] = {}
     for path in sorted(folder.rglob(f"*_{postfix}.nii*")):
-        stem = next((path.name[: -len(s)] for s in _SEG_SUFFIXES if path.name.endswith(s)), None)
+        stem = next((path.name[: -len(s)] for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
         hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # e.g. a temporary file
         if stem is None or hidden or not path.is_file() or not stem.endswith(f"_{postfix}"):
             continue

@@ -16,9 +16,11 @@ from typing import Any
 
 from monai.data import NibabelWriter
 
-from pix2rep_bundle.data.preprocessing import NIFTI_SUFFIXES
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_path
+from pix2rep_bundle.outputs import claim_output_dir, refuse_overlap
+from pix2rep_bundle.settings import as_bool
 
 # file names that are never inputs: ground-truth labels and this bundle's own outputs
 SKIPPED_SUFFIXES = ("_gt", "_seg")
@@ -268,9 +270,6 @@ def check_outputs(
     """Before any work: ``output_dir`` is not and does not contain the inputs' folder, every input gets its own
     output inside it (:func:`output_paths`), and it is a new, empty or bundle-made segmentation folder (else
     ``--overwrite true``). A subfolder of the inputs' folder is fine. Returns ``output_dir``."""
-    from pix2rep_bundle.outputs import claim_output_dir, refuse_overlap
-    from pix2rep_bundle.settings import as_bool
-
     protected = {"inputs' folder": inputs_root(entries)}
     refuse_overlap(output_dir, protected, ("inputs' folder",))
     output_paths(entries, output_dir, postfix)

@@ -36,10 +36,9 @@ from monai.utils import convert_to_tensor, ensure_tuple
 
 from pix2rep_bundle.data.nifti_checks import repair_affine  # noqa: F401 (re-exported: it lived here)
 from pix2rep_bundle.data.nifti_checks import check_resampled_size, mm_affine, open_nifti
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.errors import DataError
 
-# File name endings of NIfTI volumes, longest first.
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Percentiles of the per-volume intensity clipping.
 LOWER_PERCENTILE, UPPER_PERCENTILE = 1.0, 99.0
 

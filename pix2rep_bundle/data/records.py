@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 UNKNOWN_GROUP = "unknown"
+# File name endings of NIfTI volumes, longest first.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$")
 
 
