@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
-from pix2rep_bundle.data.records import NIFTI_SUFFIXES
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_file
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import atomic_path, refuse_existing_file, write_text_atomic
@@ -229,7 +229,7 @@ def truth_indices(
 ) -> dict[str, float] | None:
     """The indices of the ground truth ``<subject>_frameYY_gt.nii.gz`` of the segmentation's ED and ES frames (None
     when neither exists); DataError when only one exists or a shape differs from the segmentation's."""
-    paths = [subject_dir / f"{subject}_frame{seg.frame:02d}_gt.nii.gz" for seg in (ed_seg, es_seg)]
+    paths = [frame_file(subject_dir, subject, seg.frame, "_gt") for seg in (ed_seg, es_seg)]
     present = [p.is_file() for p in paths]
     if not any(present):
         return None

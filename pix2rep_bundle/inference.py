@@ -16,7 +16,7 @@ from typing import Any
 
 from monai.data import NibabelWriter
 
-from pix2rep_bundle.data.records import NIFTI_SUFFIXES
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_stem
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_path
 from pix2rep_bundle.outputs import claim_output_dir, refuse_overlap
@@ -160,7 +160,7 @@ def split_volumes(datalist_path: str | os.PathLike, split: str = "test") -> list
     entries = []
     for entry in datalist[split]:
         subject, frame = entry["subject"], int(entry["frame"])
-        name = f"{subject}_frame{frame:02d}"
+        name = frame_stem(subject, frame)
         item = {"image": str(source / subject / f"{name}.nii.gz"), "subject": subject, "frame": frame}
         if "label" in entry:
             item["label"] = str(source / subject / f"{name}_gt.nii.gz")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pix2rep_bundle.data.jobs import FileLock, run_jobs
+from pix2rep_bundle.data.jobs import build_once, run_jobs
 from pix2rep_bundle.data.published_splits import check_split, labelled_phases
 from pix2rep_bundle.data.records import Source, Subject, Volume
 from pix2rep_bundle.data.sources import scan_source
@@ -257,19 +257,9 @@ def prepare_dataset(
             if done % step == 0 or done == len(jobs):
                 print(f"prepare: {done}/{len(jobs)} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
         datalist = _datalist(params, source_fingerprint(source), splits, subjects, labeled, extra)
-        write_json_atomic(tmp / DATALIST_NAME, datalist)
-        _make_readable(tmp)
+        write_json_atomic(tmp / DATALIST_NAME, datalist)  # the folder and the files get the usual permissions
     print(f"prepare: wrote {output_dir / DATALIST_NAME} in {time.perf_counter() - start:.1f} s", flush=True)
     return output_dir / DATALIST_NAME
-
-
-def _make_readable(folder: Path) -> None:
-    """Give the (private, temporary) output folder the usual permissions under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        os.chmod(path, 0o777 & ~umask)
-    os.chmod(folder / DATALIST_NAME, 0o666 & ~umask)
 
 
 # ---------------------------------------------------------------------------------------------- reuse
@@ -310,14 +300,10 @@ def ensure_prepared(
         dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split, source.kind
     )
     fingerprint = source_fingerprint(source)
-    if _matches(datalist_path, params, fingerprint):
-        return datalist_path
-    refuse_overlap(output_dir, _protected(dataset_dir))  # before the lock file is made beside it
-    check_replaceable(output_dir, "prepared")
-    with FileLock(output_dir.parent / f".{output_dir.name}.lock"):
-        if _matches(datalist_path, params, fingerprint):
-            return datalist_path
-        return prepare_dataset(
+    build_once(
+        output_dir,
+        lambda: _matches(datalist_path, params, fingerprint),
+        lambda: prepare_dataset(
             dataset_dir,
             output_dir,
             spacing=spacing,
@@ -328,4 +314,7 @@ def ensure_prepared(
             include_cine=include_cine,
             num_workers=num_workers,
             split=split,
-        )
+        ),
+        lambda: (refuse_overlap(output_dir, _protected(dataset_dir)), check_replaceable(output_dir, "prepared")),
+    )
+    return datalist_path
