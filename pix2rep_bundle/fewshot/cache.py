@@ -121,11 +121,11 @@ def run_action(run_dir: Path, request: Mapping[str, Any], overwrite: bool, repor
     train_differences = finished_run(run_dir, request, ("train",))
     if report_only and (differences is None or differences):
         return "leave out", "not finished" if differences is None else "other settings: " + "; ".join(differences)
-    if not overwrite:  # other evaluation settings only: evaluated again
+    if train_differences and not overwrite:  # other evaluation settings only: evaluated again
         refuse_changes(
             run_dir,
             "holds results of a run with other settings",
-            train_differences or [],
+            train_differences,
             "choose another --output_dir, or --overwrite true to redo it",
         )
     if not report_only and (overwrite or differences is None or differences):
