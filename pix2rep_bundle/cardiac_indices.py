@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
-from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_file
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_file, frame_stem
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import atomic_path, refuse_existing_file, write_text_atomic
@@ -177,7 +177,8 @@ def frame_volumes(
     for frame in wanted or sorted(files.frames):
         if frame not in files.frames:
             some = next(iter(files.frames.values()))
-            expected = some.with_name(re.sub(r"_frame\d+_", f"_frame{frame:02d}_", some.name))
+            rest = re.sub(r"^_frame\d+", "", some.name[len(files.subject) :])  # the postfix and the ending
+            expected = some.with_name(frame_stem(files.subject, frame) + rest)
             raise DataError(expected, f"{files.subject}: no segmentation of frame {frame}")
         labels, voxel_ml = _load(files.frames[frame], 3)
         result[frame] = FrameVolumes(
