@@ -26,7 +26,14 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from pix2rep_bundle.geometry import Alignment, alignment_from_maps, sampling_grid, warp
+from pix2rep_bundle.geometry import (
+    Alignment,
+    PrepareStackedViews,
+    alignment_from_maps,
+    plain_tensor,
+    sampling_grid,
+    warp,
+)
 from pix2rep_bundle.view_settings import ViewSettings
 
 BIAS_FIELD_DEGREE = 3  # MONAI RandBiasField's default
@@ -275,7 +282,7 @@ class BatchPairedViews:
         return self.apply(images, to_source)
 
 
-class PrepareAugmentedPairs:
+class PrepareAugmentedPairs(PrepareStackedViews):
     """``prepare_batch`` of the fast path: source slices -> device -> two views -> ``(cat(view_1, view_2), Alignment)``.
 
     Args:
@@ -289,18 +296,10 @@ class PrepareAugmentedPairs:
         self.image_key = image_key
         self.channels_last = channels_last
 
-    def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
+    def stacked_views(
+        self, batchdata: Mapping[str, Any], device: str | torch.device | None, non_blocking: bool, **kwargs: Any
     ) -> tuple[torch.Tensor, Alignment]:
-        images = batchdata[self.image_key]
-        images = images.as_tensor() if hasattr(images, "as_tensor") else torch.as_tensor(images)
-        images = images.to(device=device, non_blocking=non_blocking)
+        """The source slices on ``device``, their two views drawn there and stacked, and their alignment."""
+        images = plain_tensor(batchdata[self.image_key]).to(device=device, non_blocking=non_blocking)
         pair = self.augmentation(images)
-        inputs = pair.views.flatten(0, 1)
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, pair.alignment()
+        return pair.views.flatten(0, 1), pair.alignment()

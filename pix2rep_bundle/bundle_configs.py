@@ -3,6 +3,7 @@ with overrides, and a run of one in this process."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,3 +37,14 @@ def run_config(configs: str | Sequence[str], run_id: str, overrides: Mapping[str
     files = config_files(configs)
     run(run_id, config_file=files[0] if len(files) == 1 else files, **dict(overrides))
     return time.perf_counter() - start
+
+
+def bundle_settings(bundle_path: str | os.PathLike) -> dict[str, Any]:
+    """The input space (``spacing``, ``image_size``), backbone file (``pretrained_ckpt``) and descriptor region
+    (``selection_centre_fraction``) of the bundle at ``bundle_path`` (e.g. a copy a MONAI Label app serves), as its
+    ``configs/train.yaml`` defines them by default."""
+    parser = ConfigParser()
+    parser.read_config(os.path.join(os.fspath(bundle_path), "configs", "train.yaml"))
+    parser.update({"bundle_root": os.fspath(bundle_path)})
+    keys = ("spacing", "image_size", "pretrained_ckpt", "selection_centre_fraction")
+    return {key: parser.get_parsed_content(key) for key in keys}

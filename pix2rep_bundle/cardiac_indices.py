@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_file, frame_stem
 from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import atomic_path, refuse_existing_file, write_text_atomic
-from pix2rep_bundle.run_guard import check_inference_folder
-from pix2rep_bundle.run_state import RUN_RECORD
+from pix2rep_bundle.run_record import RUN_RECORD
 
 DEFAULT_LABELS: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
 MYOCARDIUM_DENSITY_G_PER_ML = 1.05
@@ -52,7 +53,6 @@ FIGURE_PANELS = (
     ("rv_edv_ml", "RV EDV (mL)"),
     ("myo_mass_g", "Myocardial mass (g)"),
 )
-_SEG_SUFFIXES = (".nii.gz", ".nii")
 _FRAME = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)$")
 
 
@@ -110,7 +110,7 @@ def find_segmentations(folder: str | os.PathLike, postfix: str = "seg") -> dict[
         raise DataError(folder, "segmentation folder not found")
     subjects: dict[str, SubjectFiles] = {}
     for path in sorted(folder.rglob(f"*_{postfix}.nii*")):
-        stem = next((path.name[: -len(s)] for s in _SEG_SUFFIXES if path.name.endswith(s)), None)
+        stem = next((path.name[: -len(s)] for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
         hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # e.g. a temporary file
         if stem is None or hidden or not path.is_file() or not stem.endswith(f"_{postfix}"):
             continue
@@ -177,7 +177,8 @@ def frame_volumes(
     for frame in wanted or sorted(files.frames):
         if frame not in files.frames:
             some = next(iter(files.frames.values()))
-            expected = some.with_name(re.sub(r"_frame\d+_", f"_frame{frame:02d}_", some.name))
+            rest = re.sub(r"^_frame\d+", "", some.name[len(files.subject) :])  # the postfix and the ending
+            expected = some.with_name(frame_stem(files.subject, frame) + rest)
             raise DataError(expected, f"{files.subject}: no segmentation of frame {frame}")
         labels, voxel_ml = _load(files.frames[frame], 3)
         result[frame] = FrameVolumes(
@@ -229,7 +230,7 @@ def truth_indices(
 ) -> dict[str, float] | None:
     """The indices of the ground truth ``<subject>_frameYY_gt.nii.gz`` of the segmentation's ED and ES frames (None
     when neither exists); DataError when only one exists or a shape differs from the segmentation's."""
-    paths = [subject_dir / f"{subject}_frame{seg.frame:02d}_gt.nii.gz" for seg in (ed_seg, es_seg)]
+    paths = [frame_file(subject_dir, subject, seg.frame, "_gt") for seg in (ed_seg, es_seg)]
     present = [p.is_file() for p in paths]
     if not any(present):
         return None

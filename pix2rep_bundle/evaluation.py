@@ -34,7 +34,10 @@ from monai.networks.utils import one_hot
 
 from pix2rep_bundle.data.preprocessing import volume_loader
 from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.inference import output_paths
+from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import write_json_atomic, write_text_atomic
+from pix2rep_bundle.outputs import claim_output_dir
 
 STRUCTURES = ("RV", "MYO", "LV")  # label values 1, 2, 3; 0 is background
 NUM_CLASSES = len(STRUCTURES) + 1
@@ -159,12 +162,8 @@ def score_inference_outputs(
     """Score what ``config_file`` (configs/inference.yaml) parsed with ``overrides`` wrote, each output on its input's
     own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary.
     DataError, before anything is written, unless the output folder holds one finished inference run's outputs
-    (:func:`pix2rep_bundle.run_guard.check_inference_folder`)."""
+    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`)."""
     from monai.bundle import ConfigParser
-
-    from pix2rep_bundle.inference import output_paths
-    from pix2rep_bundle.outputs import claim_output_dir
-    from pix2rep_bundle.run_guard import check_inference_folder
 
     parser = ConfigParser()
     parser.read_config(os.fspath(config_file))

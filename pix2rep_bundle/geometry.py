@@ -239,3 +239,34 @@ def alignment_from_batch(
         map_1_to_source = map_1_to_source @ scaling
         view_shape = tuple(int(s) for s in feature_shape)
     return alignment_from_maps(map_1_to_2, map_1_to_source, source_shape, view_shape)
+
+
+def plain_tensor(value: Any) -> torch.Tensor:
+    """``value`` as a plain tensor (a MetaTensor's data without its metadata)."""
+    return value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(value)
+
+
+class PrepareStackedViews:
+    """Base of the pretraining ``prepare_batch``: an engine's call ``(batchdata, device, non_blocking, **kwargs)`` ->
+    ``(cat(view_1, view_2), Alignment)`` on ``device`` (:meth:`stacked_views`), the stacked views in
+    ``channels_last`` memory format when ``channels_last``."""
+
+    channels_last: bool = False
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, Alignment]:
+        inputs, alignment = self.stacked_views(batchdata, device, non_blocking, **kwargs)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, alignment
+
+    def stacked_views(
+        self, batchdata: Mapping[str, Any], device: str | torch.device | None, non_blocking: bool, **kwargs: Any
+    ) -> tuple[torch.Tensor, Alignment]:
+        """The stacked views of ``batchdata`` on ``device`` and their alignment."""
+        raise NotImplementedError

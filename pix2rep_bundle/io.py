@@ -132,6 +132,21 @@ def _normal_permissions(path: Path, directory: bool) -> None:
 
 
 @contextlib.contextmanager
+def _named_write_failures(
+    path: Path, kinds: tuple[type[BaseException], ...] = (OSError, RuntimeError)
+) -> Iterator[None]:
+    """Re-raise a write failure of ``kinds`` for want of space as :class:`DiskWriteError` naming ``path``
+    (:func:`write_failure`); any other error as it is."""
+    try:
+        yield
+    except kinds as err:
+        failure = write_failure(path, err)
+        if failure is None:
+            raise
+        raise failure from err
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
 
@@ -142,24 +157,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep_once(path.parent)
     prefix, tmp_suffix = _temporary_affixes(path, suffix)
-    try:
+    with _named_write_failures(path, (OSError,)):
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=tmp_suffix, dir=path.parent)
-    except OSError as err:
-        failure = write_failure(path, err)
-        if failure is None:
-            raise
-        raise failure from err
     os.close(fd)
     tmp_path = Path(tmp)
     _normal_permissions(tmp_path, directory=False)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except (OSError, RuntimeError) as err:
-        failure = write_failure(path, err)
-        if failure is None:
-            raise
-        raise failure from err
+        with _named_write_failures(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -176,15 +182,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
     _normal_permissions(tmp, directory=True)
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:
-        failure = write_failure(path, err)
-        if failure is None:
-            raise
-        raise failure from err
+        with _named_write_failures(path):
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -33,13 +33,13 @@ from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
 from pix2rep_bundle.errors import DataError, PathError, error_in_chain
 from pix2rep_bundle.outputs import replaced_directory
 
 logger = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 BUNDLE_PARTS = ("configs", "models", "pix2rep_bundle", "LICENSE")
 MODEL_NAME = "pix2rep"
 LOOPBACK_HOSTS = ("localhost",)

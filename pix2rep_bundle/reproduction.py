@@ -13,11 +13,9 @@ from typing import Any
 
 from pix2rep_bundle.bundle_configs import CONFIG_DIR, config_parser, run_config
 from pix2rep_bundle.data.datasets import load_datalist
-from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.evaluation import STRUCTURES, score_inference_outputs
 from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic
-from pix2rep_bundle.run_state import plain_value
-from pix2rep_bundle.setting_changes import changed_settings
+from pix2rep_bundle.run_record import changed_settings, plain_value, read_record, refuse_changes
 from pix2rep_bundle.view_settings import ViewSettings
 
 SPLIT = "semi_70_10_20"
@@ -54,18 +52,16 @@ def read_state(path: Path, settings: Mapping[str, Any], overwrite: bool) -> dict
     settings = plain_value(settings)
     if not path.is_file() or overwrite:
         return {"settings": settings, "steps": {}}
-    state = json.loads(path.read_text())
+    state = read_record(path, strict=True)
     # states of earlier versions lack "overrides" and "pretrain_view_settings" (their views were the defaults)
     old = {"overrides": {}, "pretrain_view_settings": {}, **state.get("settings", {})}
     old["pretrain_view_settings"] = typed_view_settings(old["pretrain_view_settings"])
-    differences = changed_settings(old, settings)
-    if differences:
-        raise DataError(
-            path,
-            "records a reproduction with other settings ("
-            + "; ".join(differences)
-            + "): rerun with those, choose another --output_dir, or --overwrite true",
-        )
+    refuse_changes(
+        path,
+        "records a reproduction with other settings",
+        changed_settings(old, settings),
+        "rerun with those, choose another --output_dir, or --overwrite true",
+    )
     return state
 
 

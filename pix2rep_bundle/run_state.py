@@ -1,16 +1,11 @@
-"""What a long run keeps beside its outputs: random-number states for resuming, a clean stop on Ctrl-C, and a
-record of how the run was made (seed, settings, command, versions, commit)."""
+"""What a long run keeps beside its outputs: random-number states for resuming and a clean stop on Ctrl-C. The record
+of how the run was made (``run_info.json``) is :mod:`pix2rep_bundle.run_record`'s (its names are re-exported here)."""
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
-import platform
 import random
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,11 +13,10 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from pix2rep_bundle.io import write_json_atomic
+from pix2rep_bundle.run_record import RUN_RECORD, plain_value, write_run_record  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-RUN_RECORD = "run_info.json"
 INTERRUPTED_EXIT_CODE = 130  # the shell's code for a run stopped by SIGINT
 
 
@@ -115,77 +109,3 @@ class GracefulStop:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-
-def _git_commit(folder: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(
-        ["git", "-C", folder, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def _versions() -> dict[str, str]:
-    import ignite
-    import monai
-
-    from pix2rep_bundle import __version__
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "ignite": ignite.__version__,
-        "numpy": np.__version__,
-        "pix2rep_bundle": __version__,
-    }
-
-
-def write_run_record(
-    output_dir: str | os.PathLike,
-    settings: Mapping[str, Any],
-    bundle_root: str = ".",
-    started_before: list[dict[str, Any]] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> str:
-    """Write ``run_info.json`` into ``output_dir``: the given settings (seed, data, sizes, ...), the command
-    line, the time, the device, the library versions and the bundle's git commit (``-dirty`` when the
-    working tree has changes; ``null`` outside a git checkout), the earlier starts of a resumed run
-    (``started_before``) and any ``extra`` entries, in one atomic write. Returns its path."""
-    path = os.path.join(os.fspath(output_dir), RUN_RECORD)
-    record = {
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv else [],
-        "settings": {k: plain_value(v) for k, v in settings.items()},
-        "versions": _versions(),
-        "git_commit": _git_commit(os.path.abspath(bundle_root)),
-        "host": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-    }
-    if started_before:
-        record["started_before"] = started_before
-    record.update(extra or {})
-    write_json_atomic(path, record)
-    return path
-
-
-def plain_value(value: Any) -> Any:
-    """A JSON-friendly form of a config value (devices and paths as strings)."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): plain_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_value(v) for v in value]
-    return str(value)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pix2rep_bundle.bundle_configs import bundle_settings
 from pix2rep_bundle.data.preprocessing import volume_loader
 
 
@@ -175,25 +176,25 @@ def choose_subjects(
     return [subjects[i] for i in chosen], {"subjects": subjects, "shares": shares, "distances": distances}
 
 
-def choose_from_datalist(
-    datalist_path: str,
-    backbone_path: str,
+def choose_from_entries(
+    entries: Sequence[Mapping[str, Any]],
+    backbone_path: str | os.PathLike,
     k: int,
     labelled: Sequence[str] = (),
     seed: int = 0,
     device: str | torch.device = "cpu",
     centre_fraction: float = 1.0,
 ) -> tuple[list[str], dict[str, np.ndarray | list[str]]]:
-    """:func:`choose_subjects` over the ``labeled`` pool of a prepared datalist (its images only), with the backbone
-    of ``backbone_path``."""
-    from pix2rep_bundle.data.datasets import load_datalist
+    """:func:`choose_subjects` over datalist ``entries`` (their images only, grouped by ``subject``), with the
+    backbone of ``backbone_path``; :func:`pix2rep_bundle.data.datasets.choose_from_datalist` reads the entries of a
+    datalist's ``labeled`` pool."""
     from pix2rep_bundle.networks import backbone_network
 
     volumes: dict[str, list[str]] = {}
-    for entry in load_datalist(datalist_path, "labeled"):
+    for entry in entries:
         volumes.setdefault(str(entry["subject"]), []).append(entry["image"])
     return choose_subjects(
-        backbone_network(backbone_path),
+        backbone_network(os.fspath(backbone_path)),
         volumes,
         k,
         labelled=labelled,
@@ -201,18 +202,6 @@ def choose_from_datalist(
         device=device,
         centre_fraction=centre_fraction,
     )
-
-
-def bundle_settings(bundle_path: str | os.PathLike) -> dict[str, Any]:
-    """The bundle's input space (``spacing``, ``image_size``), backbone file (``pretrained_ckpt``) and descriptor
-    region (``selection_centre_fraction``), as its configs define them by default."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.path.join(os.fspath(bundle_path), "configs", "train.yaml"))
-    parser.update({"bundle_root": os.fspath(bundle_path)})
-    keys = ("spacing", "image_size", "pretrained_ckpt", "selection_centre_fraction")
-    return {key: parser.get_parsed_content(key) for key in keys}
 
 
 def prepared_image_loader(spacing: Any, image_size: Any):

@@ -23,12 +23,12 @@ from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 from torch import nn
 
-from pix2rep_bundle.geometry import Alignment, alignment_from_batch
+from pix2rep_bundle.geometry import Alignment, PrepareStackedViews, alignment_from_batch, plain_tensor
 
 logger = logging.getLogger(__name__)
 
 
-class PrepareViewPairs:
+class PrepareViewPairs(PrepareStackedViews):
     """``prepare_batch`` for pretraining: ``(cat(view_1, view_2), Alignment)`` on ``device``.
 
     Args:
@@ -40,20 +40,13 @@ class PrepareViewPairs:
         self.view_keys = tuple(view_keys)
         self.channels_last = channels_last
 
-    def __call__(
-        self,
-        batchdata: Mapping[str, Any],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
+    def stacked_views(
+        self, batchdata: Mapping[str, Any], device: str | torch.device | None, non_blocking: bool, **kwargs: Any
     ) -> tuple[torch.Tensor, Alignment]:
+        """The two views of the batch stacked, on ``device``, and their alignment from the recorded affines."""
         alignment = alignment_from_batch(batchdata, view_keys=self.view_keys, device=device)
-        views = [torch.as_tensor(batchdata[k]) for k in self.view_keys]
-        inputs = torch.cat([v.as_tensor() if hasattr(v, "as_tensor") else v for v in views], dim=0)
-        inputs = inputs.to(device=device, non_blocking=non_blocking, **kwargs)
-        if self.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, alignment
+        inputs = torch.cat([plain_tensor(batchdata[k]) for k in self.view_keys], dim=0)
+        return inputs.to(device=device, non_blocking=non_blocking, **kwargs), alignment
 
 
 class StackedViewsLoss(nn.Module):

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pix2rep_bundle.data.phantom import LABELS, PhantomSubject, read_info, subject_name
+from pix2rep_bundle.data.records import frame_file
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.io import atomic_path, refuse_existing_file
 
@@ -39,8 +40,8 @@ def _load_dir_subjects(folder: Path, subject_ids: Sequence[int | str] | None, ma
         frames = {}
         for key in ("ED", "ES"):
             f = int(info[key])
-            image, affine = load_nifti(d / f"{d.name}_frame{f:02d}.nii.gz")
-            gt = d / f"{d.name}_frame{f:02d}_gt.nii.gz"
+            image, affine = load_nifti(frame_file(d, d.name, f))
+            gt = frame_file(d, d.name, f, "_gt")
             frames[key] = (f, image, np.rint(load_nifti(gt)[0]).astype(np.uint8) if gt.exists() else None)
         out.append(
             {

@@ -18,7 +18,7 @@ from pathlib import Path
 import fire
 
 from pix2rep_bundle.data.datasets import summarize_datalist
-from pix2rep_bundle.data.preparation import ensure_prepared, prepare_dataset
+from pix2rep_bundle.data.preparation import prepare_dataset
 from pix2rep_bundle.settings import as_bool, check_settings
 
 
@@ -38,8 +38,7 @@ def prepare(
     check_settings({"spacing": spacing, "image_size": image_size, "seed": seed, "num_workers": num_workers})
     include_cine = as_bool(include_cine, "include_cine")
     start = time.perf_counter()
-    run = ensure_prepared if as_bool(reuse, "reuse") else prepare_dataset
-    datalist = run(
+    datalist = prepare_dataset(
         dataset_dir,
         output_dir,
         spacing=tuple(spacing),
@@ -49,6 +48,7 @@ def prepare(
         test_fraction=test_fraction,
         include_cine=include_cine,
         num_workers=num_workers,
+        reuse=as_bool(reuse, "reuse"),
     )
     print_summary(summarize_datalist(datalist), datalist, time.perf_counter() - start)
 

@@ -58,8 +58,7 @@ def main(
     refuse_existing_file(out, as_bool(overwrite, "overwrite"))
     from monai.bundle import ConfigParser
 
-    from pix2rep_bundle.data.datasets import labeled_entries, load_datalist
-    from pix2rep_bundle.selection import choose_from_datalist
+    from pix2rep_bundle.data.datasets import choose_from_datalist, labeled_entries, load_datalist
 
     parser = ConfigParser()
     parser.read_config(str(CONFIG))

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, REPO, find_in_chain
+from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 from test_acdc import _nifti, _save, _truncate, write_dataset
@@ -25,7 +25,6 @@ from pix2rep_bundle.data.preparation import prepare_dataset
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.outputs import MARKER
 
-FEATURES = [4, 4, 8, 8, 16, 8]
 SUBJECT = "patient002"
 
 
@@ -88,7 +87,7 @@ ENTRY_POINTS = ("prepare", "pretrain", "train", "evaluate")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=FEATURES).state_dict(), path)
+    torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=TINY_FEATURES).state_dict(), path)
     return path
 
 
@@ -99,7 +98,7 @@ def tiny(root: Path, dataset_dir: Path, checkpoint: Path) -> dict:
         "profile": "compact",
         "image_size": [48, 48],
         "spacing": [4.0, 4.0],
-        "features": FEATURES,
+        "features": TINY_FEATURES,
         "projection_hidden": 8,
         "projection_dim": 8,
         "epochs": 1,

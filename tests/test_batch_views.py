@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import parsed_config, tiny_settings
+from helpers import TINY_FEATURES, parsed_config, tiny_settings
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import AdjustContrast, Affine, Flip, GaussianSmooth, RandBiasField
 from monai.utils import set_determinism
@@ -260,7 +260,7 @@ def test_drawn_views_follow_the_distribution_of_the_monai_path():
 
 def test_a_few_training_steps_give_the_same_losses_on_both_paths():
     """Same network, same source slices, same augmentations: the losses of 3 optimiser steps agree."""
-    net = Pix2RepNet(features=[4, 4, 8, 8, 16, 8], projection_hidden=8, projection_dim=8)
+    net = Pix2RepNet(features=TINY_FEATURES, projection_hidden=8, projection_dim=8)
     nets = {"plain": net, "fast": copy.deepcopy(net)}
     optimizers = {k: torch.optim.Adam(n.parameters(), lr=3e-3) for k, n in nets.items()}
     loss = StackedViewsLoss(Pix2RepLoss(num_samples=300))
@@ -312,7 +312,7 @@ def test_the_pretraining_config_trains_on_the_fast_path(tmp_path, view_size):
 
 def test_compiled_network_matches_eager_and_keeps_its_state_dict_keys():
     torch.manual_seed(0)
-    eager = Pix2RepNet(features=[4, 4, 8, 8, 16, 8], projection_hidden=8, projection_dim=8)
+    eager = Pix2RepNet(features=TINY_FEATURES, projection_hidden=8, projection_dim=8)
     compiled = compile_network(copy.deepcopy(eager), True, (32, 32))
     assert list(compiled.state_dict()) == list(eager.state_dict())
     x = torch.rand(2, 1, 32, 32)
@@ -329,7 +329,7 @@ def test_compiled_network_matches_eager_and_keeps_its_state_dict_keys():
 
 def test_bf16_autocast_changes_the_losses_by_rounding_only():
     """The fast path's amp: 3 optimiser steps with bf16 autocast stay within rounding of the fp32 ones."""
-    net = Pix2RepNet(features=[4, 4, 8, 8, 16, 8], projection_hidden=8, projection_dim=8)
+    net = Pix2RepNet(features=TINY_FEATURES, projection_hidden=8, projection_dim=8)
     nets = {"fp32": net, "bf16": copy.deepcopy(net)}
     optimizers = {k: torch.optim.Adam(n.parameters(), lr=1e-3) for k, n in nets.items()}
     loss = StackedViewsLoss(Pix2RepLoss(num_samples=300))

@@ -20,10 +20,11 @@ from pix2rep_bundle.cardiac_indices import compute_indices
 from pix2rep_bundle.data.phantom import write_phantom
 from pix2rep_bundle.data.preprocessing import CineFrameReader
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.inference import AtomicNibabelWriter, inference_data
+from pix2rep_bundle.inference import inference_data
 from pix2rep_bundle.outputs import MARKER
 from pix2rep_bundle.run_guard import check_inference_folder
 from pix2rep_bundle.run_state import RUN_RECORD
+from pix2rep_bundle.segmentation_writer import AtomicNibabelWriter
 
 CROP = 96  # in-plane pixels kept around the heart (about 160 mm: inside the 48 x 48 x 4 mm field of view)
 FRAME_MS = 30.0  # pixdim[4] of the cines: time between frames

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import CONFIGS, REPO, parsed_config
+from helpers import CONFIGS, REPO, TINY_FEATURES, parsed_config
 
 RUNNABLE = ["pretrain.yaml", "train.yaml", "evaluate.yaml", "inference.yaml"]
 
@@ -135,7 +135,7 @@ def test_required_properties_of_monai_workflows_are_present(tmp_path, name, kind
     from monai.bundle import ConfigWorkflow
     from monai.networks.nets import BasicUNet
 
-    features = [4, 4, 8, 8, 16, 8]
+    features = TINY_FEATURES
     ckpt = tmp_path / "model.pt"
     torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=features).state_dict(), ckpt)
     workflow = ConfigWorkflow(

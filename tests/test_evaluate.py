@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, find_in_chain, parsed_config
+from helpers import CONFIGS, TINY_FEATURES, find_in_chain, parsed_config
 from monai.bundle import run
 from monai.networks.nets import BasicUNet
 from torch import nn
@@ -20,8 +20,6 @@ from torch import nn
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.evaluation import metric_columns, volume_metrics, write_report
 from pix2rep_bundle.postprocessing import LargestComponentsd, keep_largest_components
-
-FEATURES = [4, 4, 8, 8, 16, 8]
 
 
 def toy_labels(shape: tuple[int, int, int] = (24, 20, 4)) -> np.ndarray:
@@ -209,7 +207,7 @@ def tiny_overrides(root: Path) -> dict:
         "phantom_subjects": 10,
         "image_size": [48, 48],
         "spacing": [4.0, 4.0],
-        "features": FEATURES,
+        "features": TINY_FEATURES,
     }
 
 
@@ -218,7 +216,7 @@ def test_evaluate_config_scores_every_test_volume(tmp_path):
 
     ckpt = tmp_path / "model.pt"
     torch.manual_seed(0)
-    torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=FEATURES).state_dict(), ckpt)
+    torch.save(BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=TINY_FEATURES).state_dict(), ckpt)
     overrides = tiny_overrides(tmp_path)
     run(
         "run",

@@ -12,8 +12,7 @@ from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.fewshot.backbone import choose_backbone
 from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, finished_run, run_action
 from pix2rep_bundle.fewshot.plan import evaluate_request, grid_axes, needs_backbone, plan_runs
-from pix2rep_bundle.run_state import RUN_RECORD
-from pix2rep_bundle.setting_changes import changed_settings
+from pix2rep_bundle.run_record import RUN_RECORD, changed_settings
 
 
 def test_changed_settings_names_each_difference_with_both_values():

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, REPO, find_in_chain, parsed_config
+from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, parsed_config
 from monai.networks.nets import BasicUNet
 from torch import nn
 
@@ -23,7 +23,6 @@ from pix2rep_bundle.outputs import MARKER
 from pix2rep_bundle.run_state import RUN_RECORD
 
 INFERENCE = str(CONFIGS / "inference.yaml")
-FEATURES = [4, 4, 8, 8, 16, 8]
 
 
 class LabelFromIntensity(nn.Module):
@@ -73,7 +72,7 @@ def infer(overrides: dict, network: nn.Module | None = None) -> None:
     """Run configs/inference.yaml in process (``initialize`` then ``run``), optionally with a given network."""
     parser = parsed_config(
         "inference.yaml",
-        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": FEATURES} | overrides,
+        {"profile": "compact", "image_size": [48, 48], "spacing": [4.0, 4.0], "features": TINY_FEATURES} | overrides,
     )
     if network is not None:
         parser["network"] = network
@@ -220,7 +219,7 @@ def test_each_bad_input_stops_with_the_file_named_and_writes_nothing(tmp_path):
 
 def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
     torch.manual_seed(0)
-    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=FEATURES)
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=TINY_FEATURES)
     ckpt = tmp_path / "model.pt"
     torch.save(net.state_dict(), ckpt)
     labels = labelled_volume((40, 36, 2))
@@ -229,7 +228,7 @@ def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
         "--profile",
         "compact",
         "--features",
-        json.dumps(FEATURES),
+        json.dumps(TINY_FEATURES),
         "--image_size",
         "[48,48]",
         "--spacing",

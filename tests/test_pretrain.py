@@ -17,7 +17,6 @@ from monai.utils import set_determinism
 from pix2rep_bundle.networks import load_pretrained_backbone, read_backbone
 
 PRETRAIN = str(CONFIGS / "pretrain.yaml")
-FEATURES = TINY_FEATURES
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +82,8 @@ def test_pretrain_writes_a_backbone_that_train_loads_and_resumes(tiny, tmp_path)
     written = {p.name for p in out.iterdir()}
     assert {"pix2rep_backbone.pt", "pix2rep_backbone_last.pt", "checkpoint.pt", "tensorboard"} <= written
     assert not [name for name in written if name.endswith(".tmp")]
-    assert list(read_backbone(out / "pix2rep_backbone.pt")["features"]) == FEATURES
-    unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=tuple(FEATURES))
+    assert list(read_backbone(out / "pix2rep_backbone.pt")["features"]) == TINY_FEATURES
+    unet = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=tuple(TINY_FEATURES))
     load_pretrained_backbone(unet, out / "pix2rep_backbone.pt")
     body = read_backbone(out / "pix2rep_backbone.pt")["backbone"]
     assert all(torch.equal(unet.state_dict()[name], value) for name, value in body.items())

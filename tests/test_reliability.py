@@ -22,7 +22,6 @@ from pix2rep_bundle.run_state import INTERRUPTED_EXIT_CODE, RNGState
 
 PRETRAIN = str(CONFIGS / "pretrain.yaml")
 TRAIN = str(CONFIGS / "train.yaml")
-FEATURES = TINY_FEATURES
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def test_a_fixed_seed_gives_identical_pretraining_losses_and_a_run_record(tiny, 
     assert first != other, "another seed must give other losses"
 
     record = json.loads((tmp_path / "a" / "run_info.json").read_text())
-    assert record["settings"]["seed"] == 0 and record["settings"]["features"] == FEATURES
+    assert record["settings"]["seed"] == 0 and record["settings"]["features"] == TINY_FEATURES
     assert record["settings"]["loss"] == "infonce" and record["settings"]["device"] == "cpu"
     assert {"torch", "monai", "ignite", "numpy", "pix2rep_bundle"} <= set(record["versions"])
     assert "git_commit" in record and record["command"]

@@ -12,14 +12,8 @@ import torch
 from helpers import REPO, find_in_chain, load_script, parsed_config, tiny_settings
 from monai.bundle import ConfigParser
 
-from pix2rep_bundle.selection import (
-    central_square,
-    choose_from_datalist,
-    hellinger_distances,
-    k_medoids,
-    kmeans,
-    subject_pixels,
-)
+from pix2rep_bundle.data.datasets import choose_from_datalist
+from pix2rep_bundle.selection import central_square, hellinger_distances, k_medoids, kmeans, subject_pixels
 
 
 def euclidean(points: np.ndarray) -> np.ndarray:

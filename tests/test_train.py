@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CONFIGS, REPO, find_in_chain, load_script, parsed_config
+from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, load_script, parsed_config
 from monai.bundle import ConfigParser, ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
@@ -19,11 +19,10 @@ from pix2rep_bundle.networks import Pix2RepNet, read_backbone, save_backbone
 from pix2rep_bundle.segmentation import load_segmentation_weights, parameter_groups, prepare_network
 
 TRAIN = str(CONFIGS / "train.yaml")
-FEATURES = [4, 4, 8, 8, 16, 8]
 HEAD = ("final_conv.weight", "final_conv.bias")
 
 
-def unet(features=FEATURES) -> BasicUNet:
+def unet(features=TINY_FEATURES) -> BasicUNet:
     return BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=tuple(features))
 
 
@@ -46,7 +45,7 @@ def tiny(tmp_path_factory, backbone) -> dict:
         "phantom_subjects": 10,
         "image_size": [48, 48],
         "spacing": [4.0, 4.0],
-        "features": FEATURES,
+        "features": TINY_FEATURES,
         "epochs": 1,
         "iterations_per_epoch": 2,
         "batch_size": 4,
@@ -416,7 +415,7 @@ def test_fewshot_sweep_rejects_a_backbone_of_other_features_before_any_run(tiny,
             ks=[1],
             seeds=[0],
             pretrained_ckpt=str(other),
-            overrides={"features": FEATURES},
+            overrides={"features": TINY_FEATURES},
         )
     with pytest.raises(ValueError, match="unknown mode"):
         sweep.main(output_dir=str(tmp_path / "sweep"), modes=["probe"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
-from pix2rep_bundle.data.records import UNKNOWN_GROUP, Source, Subject, Volume, nifti_shape
+from pix2rep_bundle.data.records import UNKNOWN_GROUP, Source, Subject, Volume, frame_file, frame_stem, nifti_shape
 from pix2rep_bundle.errors import DataError
 
 _FRAME_FILE = re.compile(r"^(?P<subject>.+)_frame(?P<frame>\d+)(?P<gt>_gt)?\.nii(\.gz)?$")
@@ -121,11 +121,6 @@ def _cine_file(folder: Path, subject: str) -> Path | None:
     return None
 
 
-def _expected(folder: Path, subject: str, frame: int, suffix: str = "") -> Path:
-    """The conventional path of a frame file (for error messages)."""
-    return folder / f"{subject}_frame{frame:02d}{suffix}.nii.gz"
-
-
 def scan_subject(folder: Path) -> SubjectRecord:
     """Read one ``patientXXX`` folder; DataError for a missing Info.cfg/ED/ES field or ED/ES image or label."""
     subject = folder.name
@@ -145,9 +140,11 @@ def scan_subject(folder: Path) -> SubjectRecord:
     for phase, frame in record.labeled_frames():
         image, label = record.frames.get(frame, (None, None))
         if image is None:
-            raise DataError(_expected(folder, subject, frame), f"{phase} image (frame {frame} of Info.cfg) not found")
+            raise DataError(frame_file(folder, subject, frame), f"{phase} image (frame {frame} of Info.cfg) not found")
         if label is None:
-            raise DataError(_expected(folder, subject, frame, "_gt"), f"{phase} label (_gt of frame {frame}) not found")
+            raise DataError(
+                frame_file(folder, subject, frame, "_gt"), f"{phase} label (_gt of frame {frame}) not found"
+            )
     return record
 
 
@@ -183,9 +180,7 @@ def _cine_volumes(record: SubjectRecord) -> list[Volume]:
     shape = nifti_shape(record.cine, (4,))
     skip = {frame for _, frame in record.labeled_frames()}
     frames = [index + 1 for index in range(shape[-1]) if index + 1 not in skip]
-    return [
-        Volume(record.cine, f"{record.subject}_frame{frame:02d}", frame, "cine", index=frame - 1) for frame in frames
-    ]
+    return [Volume(record.cine, frame_stem(record.subject, frame), frame, "cine", index=frame - 1) for frame in frames]
 
 
 def as_subject(record: SubjectRecord, include_cine: bool) -> Subject:
@@ -194,7 +189,7 @@ def as_subject(record: SubjectRecord, include_cine: bool) -> Subject:
     volumes, files = [], [record.folder / "Info.cfg"]
     for phase, frame in record.labeled_frames():
         image, label = record.frames[frame]
-        volumes.append(Volume(image, f"{record.subject}_frame{frame:02d}", frame, phase, label=label))
+        volumes.append(Volume(image, frame_stem(record.subject, frame), frame, phase, label=label))
         files += [image, label]
     extra = _cine_volumes(record) if include_cine else []
     if include_cine and record.cine is not None:

@@ -138,6 +138,17 @@ def _few_shot_pool(
 LABEL_SELECTIONS = ("random", "representative")
 
 
+def choose_from_datalist(
+    datalist_path: str | os.PathLike, backbone_path: str | os.PathLike, k: int, **options: Any
+) -> tuple[list[str], dict[str, Any]]:
+    """The ``k`` representative subjects of a prepared datalist's ``labeled`` pool and the evidence
+    (:func:`pix2rep_bundle.selection.choose_from_entries`, whose ``options`` it takes: ``labelled``, ``seed``,
+    ``device``, ``centre_fraction``)."""
+    from pix2rep_bundle.selection import choose_from_entries
+
+    return choose_from_entries(load_datalist(datalist_path, "labeled"), backbone_path, k, **options)
+
+
 def labeled_entries(
     datalist_path: str | os.PathLike,
     num_subjects: int,
@@ -157,11 +168,9 @@ def labeled_entries(
     if selection == "representative":
         if fixed is not None:
             raise ValueError("this split fixes its labelled subjects: --label_selection representative does not apply")
-        from pix2rep_bundle.selection import choose_from_datalist
+        from pix2rep_bundle.selection import choose_from_entries
 
-        chosen, _ = choose_from_datalist(
-            os.fspath(datalist_path), os.fspath(backbone), int(num_subjects), centre_fraction=float(centre_fraction)
-        )
+        chosen, _ = choose_from_entries(entries, backbone, int(num_subjects), centre_fraction=float(centre_fraction))
         labelled = _of_subjects(entries, chosen, "labeled", datalist_path)
         how = f"representative, {backbone}"
     elif fixed is None:

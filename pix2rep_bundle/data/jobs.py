@@ -1,10 +1,12 @@
 """How the data modules run their per-subject work: one exclusive file lock for the caches that several processes
-may build at once (the phantom, prepared data), and one runner of per-subject jobs, in this process or in a pool
+may build at once (the phantom, prepared data) and the one way they build such a cache (:func:`build_once`), and one
+runner of per-subject jobs, in this process or in a pool
 of freshly spawned processes (forking a process whose torch/OpenMP threads have run can deadlock)."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -33,6 +35,24 @@ class FileLock:
         if self.handle is not None:
             self.handle.close()  # closing releases the lock
             self.handle = None
+
+
+def build_once(
+    folder: str | os.PathLike, matches: Callable[[], bool], build: Callable[[], Any], check: Callable[[], Any]
+) -> bool:
+    """Match, lock, check again, build: nothing when ``matches()`` says ``folder`` already holds the cache; else
+    ``check()`` (which raises where ``folder`` may not be replaced) before the lock file ``.<name>.lock`` is made
+    beside it, then under the lock, unless a concurrent caller (e.g. another rank) built it meanwhile, ``build()``.
+    Whether this call built it."""
+    folder = Path(folder)
+    if matches():
+        return False
+    check()
+    with FileLock(folder.parent / f".{folder.name}.lock"):
+        if matches():
+            return False
+        build()
+    return True
 
 
 def _single_threaded_worker() -> None:

@@ -33,6 +33,8 @@ MAX_RESAMPLED_VOXELS = MAX_DECLARED_VOXELS
 STREAM_CHUNK_BYTES = 1 << 20
 # Decompressed bytes tolerated beyond the end of the data the header declares (padding some writers add).
 STREAM_SLACK_BYTES = 1 << 20
+# Relative disagreement between an affine column norm and the header voxel size that triggers a repair.
+SPACING_TOL = 1e-3
 # Millimetres per spatial unit of ``header.get_xyzt_units()``; "unknown" is read as mm (the common default).
 MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 # numpy dtype kinds of voxels the bundle reads: signed/unsigned integers and floats (not complex, RGB, bool).
@@ -206,11 +208,25 @@ def open_nifti(path: str | os.PathLike, ndim: int | None = None, verify_data: bo
     return img
 
 
+def repair_affine(affine: np.ndarray, zooms: Sequence[float]) -> np.ndarray:
+    """Return ``affine`` with each spatial column rescaled to the header voxel size where they disagree.
+
+    Some ACDC releases store an sform with unit voxel size (``diag(-1, -1, 1)``) while ``pixdim`` holds the
+    true spacing (e.g. 1.5625 x 1.5625 x 10 mm); resampling from such an affine would be wrong by that
+    factor. Directions and origin are kept; a column already matching its voxel size is left unchanged.
+    """
+    affine = np.array(affine, dtype=np.float64, copy=True)
+    for axis, zoom in enumerate(zooms[: affine.shape[0] - 1]):
+        norm = float(np.linalg.norm(affine[:-1, axis]))
+        zoom = float(zoom)
+        if zoom > 0 and norm > 0 and abs(norm - zoom) > SPACING_TOL * zoom:
+            affine[:-1, axis] *= zoom / norm
+    return affine
+
+
 def mm_affine(img, path: str | os.PathLike) -> np.ndarray:
     """The image's affine in mm: scaled by the header's spatial unit, voxel sizes from ``pixdim``
-    (:func:`~pix2rep_bundle.data.preprocessing.repair_affine`), checked finite and invertible."""
-    from pix2rep_bundle.data.preprocessing import repair_affine
-
+    (:func:`repair_affine`), checked finite and invertible."""
     scale = unit_scale(img.header, path)
     spatial = min(len(img.shape), 3)
     zooms = np.asarray(img.header.get_zooms()[:spatial], dtype=np.float64)

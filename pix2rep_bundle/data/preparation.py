@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pix2rep_bundle.data.jobs import FileLock, run_jobs
+from pix2rep_bundle.data.jobs import build_once, run_jobs
 from pix2rep_bundle.data.published_splits import check_split, labelled_phases
 from pix2rep_bundle.data.records import Source, Subject, Volume
 from pix2rep_bundle.data.sources import scan_source
@@ -210,6 +210,7 @@ def prepare_dataset(
     include_cine: bool = False,
     num_workers: int = 0,
     split: str = "random",
+    reuse: bool = False,
 ) -> Path:
     """Prepare every subject of ``dataset_dir`` (an ACDC-layout folder, a plain folder of NIfTI volumes or a datalist
     JSON: :func:`pix2rep_bundle.data.sources.scan_source`) into ``output_dir`` (atomically); return the datalist path.
@@ -219,22 +220,44 @@ def prepare_dataset(
     (:mod:`pix2rep_bundle.data.published_splits`: ``chaitanya2020``, ``semi_70_10_20``).
 
     Writes ``output_dir/volumes/<name>[_gt].nii.gz`` (float32 image in [0, 1], uint8 label, the resampled affine) and
-    ``output_dir/datalist.json``. On any error nothing is left at ``output_dir``.
+    ``output_dir/datalist.json``. On any error nothing is left at ``output_dir``. ``reuse``: keep an ``output_dir``
+    that already holds the datalist of this source with these parameters (:func:`ensure_prepared`).
     """
     from pix2rep_bundle.data.preprocessing import crop_size, in_plane_pixdim
 
     in_plane_pixdim(spacing)  # validate both before any work
     crop_size(image_size)
-    refuse_overlap(output_dir, _protected(dataset_dir))
-    check_replaceable(output_dir, "prepared")
+    output_dir = Path(output_dir)
+
+    def check() -> None:
+        refuse_overlap(output_dir, _protected(dataset_dir))
+        check_replaceable(output_dir, "prepared")
+
+    if not reuse:
+        check()
     start = time.perf_counter()
     source = scan_source(dataset_dir, include_cine)
     params = _parameters(
         dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split, source.kind
     )
-    splits = source_splits(source, split, seed, val_fraction, test_fraction)
+    if not reuse:
+        return _write_prepared(source, params, output_dir, num_workers, start)
+    fingerprint = source_fingerprint(source)
+    build_once(
+        output_dir,
+        lambda: _matches(output_dir / DATALIST_NAME, params, fingerprint),
+        lambda: _write_prepared(source, params, output_dir, num_workers, start),
+        check,
+    )
+    return output_dir / DATALIST_NAME
+
+
+def _write_prepared(source: Source, params: dict, output_dir: Path, num_workers: int, start: float) -> Path:
+    """Prepare the subjects of the scanned ``source`` with the recorded ``params`` into ``output_dir`` (atomically);
+    the datalist path."""
+    splits = source_splits(source, params["split"], params["seed"], params["val_fraction"], params["test_fraction"])
     train = set(splits["pretrain"])
-    output_dir = Path(output_dir)
+    include_cine = params["include_cine"]
     print(
         f"prepare: {len(source.subjects)} subjects from {params['source']} ({source.describe()}) -> {output_dir} "
         f"(spacing {params['spacing']} mm, size {params['image_size']})",
@@ -257,19 +280,9 @@ def prepare_dataset(
             if done % step == 0 or done == len(jobs):
                 print(f"prepare: {done}/{len(jobs)} subjects ({time.perf_counter() - start:.1f} s)", flush=True)
         datalist = _datalist(params, source_fingerprint(source), splits, subjects, labeled, extra)
-        write_json_atomic(tmp / DATALIST_NAME, datalist)
-        _make_readable(tmp)
+        write_json_atomic(tmp / DATALIST_NAME, datalist)  # the folder and the files get the usual permissions
     print(f"prepare: wrote {output_dir / DATALIST_NAME} in {time.perf_counter() - start:.1f} s", flush=True)
     return output_dir / DATALIST_NAME
-
-
-def _make_readable(folder: Path) -> None:
-    """Give the (private, temporary) output folder the usual permissions under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        os.chmod(path, 0o777 & ~umask)
-    os.chmod(folder / DATALIST_NAME, 0o666 & ~umask)
 
 
 # ---------------------------------------------------------------------------------------------- reuse
@@ -289,43 +302,8 @@ def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
     return all((root / path).is_file() for path in paths)
 
 
-def ensure_prepared(
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    spacing: tuple[float, float] = (1.5, 1.5),
-    image_size: tuple[int, int] = (128, 128),
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    include_cine: bool = False,
-    num_workers: int = 0,
-    split: str = "random",
-) -> Path:
+def ensure_prepared(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike, **options: Any) -> Path:
     """Return ``output_dir/datalist.json``, preparing it first unless it already matches the source and these
-    parameters. Concurrent callers (e.g. several ranks) are serialised by a lock file beside ``output_dir``."""
-    output_dir = Path(output_dir)
-    datalist_path = output_dir / DATALIST_NAME
-    source = scan_source(dataset_dir, include_cine)
-    params = _parameters(
-        dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split, source.kind
-    )
-    fingerprint = source_fingerprint(source)
-    if _matches(datalist_path, params, fingerprint):
-        return datalist_path
-    refuse_overlap(output_dir, _protected(dataset_dir))  # before the lock file is made beside it
-    check_replaceable(output_dir, "prepared")
-    with FileLock(output_dir.parent / f".{output_dir.name}.lock"):
-        if _matches(datalist_path, params, fingerprint):
-            return datalist_path
-        return prepare_dataset(
-            dataset_dir,
-            output_dir,
-            spacing=spacing,
-            image_size=image_size,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            include_cine=include_cine,
-            num_workers=num_workers,
-            split=split,
-        )
+    parameters (:func:`prepare_dataset` with ``reuse=True``, which takes ``options``). Concurrent callers (e.g. several
+    ranks) are serialised by a lock file beside ``output_dir``."""
+    return prepare_dataset(dataset_dir, output_dir, reuse=True, **options)

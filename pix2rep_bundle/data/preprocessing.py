@@ -35,33 +35,15 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor, ensure_tuple
 
+from pix2rep_bundle.data.nifti_checks import repair_affine  # noqa: F401 (re-exported: it lived here)
 from pix2rep_bundle.data.nifti_checks import check_resampled_size, mm_affine, open_nifti
+from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.errors import DataError
 
-# Relative disagreement between an affine column norm and the header voxel size that triggers a repair.
-SPACING_TOL = 1e-3
-# File name endings of NIfTI volumes, longest first.
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Percentiles of the per-volume intensity clipping.
 LOWER_PERCENTILE, UPPER_PERCENTILE = 1.0, 99.0
 # Entry (and image metadata) keys of one frame of a 4D cine (x, y, z, t): its index t (0-based) and the frame count.
 CINE_FRAME, CINE_FRAMES = "cine_frame", "cine_frames"
-
-
-def repair_affine(affine: np.ndarray, zooms: Sequence[float]) -> np.ndarray:
-    """Return ``affine`` with each spatial column rescaled to the header voxel size where they disagree.
-
-    Some ACDC releases store an sform with unit voxel size (``diag(-1, -1, 1)``) while ``pixdim`` holds the
-    true spacing (e.g. 1.5625 x 1.5625 x 10 mm); resampling from such an affine would be wrong by that
-    factor. Directions and origin are kept; a column already matching its voxel size is left unchanged.
-    """
-    affine = np.array(affine, dtype=np.float64, copy=True)
-    for axis, zoom in enumerate(zooms[: affine.shape[0] - 1]):
-        norm = float(np.linalg.norm(affine[:-1, axis]))
-        zoom = float(zoom)
-        if zoom > 0 and norm > 0 and abs(norm - zoom) > SPACING_TOL * zoom:
-            affine[:-1, axis] *= zoom / norm
-    return affine
 
 
 class HeaderSpacingNibabelReader(NibabelReader):

@@ -13,6 +13,8 @@ Subjects are ACDC training subject numbers (``"007"`` is ``patient007``).
 
 from __future__ import annotations
 
+from pix2rep_bundle.data.records import subject_name
+
 SOURCES = {
     "chaitanya2020": "github.com/krishnabits001/domain_specific_cl experiment_init/data_cfg_acdc.py @ 38ea5ad3fbc5",
     "semi_70_10_20": "github.com/HiLab-git/SSL4MIS data/ACDC/{train,val,test}.list @ 0119796967386",
@@ -222,11 +224,6 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}': choose one of {list(SPLITS)}")
     return split
-
-
-def subject_name(number: str) -> str:
-    """ACDC folder name of a subject number: ``"007"`` -> ``"patient007"``."""
-    return f"patient{number}"
 
 
 def _names(numbers) -> list[str]:

@@ -3,11 +3,14 @@ its volumes. Plain data classes with no other dependency, so that any module of 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 UNKNOWN_GROUP = "unknown"
+# File name endings of NIfTI volumes, longest first.
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$")
 
 
@@ -54,6 +57,21 @@ class Source:
         """How the progress line names the source."""
         names = {"acdc": "ACDC layout", "folder": "plain folder of NIfTI volumes", "datalist": "datalist JSON"}
         return names[self.kind]
+
+
+def subject_name(number: int | str) -> str:
+    """ACDC folder name of a subject number: ``1`` or ``"001"`` -> ``patient001``."""
+    return f"patient{int(number):03d}"
+
+
+def frame_stem(subject: str, frame: int) -> str:
+    """ACDC name of a subject's frame, without ending: ``patient001``, 1 -> ``patient001_frame01``."""
+    return f"{subject}_frame{int(frame):02d}"
+
+
+def frame_file(folder: str | os.PathLike, subject: str, frame: int, suffix: str = "") -> Path:
+    """The ACDC path of a frame's image in ``folder`` (``suffix="_gt"``: its label), ``.nii.gz``."""
+    return Path(folder) / f"{frame_stem(subject, frame)}{suffix}.nii.gz"
 
 
 def nifti_stem(path: Path) -> str:

@@ -4,15 +4,19 @@ reused, only evaluated again, or stands in the way (other training settings)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pix2rep_bundle.bundle_configs import config_parser
-from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.run_state import RUN_RECORD, plain_value
-from pix2rep_bundle.setting_changes import changed_settings
+from pix2rep_bundle.run_record import (
+    RUN_RECORD,
+    changed_settings,
+    plain_value,
+    read_record,
+    recorded_settings,
+    refuse_changes,
+)
 
 SWEEP_RECORD = "sweep_run.json"
 # settings that records written before they existed do not name: their runs were made with these values
@@ -58,9 +62,8 @@ def finished_run(
     no difference, whether it was overridden or a default."""
     if not (run_dir / "eval" / "summary.json").is_file():
         return None
-    try:
-        recorded = json.loads((run_dir / SWEEP_RECORD).read_text())
-    except (OSError, ValueError):
+    recorded = read_record(run_dir / SWEEP_RECORD)
+    if recorded is None:
         return [f"no {SWEEP_RECORD} to compare with"]
     made_with = run_settings(run_dir)
     settings = request.get("train_settings", {})
@@ -88,11 +91,8 @@ def finished_run(
 def run_settings(run_dir: Path) -> dict[str, Any] | None:
     """The resolved training settings the run in ``run_dir`` was made with (its ``run_info.json``; a setting it does
     not name had the value of ``RECORDED_BEFORE``); None without a readable record."""
-    try:
-        made_with = json.loads((run_dir / RUN_RECORD).read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return {**RECORDED_BEFORE["train"], **made_with}
+    made_with = recorded_settings(run_dir)
+    return None if made_with is None else {**RECORDED_BEFORE["train"], **made_with}
 
 
 def default_differences(made_with: Mapping[str, Any], settings: Mapping[str, Any], overridden: set[str]) -> list[str]:
@@ -122,11 +122,11 @@ def run_action(run_dir: Path, request: Mapping[str, Any], overwrite: bool, repor
     if report_only and (differences is None or differences):
         return "leave out", "not finished" if differences is None else "other settings: " + "; ".join(differences)
     if train_differences and not overwrite:  # other evaluation settings only: evaluated again
-        raise DataError(
+        refuse_changes(
             run_dir,
-            "holds results of a run with other settings ("
-            + "; ".join(train_differences)
-            + "): choose another --output_dir, or --overwrite true to redo it",
+            "holds results of a run with other settings",
+            train_differences,
+            "choose another --output_dir, or --overwrite true to redo it",
         )
     if not report_only and (overwrite or differences is None or differences):
         retrain = overwrite or differences is None or bool(train_differences)

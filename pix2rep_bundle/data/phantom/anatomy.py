@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pix2rep_bundle.data.records import subject_name
+
 GROUPS: tuple[str, ...] = ("NOR", "MINF", "DCM", "HCM", "RV")
 LABELS: dict[str, int] = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
 N_ANGLES = 720  # angular resolution of the boundary look-up tables
@@ -93,11 +95,6 @@ class _Scene:
 
 
 # --------------------------------------------------------------------------------------------- small helpers
-
-
-def subject_name(subject_id: int) -> str:
-    """ACDC folder name of a subject number: 1 -> ``patient001``."""
-    return f"patient{int(subject_id):03d}"
 
 
 def group_of(subject_id: int) -> str:

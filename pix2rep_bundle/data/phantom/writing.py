@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pix2rep_bundle.data.info_cfg import read_info_cfg
-from pix2rep_bundle.data.jobs import FileLock, run_jobs
+from pix2rep_bundle.data.jobs import build_once, run_jobs
 from pix2rep_bundle.data.phantom.anatomy import GROUPS, LABELS, PhantomSubject, subject_name
 from pix2rep_bundle.data.phantom.rendering import make_subject
+from pix2rep_bundle.data.records import frame_stem
 from pix2rep_bundle.io import write_json_atomic
 from pix2rep_bundle.outputs import check_replaceable, replaced_directory
 
@@ -60,7 +61,7 @@ def write_subject(subject: PhantomSubject, out_dir: str | os.PathLike) -> Path:
     folder = Path(out_dir) / subject.name
     folder.mkdir(parents=True, exist_ok=True)
     for frame in (subject.ed_frame, subject.es_frame):
-        stem = f"{subject.name}_frame{frame:02d}"
+        stem = frame_stem(subject.name, frame)
         nib.save(_nifti(subject.images[frame], subject.spacing, subject.origin, np.int16), folder / f"{stem}.nii.gz")
         nib.save(_nifti(subject.labels[frame], subject.spacing, subject.origin, np.uint8), folder / f"{stem}_gt.nii.gz")
     if subject.cine is not None:
@@ -127,23 +128,9 @@ def write_phantom(
             "labels": LABELS,
             "subjects": summaries,
         }
-        write_json_atomic(tmp / MARKER, marker)
-        _make_readable(tmp)
+        write_json_atomic(tmp / MARKER, marker)  # the folder and the marker get the usual permissions
     print(f"phantom: wrote {num_subjects} subjects to {out_dir} in {time.perf_counter() - start:.1f} s", flush=True)
     return out_dir
-
-
-def _chmod_default(path: Path, mode: int) -> None:
-    """Give a (private, temporary) file or folder the usual permissions ``mode`` under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
-
-
-def _make_readable(folder: Path) -> None:
-    """The dataset folder and its marker get the usual permissions (temporary ones are private)."""
-    _chmod_default(folder, 0o777)
-    _chmod_default(folder / MARKER, 0o666)
 
 
 def phantom_matches(
@@ -169,12 +156,10 @@ def ensure_phantom(out_dir: str | os.PathLike, num_subjects: int = 100, seed: in
     serialised by a lock file.
     """
     out_dir = Path(out_dir)
-    if phantom_matches(out_dir, num_subjects, seed, 1, with_cine):
-        return out_dir
-    check_replaceable(out_dir, "phantom")  # before the lock file is made beside it
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(out_dir.parent / f".{out_dir.name}.lock"):
-        if phantom_matches(out_dir, num_subjects, seed, 1, with_cine):
-            return out_dir
-        write_phantom(out_dir, num_subjects=num_subjects, seed=seed, with_cine=with_cine)
+    build_once(
+        out_dir,
+        lambda: phantom_matches(out_dir, num_subjects, seed, 1, with_cine),
+        lambda: write_phantom(out_dir, num_subjects=num_subjects, seed=seed, with_cine=with_cine),
+        lambda: check_replaceable(out_dir, "phantom"),
+    )
     return out_dir
