@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,12 @@ import torch
 from helpers import TINY_FEATURES
 
 from pix2rep_bundle.networks import Pix2RepNet, save_backbone
+
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # `pytest -n 2`: one thread per worker (and its subprocesses), no oversubscription
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
