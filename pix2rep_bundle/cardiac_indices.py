@@ -14,8 +14,6 @@ limits of agreement, bias +- 1.96 SD (Bland-Altman).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,7 +26,7 @@ from pix2rep_bundle.data.info_cfg import read_info_cfg
 from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_file, frame_stem
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference_runs import check_inference_folder
-from pix2rep_bundle.io import atomic_path, refuse_existing_file, write_text_atomic
+from pix2rep_bundle.io import atomic_path, refuse_existing_file, rows_csv, write_text_atomic
 from pix2rep_bundle.run_record import RUN_RECORD
 
 DEFAULT_LABELS: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
@@ -302,16 +300,6 @@ def agreement_table(results: Sequence[SubjectIndices]) -> list[dict[str, float |
     return [
         {"index": k, **agreement([r.predicted[k] for r in pairs], [r.truth[k] for r in pairs])} for k in INDEX_COLUMNS
     ]
-
-
-def rows_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
-    """CSV text of ``rows`` with exactly ``columns``; floats with 3 decimals."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([f"{row[c]:.3f}" if isinstance(row[c], float) else row[c] for c in columns])
-    return buffer.getvalue()
 
 
 def bland_altman_figure(results: Sequence[SubjectIndices], path: str | os.PathLike) -> None:

@@ -9,14 +9,16 @@ for want of space raises :class:`DiskWriteError` naming the file, the temporary 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +223,13 @@ def refuse_existing_file(path: str | os.PathLike, overwrite: bool) -> Path:
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path} already exists: choose another output path, or pass --overwrite true")
     return path
+
+
+def rows_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
+    """CSV text of ``rows`` with exactly ``columns``; floats with 3 decimals, None left empty."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([f"{row[c]:.3f}" if isinstance(row[c], float) else row[c] for c in columns])
+    return buffer.getvalue()

@@ -75,18 +75,6 @@ def curve_rows(
     ]
 
 
-def curve_csv(rows: Sequence[Mapping[str, float | int | None]]) -> str:
-    """CSV text of the curve (3 decimals; an unknown time is left empty)."""
-    lines = [",".join(CURVE_COLUMNS)]
-    for row in rows:
-        cells = (
-            "" if row[c] is None else f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-            for c in CURVE_COLUMNS
-        )
-        lines.append(",".join(cells))
-    return "\n".join(lines) + "\n"
-
-
 def curve_figure(
     rows: Sequence[Mapping[str, float | int | None]], path: str | os.PathLike, control: float | None = None
 ) -> None:

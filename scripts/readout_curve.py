@@ -21,10 +21,10 @@ import fire
 
 from pix2rep_bundle.bundle_configs import config_parser
 from pix2rep_bundle.feature_readout import probe, readout_data, readout_networks
-from pix2rep_bundle.io import refuse_existing_file, write_text_atomic
+from pix2rep_bundle.io import refuse_existing_file, rows_csv, write_text_atomic
 from pix2rep_bundle.readout_curve import (
+    CURVE_COLUMNS,
     cumulative_minutes,
-    curve_csv,
     curve_figure,
     curve_rows,
     epoch_seconds,
@@ -79,7 +79,7 @@ def main(
     print(f"random initialisation: read-out Dice {control_dice:.3f}", flush=True)
     epochs = [epoch for epoch, _ in found]
     rows = curve_rows(epochs, cumulative_minutes(epochs, seconds), dices)
-    write_text_atomic(out, curve_csv(rows))
+    write_text_atomic(out, rows_csv(rows, CURVE_COLUMNS))
     if figure:
         curve_figure(rows, figure, control_dice)
     print(f"written: {out}" + (f", {figure}" if figure else ""), flush=True)
