@@ -11,6 +11,8 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from pix2rep_bundle.overrides import unknown_id
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -20,11 +22,22 @@ def config_files(configs: str | Sequence[str]) -> list[str]:
 
 
 def config_parser(configs: str | Sequence[str], overrides: Mapping[str, Any] | None = None) -> ConfigParser:
-    """A parser of ``configs`` with ``overrides`` set as the command line sets them."""
+    """A parser of ``configs`` with ``overrides`` set as the command line sets them; ValueError naming every override
+    that is not an id of ``configs`` (a script's misspelled ``--subject_splt``, or ``--help`` taken as a setting),
+    with the nearest known name, before anything is parsed."""
     parser = ConfigParser()
     files = config_files(configs)
     parser.read_config(files[0] if len(files) == 1 else files)
-    parser.update(dict(overrides or {}))
+    overrides = dict(overrides or {})
+    names = " + ".join(f"configs/{Path(f).name}" for f in files)
+    problems = [
+        f"unknown setting --{key} for {names}{detail}"
+        for key, detail in ((key, unknown_id(parser.get(), str(key))) for key in overrides)
+        if detail is not None
+    ]
+    if problems:
+        raise ValueError(" | ".join(problems))
+    parser.update(overrides)
     return parser
 
 

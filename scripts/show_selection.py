@@ -14,7 +14,6 @@ the random stratified draws of ``--seeds`` (numbered circles), as ``configs/trai
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import fire
 import numpy as np
@@ -22,8 +21,6 @@ from matplotlib.figure import Figure
 
 from pix2rep_bundle.io import atomic_path, refuse_existing_file
 from pix2rep_bundle.settings import as_bool
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
 
 
 def classical_mds(distances: np.ndarray, dims: int = 2) -> np.ndarray:
@@ -56,13 +53,12 @@ def main(
             descriptor (``--selection_centre_fraction``).
     """
     refuse_existing_file(out, as_bool(overwrite, "overwrite"))
-    from monai.bundle import ConfigParser
-
+    from pix2rep_bundle.bundle_configs import config_parser
     from pix2rep_bundle.data.datasets import choose_from_datalist, labeled_entries, load_datalist
 
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    parser.update({**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})})
+    parser = config_parser(
+        "train.yaml", {**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})}
+    )
     datalist, backbone = parser.get_parsed_content("prepared_datalist"), parser.get_parsed_content("pretrained_ckpt")
     centre_fraction = float(parser.get_parsed_content("selection_centre_fraction"))
     chosen, evidence = choose_from_datalist(datalist, backbone, int(k), centre_fraction=centre_fraction)

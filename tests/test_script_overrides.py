@@ -1,0 +1,31 @@
+"""The scripts that take config overrides (``feature_probe.py``, ``show_selection.py``, ``readout_curve.py``, ...)
+refuse a setting their config does not have, with the nearest known name, before any work."""
+
+from __future__ import annotations
+
+import pytest
+
+from pix2rep_bundle.bundle_configs import config_parser
+from tests.helpers import load_script
+
+
+def test_config_parser_names_an_unknown_setting_and_the_nearest_known_one():
+    with pytest.raises(
+        ValueError, match=r"unknown setting --subject_splt for configs/train.yaml; did you mean --subject_split\?"
+    ):
+        config_parser("train.yaml", {"subject_splt": "semi_70_10_20"})
+    with pytest.raises(ValueError, match=r"unknown setting --help for configs/train.yaml"):
+        config_parser("train.yaml", {"help": True})
+    parser = config_parser("train.yaml", {"subject_split": "semi_70_10_20", "epochs": 3})
+    assert parser.get("subject_split") == "semi_70_10_20"
+
+
+@pytest.mark.parametrize("script", ["feature_probe", "show_selection"])
+def test_a_script_refuses_a_misspelled_override_before_any_work(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kwargs = {"out": str(tmp_path / "pool.png")} if script == "show_selection" else {}
+    with pytest.raises(
+        ValueError, match=r"unknown setting --dataset_dri for configs/train.yaml; did you mean --dataset_dir\?"
+    ):
+        load_script(script).main(dataset_dri=str(tmp_path), **kwargs)
+    assert list(tmp_path.iterdir()) == [], "nothing written"
