@@ -21,16 +21,19 @@ def config_files(configs: str | Sequence[str]) -> list[str]:
     return [str(CONFIG_DIR / c) for c in ([configs] if isinstance(configs, str) else configs)]
 
 
-def config_parser(configs: str | Sequence[str], overrides: Mapping[str, Any] | None = None) -> ConfigParser:
-    """A parser of ``configs`` with ``overrides`` set as the command line sets them; ValueError naming every override
-    that is not an id of ``configs`` (a script's misspelled ``--subject_splt``, or ``--help`` taken as a setting),
-    with the nearest known name, before anything is parsed."""
+def config_parser(
+    configs: str | Sequence[str], overrides: Mapping[str, Any] | None = None, strict: bool = False
+) -> ConfigParser:
+    """A parser of ``configs`` with ``overrides`` set as the command line sets them. ``strict`` (a script passing on
+    its user's settings): ValueError naming every override that is not an id of ``configs`` (``--subject_splt``, or
+    ``--help`` taken as a setting), with the nearest known name, before anything is parsed; without it, settings meant
+    for another config of the same run (a sweep's ``--overrides``) are set and unused."""
     parser = ConfigParser()
     files = config_files(configs)
     parser.read_config(files[0] if len(files) == 1 else files)
     overrides = dict(overrides or {})
     names = " + ".join(f"configs/{Path(f).name}" for f in files)
-    problems = [
+    problems = strict and [
         f"unknown setting --{key} for {names}{detail}"
         for key, detail in ((key, unknown_id(parser.get(), str(key))) for key in overrides)
         if detail is not None

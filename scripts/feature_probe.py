@@ -50,7 +50,7 @@ def main(
     """
     control = as_bool(control, "control")
     parser = config_parser(
-        "train.yaml", {**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})}
+        "train.yaml", {**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})}, strict=True
     )
     backbone_path = parser.get_parsed_content("pretrained_ckpt")
     networks = readout_networks(backbone_path, control, int(label_seed))  # a missing backbone stops before the data

@@ -63,7 +63,7 @@ def main(
         refuse_existing_file(path, overwrite)
     found = snapshots(run_dir)
     seconds = epoch_seconds(read_log(log)) if log else {}
-    parser = config_parser("train.yaml", {**overrides, "pretrained_ckpt": str(found[-1][1])})
+    parser = config_parser("train.yaml", {**overrides, "pretrained_ckpt": str(found[-1][1])}, strict=True)
     control = readout_networks(str(found[-1][1]), True, int(label_seed))["random init"]
     train, validation, subjects = readout_data(
         parser.get_parsed_content("prepared_datalist"), int(num_subjects), int(label_seed)

@@ -57,7 +57,7 @@ def main(
     from pix2rep_bundle.data.datasets import choose_from_datalist, labeled_entries, load_datalist
 
     parser = config_parser(
-        "train.yaml", {**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})}
+        "train.yaml", {**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})}, strict=True
     )
     datalist, backbone = parser.get_parsed_content("prepared_datalist"), parser.get_parsed_content("pretrained_ckpt")
     centre_fraction = float(parser.get_parsed_content("selection_centre_fraction"))

@@ -48,6 +48,11 @@ def tiny_settings(root) -> dict:
     }
 
 
+def train_settings(root) -> dict:
+    """:func:`tiny_settings` without the pretraining's own sizes: what a script reading ``train.yaml`` takes."""
+    return {k: v for k, v in tiny_settings(root).items() if not k.startswith("projection_")}
+
+
 def acdc_dir() -> Path:
     """Real ACDC training data: ``PIX2REP_ACDC_DIR``, else ``shared/data/ACDC/training`` beside the project."""
     default = REPO.parent / "shared/data/ACDC/training"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import load_script, tiny_settings
+from helpers import load_script, train_settings
 
 
 def blocks(n: int = 6, size: int = 16) -> torch.Tensor:
@@ -37,7 +37,7 @@ def test_the_readout_recovers_separable_classes_and_not_noise():
 
 def test_feature_probe_runs_from_the_configs_data_on_the_phantom(tmp_path, backbone, capsys):
     probe = load_script("feature_probe")
-    results = probe.main(pretrained_ckpt=str(backbone), num_subjects=2, max_iter=20, **tiny_settings(tmp_path))
+    results = probe.main(pretrained_ckpt=str(backbone), num_subjects=2, max_iter=20, **train_settings(tmp_path))
     assert set(results) == {"backbone", "random init"}
     for result in results.values():
         assert all(0.0 <= value <= 1.0 for value in result["dice"].values()), result
@@ -47,5 +47,5 @@ def test_feature_probe_runs_from_the_configs_data_on_the_phantom(tmp_path, backb
 def test_feature_probe_names_a_missing_backbone_before_reading_data(tmp_path):
     probe = load_script("feature_probe")
     with pytest.raises(Exception, match="missing.pt"):
-        probe.main(pretrained_ckpt=str(tmp_path / "missing.pt"), **tiny_settings(tmp_path))
+        probe.main(pretrained_ckpt=str(tmp_path / "missing.pt"), **train_settings(tmp_path))
     assert not (tmp_path / "cache").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from helpers import load_script, tiny_settings
+from helpers import load_script, train_settings
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.readout_curve import cumulative_minutes, epoch_seconds, read_log, snapshots
@@ -42,7 +42,7 @@ def test_every_snapshot_is_probed_and_written_with_its_minutes(tmp_path, backbon
         shutil.copy(backbone, run / "snapshots" / f"pix2rep_backbone_epoch{epoch:03d}.pt")
     (run / "pretrain.log").write_text(LOG)
     curve = load_script("readout_curve")
-    settings = tiny_settings(tmp_path) | {"num_subjects": 2, "max_iter": 20}
+    settings = train_settings(tmp_path) | {"num_subjects": 2, "max_iter": 20}
     out, figure = tmp_path / "curve.csv", tmp_path / "curve.png"
     curve.main(run_dir=str(run), out=str(out), figure=str(figure), log=str(run / "pretrain.log"), **settings)
     header, first, second = out.read_text().splitlines()

@@ -4,20 +4,22 @@ refuse a setting their config does not have, with the nearest known name, before
 from __future__ import annotations
 
 import pytest
+from helpers import load_script
 
 from pix2rep_bundle.bundle_configs import config_parser
-from tests.helpers import load_script
 
 
 def test_config_parser_names_an_unknown_setting_and_the_nearest_known_one():
     with pytest.raises(
         ValueError, match=r"unknown setting --subject_splt for configs/train.yaml; did you mean --subject_split\?"
     ):
-        config_parser("train.yaml", {"subject_splt": "semi_70_10_20"})
+        config_parser("train.yaml", {"subject_splt": "semi_70_10_20"}, strict=True)
     with pytest.raises(ValueError, match=r"unknown setting --help for configs/train.yaml"):
-        config_parser("train.yaml", {"help": True})
-    parser = config_parser("train.yaml", {"subject_split": "semi_70_10_20", "epochs": 3})
+        config_parser("train.yaml", {"help": True}, strict=True)
+    parser = config_parser("train.yaml", {"subject_split": "semi_70_10_20", "epochs": 3}, strict=True)
     assert parser.get("subject_split") == "semi_70_10_20"
+    # a sweep's overrides reach every config of its runs: the pretraining's own sizes are set, unused, in train.yaml
+    assert config_parser("train.yaml", {"projection_dim": 8}).get("projection_dim") == 8
 
 
 @pytest.mark.parametrize("script", ["feature_probe", "show_selection"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, find_in_chain, load_script, parsed_config, tiny_settings
+from helpers import REPO, find_in_chain, load_script, parsed_config, tiny_settings, train_settings
 from monai.bundle import ConfigParser
 
 from pix2rep_bundle.data.datasets import choose_from_datalist
@@ -152,7 +152,7 @@ def test_selection_figure_marks_the_chosen_subjects_on_the_pool(tmp_path, backbo
 
     figure = tmp_path / "pool.png"
     chosen = load_script("show_selection").main(
-        out=str(figure), k=2, seeds=[0, 1], pretrained_ckpt=str(backbone), **tiny_settings(tmp_path)
+        out=str(figure), k=2, seeds=[0, 1], pretrained_ckpt=str(backbone), **train_settings(tmp_path)
     )
     assert len(chosen) == 2 and len(set(chosen)) == 2
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
