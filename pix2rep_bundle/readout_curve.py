@@ -43,7 +43,7 @@ def read_log(path: str | os.PathLike) -> str:
     return text
 
 
-def epoch_seconds(log_text: str) -> dict[int, float]:
+def logged_epoch_seconds(log_text: str) -> dict[int, float]:
     """Seconds of every epoch in the console log of ``run pretrain``: the trainer's "Epoch[n] Complete. Time taken"
     lines (ignite counts the epoch's handlers, validation included, in it; the evaluator's own lines are left out); an
     epoch logged twice (a resumed run) keeps its last time."""

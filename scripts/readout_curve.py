@@ -7,7 +7,9 @@
 Each snapshot (``<run_dir>/snapshots/pix2rep_backbone_epochNNN.pt``) is probed as ``scripts/feature_probe.py`` probes a
 backbone (the same labelled training subjects, the validation subjects, the same fit), and the randomly initialised
 network once. ``--log``: the run's console output, for the minutes of training up to each snapshot (from ignite's
-"Epoch[n] Complete. Time taken" lines); without it the curve is drawn against epochs. Writes ``--out`` (CSV: epoch,
+"Epoch[n] Complete. Time taken" lines); ``--epoch_seconds S`` instead: epoch x S, a time per epoch measured with the
+cores to itself (where the log's times include pauses or other work); without either the curve is drawn against
+epochs. Writes ``--out`` (CSV: epoch,
 minutes, Dice per structure and mean) and ``--figure`` (PNG); an existing file is replaced only with
 ``--overwrite true``.
 """
@@ -27,7 +29,7 @@ from pix2rep_bundle.readout_curve import (
     cumulative_minutes,
     curve_figure,
     curve_rows,
-    epoch_seconds,
+    logged_epoch_seconds,
     read_log,
     snapshots,
 )
@@ -39,6 +41,7 @@ def main(
     out: str,
     figure: str | None = None,
     log: str | None = None,
+    epoch_seconds: float | None = None,
     num_subjects: int = 10,
     label_seed: int = 0,
     max_iter: int = 300,
@@ -52,6 +55,8 @@ def main(
         out: the CSV to write.
         figure: the PNG to write (none by default).
         log: the run's console output, for minutes of training (epochs only without it).
+        epoch_seconds: instead of ``log``, the minutes of each snapshot as its epoch x this measured time per
+            epoch (for a run whose log times include pauses or cores shared with other work).
         num_subjects: labelled training subjects to fit each read-out on.
         label_seed: which draw of them (train.yaml's).
         max_iter: L-BFGS iterations at most.
@@ -61,8 +66,12 @@ def main(
     overwrite = as_bool(overwrite, "overwrite")
     for path in (out, *([figure] if figure else [])):
         refuse_existing_file(path, overwrite)
+    if log and epoch_seconds is not None:
+        raise ValueError("--log and --epoch_seconds both give the minutes of training: pass one of them")
+    if epoch_seconds is not None and not float(epoch_seconds) > 0:
+        raise ValueError(f"--epoch_seconds must be a positive number of seconds, got {epoch_seconds!r}")
     found = snapshots(run_dir)
-    seconds = epoch_seconds(read_log(log)) if log else {}
+    seconds = logged_epoch_seconds(read_log(log)) if log else {}
     parser = config_parser("train.yaml", {**overrides, "pretrained_ckpt": str(found[-1][1])}, strict=True)
     control = readout_networks(str(found[-1][1]), True, int(label_seed))["random init"]
     train, validation, subjects = readout_data(
@@ -78,6 +87,8 @@ def main(
     control_dice = probe(control, train, validation, max_iter=int(max_iter), seed=int(label_seed))["dice"]["mean"]
     print(f"random initialisation: read-out Dice {control_dice:.3f}", flush=True)
     epochs = [epoch for epoch, _ in found]
+    if epoch_seconds is not None:
+        seconds = dict.fromkeys(range(1, epochs[-1] + 1), float(epoch_seconds))
     rows = curve_rows(epochs, cumulative_minutes(epochs, seconds), dices)
     write_text_atomic(out, rows_csv(rows, CURVE_COLUMNS))
     if figure:

@@ -9,7 +9,7 @@ import pytest
 from helpers import load_script, train_settings
 
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.readout_curve import cumulative_minutes, epoch_seconds, read_log, snapshots
+from pix2rep_bundle.readout_curve import cumulative_minutes, logged_epoch_seconds, read_log, snapshots
 
 LOG = """2026-12-06 10:13:25,338 - ignite.engine.engine.AutocastTrainer - INFO - Epoch[1] Complete. Time taken: 00:01:30.000
 2026-12-06 10:14:50,338 - ignite.engine.engine.AutocastEvaluator - INFO - Epoch[2] Complete. Time taken: 00:00:04.946
@@ -20,7 +20,7 @@ LOG = """2026-12-06 10:13:25,338 - ignite.engine.engine.AutocastTrainer - INFO -
 
 
 def test_epoch_times_come_from_the_log_and_add_up():
-    seconds = epoch_seconds(LOG)
+    seconds = logged_epoch_seconds(LOG)
     assert seconds == {1: 90.0, 2: 120.0, 3: 3600.5}  # a resumed epoch keeps its last time; validation's is inside
     assert cumulative_minutes([1, 3, 4], seconds) == [1.5, pytest.approx((90 + 120 + 3600.5) / 60), None]
 
@@ -55,3 +55,13 @@ def test_every_snapshot_is_probed_and_written_with_its_minutes(tmp_path, backbon
     with pytest.raises(FileExistsError, match="curve.csv already exists"):
         curve.main(run_dir=str(run), out=str(out), **settings)
     assert out.read_bytes() == before
+    out_measured = tmp_path / "measured.csv"
+    curve.main(run_dir=str(run), out=str(out_measured), epoch_seconds=50, **settings)  # minutes: epoch x 50 s
+    assert [line.split(",")[:2] for line in out_measured.read_text().splitlines()[1:]] == [
+        ["1", "0.833"],
+        ["3", "2.500"],
+    ]
+    for bad, message in (({"log": str(run / "pretrain.log")}, "pass one of them"), ({}, "must be a positive")):
+        with pytest.raises(ValueError, match=message):
+            curve.main(run_dir=str(run), out=str(tmp_path / "x.csv"), epoch_seconds=0 if not bad else 50, **bad)
+    assert not (tmp_path / "x.csv").exists()
