@@ -180,7 +180,7 @@ def check_model_labels(ckpt_path: str | os.PathLike, label_map: LabelMap) -> Lab
 
     settings = recorded_settings(Path(ckpt_path).parent) or {}
     recorded = settings.get("label_map")
-    if isinstance(recorded, Mapping) and dict(recorded) != label_map.as_dict():
+    if isinstance(recorded, Mapping) and list(recorded.items()) != list(label_map.as_dict().items()):  # order too
         raise CheckpointError(
             ckpt_path,
             f"trained with the label map {dict(recorded)} ({Path(ckpt_path).parent / 'run_info.json'}), "

@@ -169,8 +169,16 @@ def changed_settings(
     return [
         f"{label.format(n)}: {recorded.get(n, NOT_SET)!r} -> {requested.get(n, NOT_SET)!r}"
         for n in names
-        if recorded.get(n) != requested.get(n) and not same(n)
+        if _differs(recorded.get(n), requested.get(n)) and not same(n)
     ]
+
+
+def _differs(recorded: Any, requested: Any) -> bool:
+    """Whether two values of a setting differ; two mappings also when their order does (a label map's order is the
+    order of the network's classes)."""
+    if isinstance(recorded, Mapping) and isinstance(requested, Mapping):
+        return list(recorded.items()) != list(requested.items())
+    return recorded != requested
 
 
 def differing_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

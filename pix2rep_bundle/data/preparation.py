@@ -314,8 +314,8 @@ def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
         return False
     if any(datalist.get(k) != v for k, v in params.items()) or datalist.get("source_fingerprint") != fingerprint:
         return False
-    if datalist.get("label_map") != params.get("label_map"):  # made under another label map
-        return False
+    if list((datalist.get("label_map") or {}).items()) != list((params.get("label_map") or {}).items()):
+        return False  # made under another label map, or the same values in another class order
     root = datalist_path.parent
     pools = ("pretrain", "labeled", "validation", "test")
     paths = [e[k] for p in pools for e in datalist.get(p, []) for k in ("image", "label") if k in e]
