@@ -167,7 +167,7 @@ def score_segmentations(
         pred, label = np.rint(np.asarray(loader(segmentation))), loader(entry["label"])
         for path, values in ((segmentation, pred), (entry["label"], np.rint(np.asarray(label)))):
             label_map.check(values, path)
-        label = MetaTensor(label_map.to_classes(np.asarray(label)), affine=label.affine, meta=label.meta)
+        label = label.clone().copy_(torch.as_tensor(label_map.to_classes(np.asarray(label)), dtype=label.dtype))
         rows.append(_volume_row(entry, label_map.to_classes(pred).astype(np.int64), label, label_map.names))
         if log is not None:
             log(f"{os.path.basename(segmentation)}: Dice mean {rows[-1]['dice_mean']:.3f}")

@@ -255,3 +255,19 @@ def test_a_bad_map_on_the_command_line_stops_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "--label_map: LV: label value 0 is not an integer" in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "eval").exists()
+
+
+def test_written_segmentations_are_scored_in_the_maps_values(tmp_path):
+    from pix2rep_bundle.evaluation import score_segmentations
+
+    labels = np.zeros((12, 12, 3), dtype=np.uint8)
+    labels[2:5, 2:5], labels[6:9, 6:9], labels[2:4, 8:11] = 10, 20, 30
+    affine = np.diag([1.5, 1.5, 8.0, 1.0])
+    paths = {name: str(tmp_path / f"{name}.nii.gz") for name in ("image", "label", "seg", "bad")}
+    for name, data in (("image", labels.astype(np.float32)), ("label", labels), ("seg", labels), ("bad", labels + 1)):
+        nib.save(nib.Nifti1Image(data, affine), paths[name])
+    entry = {"image": paths["image"], "label": paths["label"]}
+    [row] = score_segmentations([entry], {paths["image"]: paths["seg"]}, log=None, label_map=REVALUED)
+    assert (row["dice_LV"], row["dice_MYO"], row["dice_RV"], row["hd95_mean"]) == (1.0, 1.0, 1.0, 0.0)
+    with pytest.raises(DataError, match=r"bad\.nii\.gz: label values outside 0, 10, 20, 30: 1, 11, 21, 31"):
+        score_segmentations([entry], {paths["image"]: paths["bad"]}, log=None, label_map=REVALUED)
