@@ -202,10 +202,7 @@ def score_inference_outputs(
 
 
 def _volume_row(
-    entry: Mapping[str, Any],
-    pred: torch.Tensor | np.ndarray,
-    label: MetaTensor,
-    structures: Sequence[str] = STRUCTURES,
+    entry: Mapping[str, Any], pred: torch.Tensor | np.ndarray, label: MetaTensor, structures: Sequence[str] = STRUCTURES
 ) -> dict[str, Any]:
     """One row of the report: the entry's information columns and the metrics of ``pred`` against ``label`` (class
     indices of ``structures``), with HD95 in mm from the label's voxel size."""

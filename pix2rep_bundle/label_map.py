@@ -153,7 +153,9 @@ def parse_label_map(value: Any = None) -> LabelMap:
         if name.lower() in (n.lower() for n in names):
             raise _problem(f"structure name {name!r} given twice", value)
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 1 <= label <= MAX_VALUE:
-            raise _problem(f"{name}: label value {label!r} is not an integer in 1..{MAX_VALUE} (0 is background)", value)
+            raise _problem(
+                f"{name}: label value {label!r} is not an integer in 1..{MAX_VALUE} (0 is background)", value
+            )
         if int(label) in values:
             raise _problem(f"label value {label} given to two structures", value)
         names.append(name)
@@ -168,7 +170,9 @@ def structure_values(value: Any, wanted: Sequence[str] = ("RV", "MYO", "LV")) ->
     by_name = {n.upper(): v for n, v in label_map.as_dict().items()}
     missing = [w for w in wanted if w.upper() not in by_name]
     if missing:
-        raise ValueError(f"{SETTING} ({label_map.describe()}) lacks {', '.join(missing)}: {', '.join(wanted)} are needed")
+        raise ValueError(
+            f"{SETTING} ({label_map.describe()}) lacks {', '.join(missing)}: {', '.join(wanted)} are needed"
+        )
     return {w: by_name[w.upper()] for w in wanted}
 
 

@@ -6,8 +6,9 @@ Each volume is resampled in plane, cropped/padded around the image centre and no
 recorded in ``output_dir/datalist.json`` (paths relative to ``output_dir``) with four pools: ``pretrain`` (images of
 the training subjects), ``labeled``, ``validation`` and ``test`` (entries keep their ``label`` where the source has
 one). Prepared labels hold class indices 0..N in the order of the label map (:mod:`pix2rep_bundle.label_map`; with
-ACDC's map, the file values themselves), and a datalist made under another map is never reused. Splits are by subject (:mod:`pix2rep_bundle.data.splits`); validation and test subjects never appear in the
-pretraining or labelled pools.
+ACDC's map, the file values themselves), and a datalist made under another map is never reused. Splits are by
+subject (:mod:`pix2rep_bundle.data.splits`); validation and test subjects never appear in the pretraining or labelled
+pools.
 """
 
 from __future__ import annotations
