@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pix2rep_bundle.label_map import parse_label_map
 from pix2rep_bundle.settings import choose
 
 # The network and input space by name, never by device. "compact" (the default) is the released network, a small
@@ -67,6 +68,8 @@ class BundleSettings:
         phantom_dir: null: ``<bundle_root>/cache/phantom_n<phantom_subjects>_seed<data_seed>``.
         prepared_dir: null: ``<bundle_root>/cache/prepared/<source name>`` (:func:`source_name`).
         pretrained_dir: the folder of the default backbone; null: ``<bundle_root>/models/pretrain``.
+        label_map: ``{structure name: label value}`` of the label files (:mod:`pix2rep_bundle.label_map`); null:
+            ACDC's (RV 1, MYO 2, LV 3). Parsed as ``self.label_map`` (a ValueError naming ``--label_map`` when bad).
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class BundleSettings:
         phantom_dir: str | os.PathLike | None = None,
         prepared_dir: str | os.PathLike | None = None,
         pretrained_dir: str | os.PathLike | None = None,
+        label_map: Any = None,
     ) -> None:
         self.bundle_root = bundle_root
+        self.label_map = parse_label_map(label_map)
         self.image_size, self.spacing = image_size, spacing
         self.phantom_subjects, self.data_seed = phantom_subjects, data_seed
         self.datalist, self.subject_split = datalist, subject_split
@@ -119,4 +124,5 @@ class BundleSettings:
             image_size=self.image_size,
             seed=self.data_seed,
             split=self.subject_split,
+            label_map=self.label_map,
         )

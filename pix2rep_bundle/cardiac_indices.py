@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from pix2rep_bundle.data.records import NIFTI_SUFFIXES, frame_file, frame_stem
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import atomic_path, refuse_existing_file, rows_csv, write_text_atomic
+from pix2rep_bundle.label_map import structure_values
 from pix2rep_bundle.run_record import RUN_RECORD
 
 DEFAULT_LABELS: dict[str, int] = {"rv": 1, "myo": 2, "lv": 3}
@@ -264,16 +266,29 @@ def subject_indices(
     return SubjectIndices(files.subject, ed, es, predicted, truth)
 
 
+def structure_labels(labels: str | Mapping[str, int] | None = None, label_map: Any = None) -> dict[str, int]:
+    """``{"rv", "myo", "lv"} -> value`` from ``labels`` (:func:`parse_labels`) or from the bundle's ``label_map``
+    setting (:mod:`pix2rep_bundle.label_map`, e.g. ``{"LV": 1, "MYO": 2, "RV": 3}``), which must name RV, MYO and
+    LV; ACDC's when neither is given. ValueError when both are."""
+    if label_map is None:
+        return parse_labels(labels)
+    if labels is not None:
+        raise ValueError("give --label_map or --labels, not both")
+    return {name.lower(): value for name, value in structure_values(label_map).items()}
+
+
 def compute_indices(
     segmentations: str | os.PathLike,
     dataset_dir: str | os.PathLike | None = None,
     labels: str | Mapping[str, int] | None = None,
     postfix: str = "seg",
+    label_map: Any = None,
 ) -> list[SubjectIndices]:
-    """The indices of every subject segmented below ``segmentations`` (sorted by subject)."""
+    """The indices of every subject segmented below ``segmentations`` (sorted by subject); the structures' values
+    from ``labels`` or ``label_map`` (:func:`structure_labels`)."""
     if dataset_dir is not None and not Path(dataset_dir).is_dir():
         raise DataError(dataset_dir, "dataset folder not found")
-    label_map = parse_labels(labels)
+    label_map = structure_labels(labels, label_map)
     if (Path(segmentations) / RUN_RECORD).is_file():  # the bundle's inference folder: one finished run, complete
         check_inference_folder(segmentations)
     found = find_segmentations(segmentations, postfix)

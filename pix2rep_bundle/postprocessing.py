@@ -57,10 +57,13 @@ class LargestComponentsd(MapTransform):
         return d
 
 
-def largest_components(keys: Any = "pred", enabled: bool | str = True) -> MapTransform:
-    """:class:`LargestComponentsd` on ``keys``, or (``enabled`` false) a transform that changes nothing."""
+def largest_components(
+    keys: Any = "pred", enabled: bool | str = True, structures: Sequence[int] = STRUCTURE_LABELS
+) -> MapTransform:
+    """:class:`LargestComponentsd` on ``keys`` for the class indices ``structures`` (the label map's, 1..N), or
+    (``enabled`` false) a transform that changes nothing."""
     if not as_bool(enabled, "largest_component"):
         from monai.transforms import Identityd
 
         return Identityd(keys)
-    return LargestComponentsd(keys)
+    return LargestComponentsd(keys, structures)

@@ -43,6 +43,9 @@ SPEED_SETTINGS = frozenset(
         "snapshot_interval",
     }
 )
+# settings added after runs were first recorded: a record without one was made under this value (label_map: ACDC's,
+# pix2rep_bundle.label_map.DEFAULT_LABEL_MAP)
+ABSENT_MEANS: dict[str, Any] = {"label_map": {"RV": 1, "MYO": 2, "LV": 3}}
 
 
 def plain_value(value: Any) -> Any:
@@ -166,12 +169,22 @@ def changed_settings(
     return [
         f"{label.format(n)}: {recorded.get(n, NOT_SET)!r} -> {requested.get(n, NOT_SET)!r}"
         for n in names
-        if recorded.get(n) != requested.get(n) and not same(n)
+        if _differs(recorded.get(n), requested.get(n)) and not same(n)
     ]
 
 
+def _differs(recorded: Any, requested: Any) -> bool:
+    """Whether two values of a setting differ; two mappings also when their order does (a label map's order is the
+    order of the network's classes)."""
+    if isinstance(recorded, Mapping) and isinstance(requested, Mapping):
+        return list(recorded.items()) != list(requested.items())
+    return recorded != requested
+
+
 def differing_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``--name: recorded -> current`` for every run-defining setting that differs (speed settings excepted)."""
+    """``--name: recorded -> current`` for every run-defining setting that differs (speed settings excepted); a
+    setting of :data:`ABSENT_MEANS` missing from the record reads as the value it had before it existed."""
+    recorded = {k: v for k, v in ABSENT_MEANS.items() if k in current} | dict(recorded)
     names = sorted((set(recorded) | set(current)) - SPEED_SETTINGS)
     return changed_settings(recorded, {k: plain_value(v) for k, v in current.items()}, names=names)
 

@@ -42,9 +42,10 @@ def main(
     out: str,
     dataset_dir: str | None = None,
     figure: str | None = None,
-    labels: str = "rv=1,myo=2,lv=3",
+    labels: str | None = None,
     postfix: str = "seg",
     overwrite: bool = False,
+    label_map: str | dict | None = None,
 ) -> None:
     """Compute the indices of every subject segmented below ``segmentations`` and write them.
 
@@ -55,13 +56,15 @@ def main(
         dataset_dir: ACDC-layout folder: ``<subject>/Info.cfg`` gives ED and ES (else the LV volume curve does),
             ``<subject>/<subject>_frameYY_gt.nii.gz`` the ground truth.
         figure: a PNG for the Bland-Altman plot (needs ground truth).
-        labels: the label value of each structure.
+        labels: the label value of each structure, ``rv=1,myo=2,lv=3`` (the default).
+        label_map: instead of ``labels``, the bundle's ``--label_map`` setting as ``configs/inference.yaml`` took it
+            (``'{"LV": 1, "MYO": 2, "RV": 3}'``); it must name RV, MYO and LV.
         postfix: the segmentations' name postfix (``output_postfix`` of ``configs/inference.yaml``).
         overwrite: replace existing output files.
     """
     overwrite = as_bool(overwrite, "overwrite")
     check_outputs(out, figure, overwrite)
-    results = compute_indices(segmentations, dataset_dir, labels, str(postfix))
+    results = compute_indices(segmentations, dataset_dir, labels, str(postfix), label_map=label_map)
     written = write_outputs(results, out, figure, overwrite)
     print(f"cardiac indices: {len(results)} subjects -> {written['indices']}")
     if "agreement" in written:

@@ -92,6 +92,10 @@ def test_voxel_volume_from_the_header_and_another_label_map(tmp_path):
     _subject(tmp_path / "seg", tmp_path / "data", "p1", relabelled)  # RV 7, MYO 6, LV 5
     [result] = compute_indices(tmp_path / "seg", tmp_path / "data", labels="rv=7,myo=6,lv=5")
     assert result.predicted == pytest.approx(EXPECTED, abs=1e-9)
+    [same] = compute_indices(tmp_path / "seg", tmp_path / "data", label_map={"LV": 5, "MYO": 6, "RV": 7, "scar": 9})
+    assert same.predicted == pytest.approx(EXPECTED, abs=1e-9)  # the configs' --label_map; other structures unused
+    with pytest.raises(ValueError, match="lacks RV"):
+        compute_indices(tmp_path / "seg", tmp_path / "data", label_map={"LV": 5, "MYO": 6})
     _save(ED_LABELS, tmp_path / "seg2" / "p1" / "p1_frame01_seg.nii.gz", spacing=(3.0, 1.5, 8.0))
     _save(ES_LABELS, tmp_path / "seg2" / "p1" / "p1_frame08_seg.nii.gz", spacing=(3.0, 1.5, 8.0))
     [doubled] = compute_indices(tmp_path / "seg2", tmp_path / "data")

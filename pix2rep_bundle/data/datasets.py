@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from pix2rep_bundle.data.published_splits import fixed_combination
 from pix2rep_bundle.data.volume_checks import check_label
 from pix2rep_bundle.errors import DataError, error_in_chain
+from pix2rep_bundle.label_map import LabelMap, parse_label_map
 
 POOLS = ("pretrain", "labeled", "validation", "test")
 _FRAME = re.compile(r"_frame(\d+)")
@@ -258,6 +259,10 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     images, uint8 labels). Item ``i``: ``{"image": (1, H, W) float32, "label": (1, H, W) uint8 (when the
     entry has one), "subject", "frame", "slice_index", "num_slices"}``, passed through ``transform``.
     The channel is added in numpy, so ``EnsureTyped(track_meta=True)`` makes a 2D MetaTensor of it.
+
+    ``label_map`` (default ACDC's): the values the label files hold, checked (a value outside it is a DataError
+    naming the file) and turned into class indices 0..N. Prepared volumes already hold class indices: give
+    ``label_map.indexed()`` for them.
     """
 
     def __init__(
@@ -267,8 +272,10 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         volume_transform: Callable | None = None,
         keys: Sequence[str] = ("image", "label"),
         progress: bool = True,
+        label_map: LabelMap | Mapping | None = None,
     ):
         self.transform = transform
+        self.label_map = parse_label_map(label_map)
         self.keys = tuple(keys)
         self.image_key = self.keys[0]
         loader = volume_transform if volume_transform is not None else _default_loader(self.keys)
@@ -310,9 +317,9 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             raise DataError(path, f"cannot load volume ({type(err).__name__}: {err})") from err
         volume = {self.image_key: _as_slices(loaded[self.image_key], path, np.float32)}
         for key in (k for k in present if k != self.image_key):
-            raw_label = _numpy(loaded[key])
-            check_label(np.rint(raw_label), Path(str(entry[key])))
-            volume[key] = _as_slices(raw_label, str(entry[key]), np.uint8)
+            raw_label = np.rint(_numpy(loaded[key]))
+            check_label(raw_label, Path(str(entry[key])), self.label_map)
+            volume[key] = _as_slices(self.label_map.to_classes(raw_label), str(entry[key]), np.uint8)
             label_shape, image_shape = volume[key].shape, volume[self.image_key].shape
             if label_shape != image_shape:
                 raise DataError(

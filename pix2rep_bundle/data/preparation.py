@@ -5,8 +5,10 @@ Each volume is resampled in plane, cropped/padded around the image centre and no
 (:func:`pix2rep_bundle.data.preprocessing.volume_preprocessing`), written as NIfTI under ``output_dir/volumes/`` and
 recorded in ``output_dir/datalist.json`` (paths relative to ``output_dir``) with four pools: ``pretrain`` (images of
 the training subjects), ``labeled``, ``validation`` and ``test`` (entries keep their ``label`` where the source has
-one). Splits are by subject (:mod:`pix2rep_bundle.data.splits`); validation and test subjects never appear in the
-pretraining or labelled pools.
+one). Prepared labels hold class indices 0..N in the order of the label map (:mod:`pix2rep_bundle.label_map`; with
+ACDC's map, the file values themselves), and a datalist made under another map is never reused. Splits are by
+subject (:mod:`pix2rep_bundle.data.splits`); validation and test subjects never appear in the pretraining or labelled
+pools.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pix2rep_bundle.data.sources import scan_source
 from pix2rep_bundle.data.splits import source_splits
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
 from pix2rep_bundle.io import write_json_atomic
+from pix2rep_bundle.label_map import DEFAULT_LABEL_MAP, LabelMap, parse_label_map
 from pix2rep_bundle.outputs import check_replaceable, refuse_overlap, replaced_directory
 
 DATALIST_NAME = "datalist.json"
@@ -86,17 +89,20 @@ def _entry(volume: Volume, subject: Subject, labeled: bool) -> dict:
     return entry
 
 
-def _prepare_volume(volume: Volume, subject: Subject, out_dir: Path, spacing, image_size, cache: dict) -> dict:
-    """Check, preprocess and write one volume (and its label, if any); return its entry."""
+def _prepare_volume(
+    volume: Volume, subject: Subject, out_dir: Path, spacing, image_size, cache: dict, label_map: LabelMap
+) -> dict:
+    """Check, preprocess and write one volume (and its label, if any, as class indices of ``label_map``); return its
+    entry."""
     from pix2rep_bundle.data.preprocessing import volume_preprocessing
 
     image, image_affine = _read(volume.image, volume.index, cache)
     data = {"image": _meta_tensor(image, image_affine, volume.image)}
     if volume.label is not None:
         label, label_affine = _read(volume.label, volume.index, cache)
-        check_label(label, volume.label)
+        check_label(label, volume.label, label_map)
         check_pair(image, image_affine, label, label_affine, volume.image, volume.label)
-        data["label"] = _meta_tensor(label, image_affine, volume.label)
+        data["label"] = _meta_tensor(label_map.to_classes(label).astype(np.float32), image_affine, volume.label)
     out = volume_preprocessing(tuple(data), spacing, image_size, load=False)(data)
     _write_nifti(out["image"], out_dir / VOLUMES_DIR / f"{volume.name}.nii.gz", np.float32)
     if volume.label is not None:
@@ -104,16 +110,14 @@ def _prepare_volume(volume: Volume, subject: Subject, out_dir: Path, spacing, im
     return _entry(volume, subject, labeled=volume.label is not None)
 
 
-def _prepare_subject(job: tuple[Subject, str, tuple, tuple, bool]) -> tuple[list[dict], list[dict]]:
+def _prepare_subject(job: tuple[Subject, str, tuple, tuple, bool, LabelMap]) -> tuple[list[dict], list[dict]]:
     """Worker: (entries of the subject's volumes, entries of its extra pretraining frames) written under the output
     folder; the extra frames only when asked."""
-    subject, out_dir, spacing, image_size, with_extra = job
+    subject, out_dir, spacing, image_size, with_extra, label_map = job
     out_dir, cache = Path(out_dir), {}
-    entries = [_prepare_volume(v, subject, out_dir, spacing, image_size, cache) for v in subject.volumes]
-    extra = (
-        [_prepare_volume(v, subject, out_dir, spacing, image_size, cache) for v in subject.extra] if with_extra else []
-    )
-    return entries, extra
+    volumes = subject.volumes + (subject.extra if with_extra else [])
+    prepared = [_prepare_volume(v, subject, out_dir, spacing, image_size, cache, label_map) for v in volumes]
+    return prepared[: len(subject.volumes)], prepared[len(subject.volumes) :]
 
 
 # ---------------------------------------------------------------------------------------------- datalist
@@ -129,9 +133,10 @@ def _parameters(
     include_cine,
     split: str = "random",
     kind: str = "acdc",
+    label_map: LabelMap = DEFAULT_LABEL_MAP,
 ) -> dict:
     """The recorded parameters of a preparation (what a reused datalist must match); ``source_kind`` is recorded for
-    the sources other than the ACDC layout."""
+    the sources other than the ACDC layout, ``label_map`` for a map other than ACDC's."""
     params = {
         "source": str(Path(dataset_dir).resolve()),
         "spacing": [float(s) for s in spacing],
@@ -145,6 +150,8 @@ def _parameters(
     }
     if kind != "acdc":
         params["source_kind"] = kind
+    if label_map != DEFAULT_LABEL_MAP:
+        params["label_map"] = label_map.as_dict()
     return params
 
 
@@ -211,6 +218,7 @@ def prepare_dataset(
     num_workers: int = 0,
     split: str = "random",
     reuse: bool = False,
+    label_map: LabelMap | dict | None = None,
 ) -> Path:
     """Prepare every subject of ``dataset_dir`` (an ACDC-layout folder, a plain folder of NIfTI volumes or a datalist
     JSON: :func:`pix2rep_bundle.data.sources.scan_source`) into ``output_dir`` (atomically); return the datalist path.
@@ -220,7 +228,9 @@ def prepare_dataset(
     (:mod:`pix2rep_bundle.data.published_splits`: ``chaitanya2020``, ``semi_70_10_20``).
 
     Writes ``output_dir/volumes/<name>[_gt].nii.gz`` (float32 image in [0, 1], uint8 label, the resampled affine) and
-    ``output_dir/datalist.json``. On any error nothing is left at ``output_dir``. ``reuse``: keep an ``output_dir``
+    ``output_dir/datalist.json``. ``label_map`` (default ACDC's, :mod:`pix2rep_bundle.label_map`): the values the
+    labels hold; a label holding another value is a DataError naming the file, and prepared labels hold class indices.
+    On any error nothing is left at ``output_dir``. ``reuse``: keep an ``output_dir``
     that already holds the datalist of this source with these parameters (:func:`ensure_prepared`).
     """
     from pix2rep_bundle.data.preprocessing import crop_size, in_plane_pixdim
@@ -237,8 +247,9 @@ def prepare_dataset(
         check()
     start = time.perf_counter()
     source = scan_source(dataset_dir, include_cine)
+    label_map = parse_label_map(label_map)
     params = _parameters(
-        dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split, source.kind
+        dataset_dir, spacing, image_size, seed, val_fraction, test_fraction, include_cine, split, source.kind, label_map
     )
     if not reuse:
         return _write_prepared(source, params, output_dir, num_workers, start)
@@ -258,6 +269,7 @@ def _write_prepared(source: Source, params: dict, output_dir: Path, num_workers:
     splits = source_splits(source, params["split"], params["seed"], params["val_fraction"], params["test_fraction"])
     train = set(splits["pretrain"])
     include_cine = params["include_cine"]
+    label_map = parse_label_map(params.get("label_map"))
     print(
         f"prepare: {len(source.subjects)} subjects from {params['source']} ({source.describe()}) -> {output_dir} "
         f"(spacing {params['spacing']} mm, size {params['image_size']})",
@@ -269,7 +281,14 @@ def _write_prepared(source: Source, params: dict, output_dir: Path, num_workers:
     with replaced_directory(output_dir, "prepared") as tmp:
         (tmp / VOLUMES_DIR).mkdir()
         jobs = [
-            (s, str(tmp), tuple(params["spacing"]), tuple(params["image_size"]), include_cine and s.subject in train)
+            (
+                s,
+                str(tmp),
+                tuple(params["spacing"]),
+                tuple(params["image_size"]),
+                include_cine and s.subject in train,
+                label_map,
+            )
             for s in subjects
         ]
         step = max(1, len(jobs) // 10)
@@ -296,6 +315,8 @@ def _matches(datalist_path: Path, params: dict, fingerprint: str) -> bool:
         return False
     if any(datalist.get(k) != v for k, v in params.items()) or datalist.get("source_fingerprint") != fingerprint:
         return False
+    if list((datalist.get("label_map") or {}).items()) != list((params.get("label_map") or {}).items()):
+        return False  # made under another label map, or the same values in another class order
     root = datalist_path.parent
     pools = ("pretrain", "labeled", "validation", "test")
     paths = [e[k] for p in pools for e in datalist.get(p, []) for k in ("image", "label") if k in e]

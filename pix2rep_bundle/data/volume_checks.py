@@ -1,5 +1,6 @@
-"""Checks of the NIfTI volumes a dataset brings: readable 3D data without NaN/inf, labels exactly 0..3, a label
-that matches its image in shape and geometry; each problem a DataError naming the file."""
+"""Checks of the NIfTI volumes a dataset brings: readable 3D data without NaN/inf, labels holding only the label map's
+values (ACDC's 0..3 by default), a label that matches its image in shape and geometry; each problem a DataError naming
+the file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 
 from pix2rep_bundle.data.nifti_checks import mm_affine, open_nifti
 from pix2rep_bundle.errors import DataError
+from pix2rep_bundle.label_map import DEFAULT_LABEL_MAP, LabelMap
 
-LABEL_VALUES = (0, 1, 2, 3)
+LABEL_VALUES = DEFAULT_LABEL_MAP.file_values  # ACDC's: 0 background, 1 RV, 2 MYO, 3 LV
 AFFINE_TOL = 1e-3
 
 
@@ -33,13 +35,10 @@ def load_nifti(path: Path, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return data, mm_affine(img, path)
 
 
-def check_label(label: np.ndarray, path: Path) -> None:
-    """DataError when a label map holds values other than 0..3."""
-    values = np.unique(label)
-    bad = values[~np.isin(values, LABEL_VALUES)]
-    if bad.size:
-        shown = ", ".join(f"{v:g}" for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-        raise DataError(path, f"label values outside 0..3: {shown}")
+def check_label(label: np.ndarray, path: Path, label_map: LabelMap = DEFAULT_LABEL_MAP) -> None:
+    """DataError naming ``path`` and the values when a label volume holds values outside ``label_map`` (ACDC's
+    0..3 by default; :meth:`~pix2rep_bundle.label_map.LabelMap.check`)."""
+    label_map.check(label, path)
 
 
 def check_pair(

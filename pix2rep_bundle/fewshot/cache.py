@@ -10,6 +10,7 @@ from typing import Any
 
 from pix2rep_bundle.bundle_configs import config_parser
 from pix2rep_bundle.run_record import (
+    ABSENT_MEANS,
     RUN_RECORD,
     changed_settings,
     plain_value,
@@ -20,7 +21,7 @@ from pix2rep_bundle.run_record import (
 
 SWEEP_RECORD = "sweep_run.json"
 # settings that records written before they existed do not name: their runs were made with these values
-RECORDED_BEFORE = {"train": {"augmentation": "standard", "selection_centre_fraction": 1.0}}
+RECORDED_BEFORE = {"train": {"augmentation": "standard", "selection_centre_fraction": 1.0, **ABSENT_MEANS}}
 # settings that change nothing unless another setting has a given value: not compared where neither run has it
 INERT_UNLESS = {"selection_centre_fraction": ("label_selection", "representative")}
 # run_info.json settings that say how a run was executed, not what it is: a run reused on another device is the same
