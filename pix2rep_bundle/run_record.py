@@ -181,12 +181,31 @@ def _differs(recorded: Any, requested: Any) -> bool:
     return recorded != requested
 
 
+def command_line_value(value: Any) -> Any:
+    """``value`` with the command line's ``"true"``/``"false"`` (any case) as booleans, in mappings and lists too: the
+    settings read them as the same (``--amp false``, ``--view_settings '{"zoom_offset": "false"}'``)."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, Mapping):
+        return {k: command_line_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [command_line_value(v) for v in value]
+    return value
+
+
 def differing_settings(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``--name: recorded -> current`` for every run-defining setting that differs (speed settings excepted); a
-    setting of :data:`ABSENT_MEANS` missing from the record reads as the value it had before it existed."""
+    setting of :data:`ABSENT_MEANS` missing from the record reads as the value it had before it existed, and a boolean
+    and its command-line spelling (``false``, ``"false"``) do not differ."""
     recorded = {k: v for k, v in ABSENT_MEANS.items() if k in current} | dict(recorded)
     names = sorted((set(recorded) | set(current)) - SPEED_SETTINGS)
-    return changed_settings(recorded, {k: plain_value(v) for k, v in current.items()}, names=names)
+    current = {k: plain_value(v) for k, v in current.items()}
+    return changed_settings(
+        recorded,
+        current,
+        names=names,
+        same=lambda n: not _differs(command_line_value(recorded.get(n)), command_line_value(current.get(n))),
+    )
 
 
 def refuse_changes(where: str | os.PathLike, what: str, differences: list[str], remedy: str) -> None:

@@ -52,6 +52,15 @@ def test_changes_are_named_with_both_values_and_speed_settings_may_change():
     ]
     assert changed_settings({"k": 1}, {"k": 5}, "train {}", same=lambda name: name == "k") == []
     assert differing_settings({"epochs": 3, "amp": False}, {"epochs": 4, "amp": True}) == ["--epochs: 3 -> 4"]
+    # a boolean and its command-line spelling are the same setting, nested too; other differences still count
+    recorded = {"overwrite": "false", "view_settings": {"zoom_offset": "false", "translate_fraction": 0.15}}
+    same = {"overwrite": False, "view_settings": {"zoom_offset": False, "translate_fraction": 0.15}}
+    assert differing_settings(recorded, same) == []
+    other = {"overwrite": False, "view_settings": {"zoom_offset": True, "translate_fraction": 0.15}}
+    assert differing_settings(recorded, other) == [
+        "--view_settings: {'zoom_offset': 'false', 'translate_fraction': 0.15} -> "
+        + "{'zoom_offset': True, 'translate_fraction': 0.15}"
+    ]
     refuse_changes("here", "nothing", [], "no remedy needed")  # no difference: no error
     with pytest.raises(DataError, match=r"here: other settings \(--k: 1 -> 5; --a: 2 -> 3\): rerun"):
         refuse_changes("here", "other settings", ["--k: 1 -> 5", "--a: 2 -> 3"], "rerun")
