@@ -176,6 +176,16 @@ def structure_values(value: Any, wanted: Sequence[str] = ("RV", "MYO", "LV")) ->
     return {w: by_name[w.upper()] for w in wanted}
 
 
+def require_acdc_map(value: Any, tool: str) -> None:
+    """ValueError naming ``--label_map`` when ``value`` is not ACDC's map: ``tool`` reports RV, MYO and LV only."""
+    label_map = value if isinstance(value, LabelMap) else parse_label_map(value)
+    if label_map != DEFAULT_LABEL_MAP:
+        raise ValueError(
+            f"{SETTING} ({label_map.describe()}): {tool} reports ACDC's structures (RV 1, MYO 2, LV 3) only; "
+            + "train.yaml, evaluate.yaml, inference.yaml and scripts/cardiac_indices.py take other maps"
+        )
+
+
 def check_model_labels(ckpt_path: str | os.PathLike, label_map: LabelMap) -> LabelMap:
     """``label_map``, unless the training run that wrote ``ckpt_path`` recorded another one (``run_info.json``
     beside it): then a CheckpointError naming the file and both maps. A model without a record of its map (the

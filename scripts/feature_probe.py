@@ -25,6 +25,7 @@ import fire
 from pix2rep_bundle.bundle_configs import config_parser
 from pix2rep_bundle.evaluation import STRUCTURES
 from pix2rep_bundle.feature_readout import probe, readout_data, readout_networks
+from pix2rep_bundle.label_map import require_acdc_map
 from pix2rep_bundle.settings import as_bool
 
 
@@ -52,6 +53,7 @@ def main(
     parser = config_parser(
         "train.yaml", {**overrides, **({"pretrained_ckpt": pretrained_ckpt} if pretrained_ckpt else {})}, strict=True
     )
+    require_acdc_map(parser.get_parsed_content("settings").label_map, "scripts/feature_probe.py")
     backbone_path = parser.get_parsed_content("pretrained_ckpt")
     networks = readout_networks(backbone_path, control, int(label_seed))  # a missing backbone stops before the data
     train, validation, subjects = readout_data(

@@ -62,6 +62,7 @@ from pix2rep_bundle.fewshot.plan import (
     train_request,
 )
 from pix2rep_bundle.fewshot.report import write_results
+from pix2rep_bundle.label_map import require_acdc_map
 from pix2rep_bundle.outputs import claim_output_dir
 from pix2rep_bundle.progress import progress_log
 from pix2rep_bundle.settings import as_bool, check_settings
@@ -135,6 +136,8 @@ def main(
     root = Path(bundle_root).resolve()
     out = Path(output_dir).resolve() if output_dir else root / "runs" / "fewshot_sweep"
     selection = sweep_selection(train_overrides, compare_selection)
+    for given in (overrides or {}, train_overrides or {}):
+        require_acdc_map(given.get("label_map"), "scripts/fewshot_sweep.py")
     if report_only and not out.is_dir():
         raise FileNotFoundError(f"{out}: no sweep there to report (--report_only true trains nothing)")
 

@@ -24,6 +24,7 @@ import fire
 from pix2rep_bundle.bundle_configs import config_parser
 from pix2rep_bundle.feature_readout import probe, readout_data, readout_networks
 from pix2rep_bundle.io import refuse_existing_file, rows_csv, write_text_atomic
+from pix2rep_bundle.label_map import require_acdc_map
 from pix2rep_bundle.readout_curve import (
     CURVE_COLUMNS,
     cumulative_minutes,
@@ -73,6 +74,7 @@ def main(
     found = snapshots(run_dir)
     seconds = logged_epoch_seconds(read_log(log)) if log else {}
     parser = config_parser("train.yaml", {**overrides, "pretrained_ckpt": str(found[-1][1])}, strict=True)
+    require_acdc_map(parser.get_parsed_content("settings").label_map, "scripts/readout_curve.py")
     control = readout_networks(str(found[-1][1]), True, int(label_seed))["random init"]
     train, validation, subjects = readout_data(
         parser.get_parsed_content("prepared_datalist"), int(num_subjects), int(label_seed)

@@ -31,3 +31,20 @@ def test_a_script_refuses_a_misspelled_override_before_any_work(script, tmp_path
     ):
         load_script(script).main(dataset_dri=str(tmp_path), **kwargs)
     assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize("script", ["feature_probe", "fewshot_sweep", "readout_curve"])
+def test_the_acdc_reporting_tools_refuse_another_label_map_before_any_work(script, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    other = {"LV": 1, "MYO": 2, "RV": 3}
+    kwargs = {
+        "feature_probe": {"label_map": other},
+        "fewshot_sweep": {"output_dir": str(tmp_path / "sweep"), "overrides": {"label_map": other}},
+        "readout_curve": {"run_dir": str(tmp_path / "run"), "out": str(tmp_path / "c.csv"), "label_map": other},
+    }[script]
+    if script == "readout_curve":
+        (tmp_path / "run" / "snapshots").mkdir(parents=True)
+        (tmp_path / "run" / "snapshots" / "pix2rep_backbone_epoch001.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"--label_map \(.*\): scripts/{script}.py reports ACDC's structures"):
+        load_script(script).main(**kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if script == "readout_curve" else [])
