@@ -58,6 +58,7 @@ def main(
     bundle_root: str = ".",
     pretrain_epochs: int = RECIPE["pretrain_epochs"],
     pretrain_view_settings: Mapping[str, Any] | None = None,
+    pretrain_val_interval: int = RECIPE["pretrain_val_interval"],
     finetune_epochs: int = RECIPE["finetune_epochs"],
     finetune_iterations_per_epoch: int = RECIPE["finetune_iterations_per_epoch"],
     ship: bool = False,
@@ -73,6 +74,7 @@ def main(
         pretrain_epochs, finetune_epochs, finetune_iterations_per_epoch: the recipe (defaults: the shipped one).
         pretrain_view_settings: the pretraining's ``view_settings`` (default: the recipe's; ``{}`` for the
             configs' own views).
+        pretrain_val_interval: epochs between the pretraining's validations (default: the recipe's).
         ship: copy the weights into models/ and the test metrics into configs/metadata.json.
         overwrite: start afresh over an earlier reproduction with other settings in ``output_dir``.
         overrides: further overrides for every config (e.g. ``{"num_workers": 0}``); they change the recipe.
@@ -92,6 +94,7 @@ def main(
         "bundle_root": str(bundle_root),
         "pretrain_epochs": int(pretrain_epochs),
         "pretrain_view_settings": views,
+        "pretrain_val_interval": int(pretrain_val_interval),
         "finetune_epochs": int(finetune_epochs),
         "finetune_iterations_per_epoch": int(finetune_iterations_per_epoch),
         "overrides": dict(overrides or {}),

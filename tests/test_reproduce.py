@@ -14,7 +14,7 @@ from helpers import CONFIGS, TINY_FEATURES, load_script, tiny_settings
 from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.networks import read_backbone
-from pix2rep_bundle.reproduction import RECIPE, STATE_FILE, STEPS, read_state, typed_view_settings
+from pix2rep_bundle.reproduction import RECIPE, STATE_FILE, STEPS, read_state, step_overrides, typed_view_settings
 
 # the tiny network and images of the other tests, with the few settings of the reproduction's own configs
 TINY = {k: v for k, v in tiny_settings(".").items() if k not in ("bundle_root", "phantom_subjects")} | {
@@ -37,6 +37,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
         dataset_dir=str(phantom_100),
         bundle_root=str(root),
         pretrain_epochs=1,
+        pretrain_val_interval=1,
         finetune_epochs=1,
         finetune_iterations_per_epoch=2,
         overrides=TINY,
@@ -52,7 +53,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     assert summary["overall"]["num_volumes"] == 40  # ED and ES of the 20 test subjects
     assert read_backbone(out / "pretrain" / "pix2rep_backbone.pt")["features"] == TINY_FEATURES
     pretrain_info = json.loads((out / "pretrain" / "run_info.json").read_text())["settings"]
-    recipe_views = {"zoom_offset": False, "translate_fraction": 0.15}
+    recipe_views = {"zoom_offset": False, "translate_fraction": 0.15, "view_size": [64, 64]}
     assert pretrain_info["view_settings"] == RECIPE["pretrain_view_settings"] == recipe_views
     finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
     assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
@@ -73,7 +74,8 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     earlier = {**recorded, "settings": {k: v for k, v in recorded["settings"].items() if k != "pretrain_view_settings"}}
     state_path.write_text(json.dumps(earlier))  # a state of an earlier version: its pretraining had the default views
     with pytest.raises(
-        DataError, match=r"--pretrain_view_settings: \{\} -> \{'zoom_offset': False, 'translate_fraction': 0.15\}"
+        DataError,
+        match=r"--pretrain_view_settings: \{\} -> \{'zoom_offset': False, 'translate_fraction': 0.15, 'view_size': \[64, 64\]\}",
     ):
         script.main(**settings)
     state_path.write_text(json.dumps(recorded))
@@ -88,6 +90,31 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     ).read_bytes()
     metrics = json.loads((root / "configs" / "metadata.json").read_text())["eval_metrics"]
     assert metrics["dice_mean"] == pytest.approx(native["overall"]["dice_mean"]["mean"], abs=1e-4)
+
+
+def test_the_recipe_pretrains_with_its_views_and_validation_interval(tmp_path):
+    settings = {
+        "bundle_root": str(tmp_path),
+        "dataset_dir": str(tmp_path),
+        "overrides": {},
+        "pretrain_epochs": RECIPE["pretrain_epochs"],
+        "pretrain_view_settings": RECIPE["pretrain_view_settings"],
+        "pretrain_val_interval": RECIPE["pretrain_val_interval"],
+    }
+    config, _, overrides = step_overrides("pretrain", settings, tmp_path, num_labeled=70)
+    assert config == "pretrain.yaml"
+    assert (overrides["epochs"], overrides["val_interval"]) == (80, 2)
+    assert overrides["view_settings"]["view_size"] == [64, 64]
+    assert overrides["epochs"] % overrides["val_interval"] == 0, "the last epoch is validated"
+
+
+def test_a_state_of_an_earlier_version_validated_every_epoch(tmp_path):
+    settings = {"pretrain_epochs": 20, "pretrain_view_settings": {}, "overrides": {}}
+    state_path = tmp_path / STATE_FILE
+    state_path.write_text(json.dumps({"settings": settings}))
+    with pytest.raises(DataError, match=r"--pretrain_val_interval: 1 -> 2"):
+        read_state(state_path, {**settings, "pretrain_val_interval": 2}, overwrite=False)
+    assert read_state(state_path, {**settings, "pretrain_val_interval": 1}, overwrite=False)["settings"]
 
 
 def test_a_missing_acdc_folder_is_named(tmp_path):
