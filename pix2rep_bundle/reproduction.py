@@ -181,7 +181,7 @@ def ship_files(out: Path, root: Path, summary: Mapping[str, Any]) -> list[Path]:
     metadata = json.loads(metadata_path.read_text())
     overall = summary["overall"]
     metadata["eval_metrics"] = {
-        f"{metric}_{s.lower()}": round(overall[f"{metric}_{s}"]["mean"], 4)
+        f"acdc_test_{metric}_{s.lower()}": round(overall[f"{metric}_{s}"]["mean"], 4)
         for metric in ("dice", "hd95")
         for s in COLUMNS
         if overall[f"{metric}_{s}"]["mean"] is not None

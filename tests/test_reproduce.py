@@ -89,7 +89,8 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
         out / "pretrain" / "pix2rep_backbone.pt"
     ).read_bytes()
     metrics = json.loads((root / "configs" / "metadata.json").read_text())["eval_metrics"]
-    assert metrics["dice_mean"] == pytest.approx(native["overall"]["dice_mean"]["mean"], abs=1e-4)
+    assert metrics["acdc_test_dice_mean"] == pytest.approx(native["overall"]["dice_mean"]["mean"], abs=1e-4)
+    assert all(name.startswith("acdc_test_") for name in metrics), "the names the metadata's description explains"
 
 
 def test_the_recipe_pretrains_with_its_views_and_validation_interval(tmp_path):
