@@ -4,7 +4,9 @@ seconds), and shipping the result into ``models/`` and ``configs/metadata.json``
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -187,4 +189,21 @@ def ship_files(out: Path, root: Path, summary: Mapping[str, Any]) -> list[Path]:
         if overall[f"{metric}_{s}"]["mean"] is not None
     }
     write_text_atomic(metadata_path, json.dumps(metadata, indent=4) + "\n")  # as the Zoo's pretty-format-json
-    return [model, backbone, metadata_path]
+    written = [model, backbone, metadata_path]
+    listing = root / "large_files.yml"
+    if listing.is_file():
+        write_text_atomic(listing, with_md5s(listing.read_text(), root, [model, backbone]))
+        written.append(listing)
+    return written
+
+
+def with_md5s(listing: str, root: Path, files: list[Path]) -> str:
+    """The text of ``large_files.yml`` with the ``hash_val`` of each of ``files`` it lists set to the file's md5 (its
+    comments and order kept)."""
+    for path in files:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        entry = re.compile(
+            rf'(- path: "{re.escape(path.relative_to(root).as_posix())}"\n(?:[ \t]+\w+: .*\n)*?[ \t]+hash_val: ")[0-9a-f]*(")'
+        )
+        listing = entry.sub(lambda match: match.group(1) + digest + match.group(2), listing)
+    return listing

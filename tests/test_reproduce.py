@@ -3,6 +3,7 @@ the three steps through the bundle's configs, the resumable state, refusal of ot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -33,6 +34,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     root = tmp_path / "bundle"
     (root / "configs").mkdir(parents=True)
     shutil.copy(CONFIGS / "metadata.json", root / "configs" / "metadata.json")
+    shutil.copy(CONFIGS.parent / "large_files.yml", root / "large_files.yml")
     settings = dict(
         dataset_dir=str(phantom_100),
         bundle_root=str(root),
@@ -91,6 +93,10 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     metrics = json.loads((root / "configs" / "metadata.json").read_text())["eval_metrics"]
     assert metrics["acdc_test_dice_mean"] == pytest.approx(native["overall"]["dice_mean"]["mean"], abs=1e-4)
     assert all(name.startswith("acdc_test_") for name in metrics), "the names the metadata's description explains"
+    listing = (root / "large_files.yml").read_text()
+    for path in (root / "models" / "model.pt", root / "models" / "pretrain" / "pix2rep_backbone.pt"):
+        assert hashlib.md5(path.read_bytes()).hexdigest() in listing, "large_files.yml keeps the shipped md5s"
+    assert listing.startswith("# Files over 1 MB"), "its comments kept"
 
 
 def test_the_recipe_pretrains_with_its_views_and_validation_interval(tmp_path):
