@@ -109,8 +109,7 @@ def main(
     for name, title in SUMMARIES.items():
         print(f"\ntest subjects, {title}:\n" + metrics_table(summaries[name]), flush=True)
     if ship:
-        model, backbone, metadata = ship_files(out, root, summaries["eval_native"])
-        log(f"shipped: {model}, {backbone}, eval_metrics in {metadata}")
+        log("shipped: " + ", ".join(str(path) for path in ship_files(out, root, summaries["eval_native"])))
     return state
 
 

@@ -133,7 +133,7 @@ def test_view_settings_are_recorded_as_the_pretraining_reads_them(tmp_path):
     # the command line delivers false inside a dict as the word: recorded as False, so a state compares equal
     typed = typed_view_settings({"zoom_offset": "false", "translate_fraction": 0.15, "scale_range": (0.5, 0.9)})
     assert typed == {"zoom_offset": False, "translate_fraction": 0.15, "scale_range": [0.5, 0.9]}
-    settings = {"pretrain_epochs": 20, "pretrain_view_settings": {"zoom_offset": False}}
+    settings = {"pretrain_epochs": 20, "pretrain_view_settings": {"zoom_offset": False}, "pretrain_val_interval": 1}
     state_path = tmp_path / STATE_FILE
     state_path.write_text(json.dumps({"settings": {**settings, "pretrain_view_settings": {"zoom_offset": "false"}}}))
     assert read_state(state_path, {**settings, "overrides": {}}, overwrite=False)["settings"]

@@ -16,6 +16,7 @@ SETTINGS = {
     "bundle_root": ".",
     "pretrain_epochs": 2,
     "pretrain_view_settings": {"zoom_offset": False},
+    "pretrain_val_interval": 2,
     "finetune_epochs": 3,
     "finetune_iterations_per_epoch": 4,
     "overrides": {"image_size": (48, 48)},
@@ -92,8 +93,8 @@ def test_metrics_table_and_shipping(tmp_path):
         (out / name).write_bytes(data)
     (root / "configs").mkdir(parents=True)
     (root / "configs" / "metadata.json").write_text(json.dumps({"version": "1"}))
-    model, backbone, metadata = ship_files(out, root, summary(0.912345))
+    model, backbone, metadata = ship_files(out, root, summary(0.912345))  # no large_files.yml there: three files
     assert model.read_bytes() == b"model" and backbone.read_bytes() == b"backbone"
     metrics = json.loads(metadata.read_text())["eval_metrics"]
-    assert metrics["dice_lv"] == 0.9123 and metrics["hd95_mean"] == 4.0
+    assert metrics["acdc_test_dice_lv"] == 0.9123 and metrics["acdc_test_hd95_mean"] == 4.0
     assert json.loads(metadata.read_text())["version"] == "1"
