@@ -101,12 +101,19 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:
-    """ValueError naming every setting of a known kind whose value does not fit (e.g. ``--epochs two``)."""
+    """ValueError naming every setting of a known kind whose value does not fit (e.g. ``--epochs two``), and a
+    validation interval longer than the run (no validation, so no best network would ever be written)."""
     problems = [
         f"--{name} must be {SETTING_KINDS[name][1]}, got {value!r}"
         for name, value in settings.items()
         if name in SETTING_KINDS and not SETTING_KINDS[name][0](value)
     ]
+    epochs, interval = settings.get("epochs"), settings.get("val_interval")
+    if not problems and _is_int(epochs) and _is_int(interval) and int(interval) > int(epochs):
+        problems.append(
+            f"--val_interval {interval} is more than --epochs {epochs}: no validation would run, so no best network "
+            + "would be written (use a --val_interval of at most --epochs)"
+        )
     if problems:
         raise ValueError("; ".join(problems))
 

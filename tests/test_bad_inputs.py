@@ -189,6 +189,19 @@ def test_an_override_of_the_wrong_type_stops_before_any_work(tmp_path, checkpoin
     assert not (tmp_path / "bundle" / "cache").exists(), "nothing is prepared before the settings are checked"
 
 
+@pytest.mark.parametrize("entry", ["pretrain", "train"])
+def test_a_validation_interval_longer_than_the_run_stops_before_any_work(tmp_path, entry):
+    source = write_dataset(tmp_path / "acdc", num_subjects=5)
+    args = [sys.executable, "-m", "monai.bundle", "run", "pretrain" if entry == "pretrain" else "run"]
+    args += ["--config_file", str(CONFIGS / f"{entry}.yaml"), "--bundle_root", str(tmp_path / "bundle")]
+    args += ["--dataset_dir", str(source), "--epochs", "1", "--val_interval", "2"]
+    args += ["--output_dir", str(tmp_path / "bundle" / "out")]
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "--val_interval 2 is more than --epochs 1: no validation would run" in done.stderr
+    assert not (tmp_path / "bundle" / "cache").exists(), "nothing is prepared before the settings are checked"
+
+
 @pytest.mark.parametrize("entry", ["pretrain", "train", "evaluate"])
 def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(tmp_path, checkpoint, entry):
     source = write_dataset(tmp_path / "acdc", num_subjects=5)
