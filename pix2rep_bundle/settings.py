@@ -3,6 +3,7 @@ names among the known choices; each problem named with its setting (``--epochs m
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -101,8 +102,8 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:
-    """ValueError naming every setting of a known kind whose value does not fit (e.g. ``--epochs two``), and a
-    validation interval longer than the run (no validation, so no best network would ever be written)."""
+    """ValueError naming every setting of a known kind whose value does not fit (e.g. ``--epochs two``); a warning for
+    a validation interval longer than the run (no validation: no best network is written, only the last)."""
     problems = [
         f"--{name} must be {SETTING_KINDS[name][1]}, got {value!r}"
         for name, value in settings.items()
@@ -110,9 +111,10 @@ def check_settings(settings: Mapping[str, Any]) -> None:
     ]
     epochs, interval = settings.get("epochs"), settings.get("val_interval")
     if not problems and _is_int(epochs) and _is_int(interval) and int(interval) > int(epochs):
-        problems.append(
-            f"--val_interval {interval} is more than --epochs {epochs}: no validation would run, so no best network "
-            + "would be written (use a --val_interval of at most --epochs)"
+        warnings.warn(
+            f"--val_interval {interval} is more than --epochs {epochs}: no validation runs, so no best network is "
+            + "written, only the last (a --val_interval of at most --epochs validates)",
+            stacklevel=2,
         )
     if problems:
         raise ValueError("; ".join(problems))
