@@ -11,7 +11,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from pix2rep_bundle.overrides import unknown_id
+from pix2rep_bundle.overrides import refuse_unknown
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -32,14 +32,8 @@ def config_parser(
     files = config_files(configs)
     parser.read_config(files[0] if len(files) == 1 else files)
     overrides = dict(overrides or {})
-    names = " + ".join(f"configs/{Path(f).name}" for f in files)
-    problems = strict and [
-        f"unknown setting --{key} for {names}{detail}"
-        for key, detail in ((key, unknown_id(parser.get(), str(key))) for key in overrides)
-        if detail is not None
-    ]
-    if problems:
-        raise ValueError(" | ".join(problems))
+    if strict:
+        refuse_unknown(parser.get(), overrides, " + ".join(f"configs/{Path(f).name}" for f in files))
     parser.update(overrides)
     return parser
 

@@ -18,7 +18,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # the arguments of `python -m monai.bundle run` / `run_workflow` and of ConfigWorkflow itself: never config ids
@@ -152,6 +152,18 @@ def config_names(config_file: Any) -> str:
     return " + ".join(os.fspath(f) for f in files)
 
 
+def refuse_unknown(config: Mapping[str, Any], overrides: Iterable[str], where: str) -> None:
+    """ValueError naming every override id that is not in ``config`` (the raw content of ``where``'s files), with the
+    nearest known name: ``unknown setting --ouput_dir for configs/inference.yaml; did you mean --output_dir?``."""
+    problems = [
+        f"unknown setting --{key} for {where}{detail}"
+        for key, detail in ((key, unknown_id(config, str(key))) for key in overrides)
+        if detail is not None
+    ]
+    if problems:
+        raise ValueError(" | ".join(problems))
+
+
 def check_overrides(argv: Sequence[str] | None = None) -> list[str]:
     """ValueError naming every override of a ``python -m monai.bundle run`` command line that is not an id of its
     configs, with the nearest known name (``unknown setting --ouput_dir for configs/inference.yaml; did you mean
@@ -163,12 +175,5 @@ def check_overrides(argv: Sequence[str] | None = None) -> list[str]:
         return []
     config_file, overrides, tracking_ids = given
     config = ConfigParser.load_config_files(config_file) | dict.fromkeys(tracking_ids)
-    where = config_names(config_file)
-    problems = [
-        f"unknown setting --{key} for {where}{detail}"
-        for key, detail in ((key, unknown_id(config, key)) for key in overrides)
-        if detail is not None
-    ]
-    if problems:
-        raise ValueError(" | ".join(problems))
+    refuse_unknown(config, overrides, config_names(config_file))
     return list(overrides)
