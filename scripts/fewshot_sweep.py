@@ -23,7 +23,9 @@ bundle's own configs (``monai.bundle.run`` in this process):
    (``configs/evaluate.yaml``) into ``.../eval/{metrics.csv,summary.json}``. A finished run is reused only when
    its recorded request (``sweep_run.json``: the overrides of both configs and the backbone's SHA-256; and every
    resolved training setting, defaults included, against the run's own ``run_info.json``) equals the new one, so
-   an interrupted sweep continues where it stopped; a run with other evaluation settings only is evaluated again
+   an interrupted sweep continues where it stopped (a run stopped during training continues from its checkpoint,
+   ``train.yaml --resume true``, when it was started with the same request, ``sweep_started.json``); a run with
+   other evaluation settings only is evaluated again
    (its model kept); other training settings stop the sweep with the differences named (``--overwrite true``
    redoes them).
    The label seed S also seeds training (initialisation, augmentation).

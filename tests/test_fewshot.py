@@ -4,13 +4,14 @@ and the comparison of recorded with requested settings it shares with the reprod
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.fewshot.backbone import choose_backbone
-from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, finished_run, run_action
+from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, SWEEP_STARTED, TRAINING_CHECKPOINT, finished_run, run_action
 from pix2rep_bundle.fewshot.plan import evaluate_request, grid_axes, needs_backbone, plan_runs
 from pix2rep_bundle.run_record import RUN_RECORD, changed_settings
 
@@ -112,3 +113,33 @@ def test_the_backbone_content_and_a_missing_run_record_make_a_run_different(tmp_
     assert finished_run(run_dir, {**new, "backbone_sha256": "def"}) == ["the pretrained backbone's content"]
     (run_dir / RUN_RECORD).unlink()
     assert finished_run(run_dir, new) == [f"no {RUN_RECORD} with the run's settings to compare with"]
+
+
+def started(run_dir: Path, recorded: dict, checkpoint: bool = True) -> Path:
+    """An interrupted run: the request its training started with and, after it, its resumable checkpoint."""
+    run_dir.mkdir(parents=True)
+    (run_dir / SWEEP_STARTED).write_text(json.dumps(recorded))
+    if checkpoint:
+        (run_dir / TRAINING_CHECKPOINT).parent.mkdir()
+        (run_dir / TRAINING_CHECKPOINT).write_bytes(b"state")
+    return run_dir
+
+
+def test_an_interrupted_run_continues_only_with_its_own_request_and_a_checkpoint_of_its_own(tmp_path):
+    new = {**request(), "backbone_sha256": "abc"}
+    run_dir = started(tmp_path / "run", new)
+    assert run_action(run_dir, new, overwrite=False, report_only=False) == ("resume", "")
+    raw = {**new, "evaluate": {"largest_component": False}}  # evaluation settings do not define the training
+    assert run_action(run_dir, raw, False, False) == ("resume", "")
+    assert run_action(run_dir, new, overwrite=True, report_only=False) == ("train", "")  # --overwrite: afresh
+    assert run_action(run_dir, new, False, report_only=True) == ("leave out", "not finished")
+    for other in ({**new, "train": {"epochs": 2}}, {**new, "backbone_sha256": "def"}, {**new, "train_settings": {}}):
+        assert run_action(run_dir, other, False, False) == ("train", "")  # another training: started afresh
+    assert run_action(started(tmp_path / "none", new, checkpoint=False), new, False, False) == ("train", "")
+    # a checkpoint older than the start record is an earlier run's: never continued as this one
+    stale = started(tmp_path / "stale", new)
+    os.utime(stale / TRAINING_CHECKPOINT, ns=(0, 0))
+    assert run_action(stale, new, False, False) == ("train", "")
+    # a finished run is reused, not continued
+    done = finished(started(tmp_path / "done", new), new)
+    assert run_action(done, new, False, False) == ("reuse", "")

@@ -4,6 +4,7 @@ subject-level splits, clear checkpoint errors, and the few-shot sweep script on 
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -338,6 +339,15 @@ def test_fewshot_sweep_end_to_end(tiny, backbone, tmp_path):
     assert (
         again.returncode == 0 and "mean_teacher_scratch K=1 seed=0: results of the same settings exist" in again.stdout
     ), again.stdout[-2000:]
+    # an interrupted run (its training checkpointed, not evaluated) continues from its checkpoint, not afresh
+    interrupted = out / "mean_teacher_scratch_k1_seed0"
+    shutil.rmtree(interrupted / "eval")
+    (interrupted / "sweep_run.json").unlink()
+    resumed = rerun(cmd)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "mean_teacher_scratch K=1 seed=0: training continued from its checkpoint" in resumed.stdout
+    assert json.loads((interrupted / "run_info.json").read_text())["started_before"]  # the same run, resumed
+    assert (interrupted / "eval" / "summary.json").is_file() and (interrupted / "sweep_run.json").is_file()
     before = (out / "mean_teacher_scratch_k1_seed0" / "eval" / "summary.json").read_bytes()
     changed = rerun([("2" if a == "1" and cmd[i - 1] == "--epochs" else a) for i, a in enumerate(cmd)])
     assert (

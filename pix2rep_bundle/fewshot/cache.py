@@ -1,9 +1,11 @@
 """The sweep's run cache: what defines a run (``<run_dir>/sweep_run.json``), and whether a finished run can be
-reused, only evaluated again, or stands in the way (other training settings)."""
+reused, only evaluated again, or stands in the way (other training settings); whether an interrupted one can be
+continued from its checkpoint (``<run_dir>/sweep_started.json``: the request it was started with)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ from pix2rep_bundle.run_record import (
 )
 
 SWEEP_RECORD = "sweep_run.json"
+SWEEP_STARTED = "sweep_started.json"  # the request a run's training was started with, before it finishes
+TRAINING_CHECKPOINT = Path("train_state") / "checkpoint.pt"  # train.yaml's resumable state (its checkpoint_path)
+# what a run's training is: an interrupted run continues only when these are the request's (evaluation may differ)
+TRAINING_REQUEST = ("train", "train_settings", "backbone_sha256")
 # settings that records written before they existed do not name: their runs were made with these values
 RECORDED_BEFORE = {"train": {"augmentation": "standard", "selection_centre_fraction": 1.0, **ABSENT_MEANS}}
 # settings that change nothing unless another setting has a given value: not compared where neither run has it
@@ -113,8 +119,21 @@ def inert(name: str, *runs: Mapping[str, Any]) -> bool:
     return all(run.get(switch) != value for run in runs)
 
 
+def interrupted_run(run_dir: Path, request: Mapping[str, Any]) -> bool:
+    """Whether ``run_dir`` holds an unfinished training of ``request`` that can continue: the request it was started
+    with (``SWEEP_STARTED``) the same in everything that defines the training, and a resumable checkpoint written
+    since that start (an earlier run's checkpoint there is never continued as this one)."""
+    started_file, checkpoint = run_dir / SWEEP_STARTED, run_dir / TRAINING_CHECKPOINT
+    started = read_record(started_file)
+    if started is None or not checkpoint.is_file() or checkpoint.stat().st_mtime_ns < started_file.stat().st_mtime_ns:
+        return False
+    wanted = json.loads(json.dumps(dict(request)))  # as it reads back from the record
+    return all(started.get(key) == wanted.get(key) for key in TRAINING_REQUEST)
+
+
 def run_action(run_dir: Path, request: Mapping[str, Any], overwrite: bool, report_only: bool) -> tuple[str, str]:
-    """What the sweep does with ``run_dir`` for ``request``, and why: ``train`` (and evaluate), ``evaluate`` (other
+    """What the sweep does with ``run_dir`` for ``request``, and why: ``train`` (and evaluate), ``resume`` (an
+    interrupted training of the same request continues from its checkpoint, then is evaluated), ``evaluate`` (other
     evaluation settings only: the model is kept), ``reuse`` (the same run finished), or ``leave out`` (a report's
     unfinished or other run). DataError where a finished run of other training settings is in the way, unless
     ``overwrite``."""
@@ -129,6 +148,8 @@ def run_action(run_dir: Path, request: Mapping[str, Any], overwrite: bool, repor
             train_differences,
             "choose another --output_dir, or --overwrite true to redo it",
         )
+    if differences is None and not (overwrite or report_only) and interrupted_run(run_dir, request):
+        return "resume", ""
     if not report_only and (overwrite or differences is None or differences):
         retrain = overwrite or differences is None or bool(train_differences)
         return ("train" if retrain else "evaluate"), ""

@@ -10,21 +10,34 @@ from pathlib import Path
 from typing import Any
 
 from pix2rep_bundle.bundle_configs import run_config
-from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, run_action, run_request
+from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, SWEEP_STARTED, run_action, run_request
 from pix2rep_bundle.fewshot.plan import SweepRun
 from pix2rep_bundle.fewshot.rows import read_timing, result_row
 from pix2rep_bundle.io import write_json_atomic, write_text_atomic
 
+ACTION_WORDS = {
+    "train": "training and evaluation",
+    "resume": "training continued from its checkpoint, then evaluation",
+    "evaluate": "evaluation (model reused)",
+}
+
 
 def train_and_evaluate(
-    run_dir: Path, configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any], retrain: bool = True
+    run_dir: Path,
+    configs: Sequence[str],
+    train: Mapping[str, Any],
+    evaluate: Mapping[str, Any],
+    retrain: bool = True,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train with ``configs`` into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it;
-    ``retrain`` false keeps the trained ``model.pt``), evaluate its ``model.pt`` into ``run_dir/eval``; return
-    the times."""
+    ``resume``: continuing the interrupted training there from its checkpoint; ``retrain`` false keeps the trained
+    ``model.pt``), evaluate its ``model.pt`` into ``run_dir/eval``; return the times (the training's of this
+    process only, when it continued)."""
     timing = {} if retrain else read_timing(run_dir)
     if retrain:
-        seconds = run_config(configs, "run", {**train, "output_dir": str(run_dir), "overwrite": True})
+        how = {"resume": True} if resume else {"overwrite": True}
+        seconds = run_config(configs, "run", {**train, "output_dir": str(run_dir), **how})
         timing["train_seconds"] = round(seconds, 1)
     eval_seconds = run_config(
         "evaluate.yaml",
@@ -60,9 +73,12 @@ def run_grid(
         if action == "reuse":
             log(f"{label}: results of the same settings exist in {run.run_dir}, reused")
         else:
-            retrain = action == "train"
-            log(f"{label}: {'training and evaluation' if retrain else 'evaluation (model reused)'} in {run.run_dir}")
-            train_and_evaluate(run.run_dir, run.configs, run.train, evaluate, retrain=retrain)
+            log(f"{label}: {ACTION_WORDS[action]} in {run.run_dir}")
+            if action == "train":  # what an interruption continues from (interrupted_run)
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(run.run_dir / SWEEP_STARTED, request)
+            resume, retrain = action == "resume", action in ("train", "resume")
+            train_and_evaluate(run.run_dir, run.configs, run.train, evaluate, retrain=retrain, resume=resume)
             write_json_atomic(run.run_dir / SWEEP_RECORD, request)
         row = result_row(run.mode, run.k, run.seed, run.run_dir, run.selection)
         (selected_rows if run.extra else rows).append(row)
