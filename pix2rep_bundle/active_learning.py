@@ -4,7 +4,7 @@
 unlabelled study that most reduces the distance of the whole pool to its nearest labelled study, in the shipped
 backbone's feature space (cluster shares of the dense features, Hellinger distance; the first study, with nothing
 labelled, is the pool's medoid). No label is read. Every study is prepared as ``configs/inference.yaml`` prepares
-its inputs (spacing, [0, 1] intensities, crop). Add it to a MONAI Label app (docs/README.md, "MONAI Label")::
+its inputs (spacing, [0, 1] intensities, crop). Add it to a MONAI Label app (docs/README.md, "Serve in MONAI Label")::
 
     from pix2rep_bundle.active_learning import RepresentativeStudy
 

@@ -181,7 +181,7 @@ def check_served_host(argv: Sequence[str]) -> str | None:
         raise RuntimeError(
             "monailabel start_server without --host listens on every interface (0.0.0.0), so that anyone who can "
             + "reach this machine can read, add and replace studies and labels: pass --host 127.0.0.1 to serve this "
-            + "machine only, or --host 0.0.0.0 to expose it deliberately (docs/README.md, MONAI Label)"
+            + "machine only, or --host 0.0.0.0 to expose it deliberately (docs/README.md, 'Serve in MONAI Label')"
         )
     if not is_loopback(host):
         logger.warning(

@@ -23,7 +23,7 @@ from pix2rep_bundle.view_settings import ViewSettings
 SPLIT = "semi_70_10_20"
 STATE_FILE = "reproduce_state.json"
 STEPS = ("pretrain", "finetune", "evaluate", "native")
-# the recipe (docs/README.md, "Recipe"): chosen on the validation subjects of the split
+# the recipe (docs/README.md, "The recipe"): chosen on the validation subjects of the split
 # (the shipped model.pt was trained on all 70 subjects with the milder "standard" augmentation of train.yaml, whose
 # default "strong" was chosen later, for few labelled subjects)
 # (views centred on the image, where ACDC has the heart, then shifted by up to 15 % of it, rendered at 64 x 64 and

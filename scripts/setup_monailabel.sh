@@ -3,7 +3,7 @@
 # needs torch 2.14.1 (the bundle pins 2.13.0), so it cannot share the bundle's environment.
 #   bash scripts/setup_monailabel.sh .venv-monailabel
 # The bundle is installed without its dependencies (monailabel brings monai, torch, nibabel, ignite).
-# Then build the app with scripts/monailabel_app.py (docs/README.md, "MONAI Label").
+# Then build the app with scripts/monailabel_app.py (docs/README.md, "Serve in MONAI Label").
 set -euo pipefail
 venv="${1:-.venv-monailabel}"
 cd "$(dirname "$0")/.."
