@@ -20,7 +20,8 @@ from pix2rep_bundle.label_map import parse_label_map
 from pix2rep_bundle.settings import choose
 
 # The network and input space by name, never by device. "compact" (the default) is the released network, a small
-# U-Net on 128 x 128 slices at 2 mm (field of view 256 mm, every labelled voxel of ACDC kept; docs/README.md, "The recipe");
+# U-Net on 128 x 128 slices at 2 mm (field of view 256 mm, every labelled voxel of ACDC kept; docs/README.md,
+# "The recipe");
 # "paper" is the published scale: a large U-Net whose last block gives D = 1024 channels, 160 x 160 slices at 1.5 mm.
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {

@@ -29,6 +29,9 @@ from pix2rep_bundle.io import torch_save_atomic
 from pix2rep_bundle.networks import checkpoint_kind, require_finite, save_backbone
 from pix2rep_bundle.settings import as_bool
 
+# train.yaml's resumable state, relative to its output_dir (its checkpoint_path)
+TRAINING_CHECKPOINT = os.path.join("train_state", "checkpoint.pt")
+
 logger = logging.getLogger(__name__)
 
 

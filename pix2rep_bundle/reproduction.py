@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pix2rep_bundle.bundle_configs import CONFIG_DIR, config_parser, run_config
+from pix2rep_bundle.checkpoints import TRAINING_CHECKPOINT
 from pix2rep_bundle.data.datasets import load_datalist
 from pix2rep_bundle.evaluation import STRUCTURES, score_inference_outputs
 from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic
@@ -93,7 +94,7 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
         }
         return "pretrain.yaml", "pretrain", {**common, **overrides}
     if step == "finetune":
-        resume = (out / "finetune" / "train_state" / "checkpoint.pt").is_file()
+        resume = (out / "finetune" / TRAINING_CHECKPOINT).is_file()
         overrides = {
             "mode": "finetune",
             "augmentation": RECIPE["finetune_augmentation"],

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pix2rep_bundle.bundle_configs import config_parser
+from pix2rep_bundle.checkpoints import TRAINING_CHECKPOINT
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.fewshot.backbone import choose_backbone
-from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, SWEEP_STARTED, TRAINING_CHECKPOINT, finished_run, run_action
+from pix2rep_bundle.fewshot.cache import SWEEP_RECORD, SWEEP_STARTED, finished_run, run_action
 from pix2rep_bundle.fewshot.plan import evaluate_request, grid_axes, needs_backbone, plan_runs
 from pix2rep_bundle.run_record import RUN_RECORD, changed_settings
 
@@ -126,6 +128,8 @@ def started(run_dir: Path, recorded: dict, checkpoint: bool = True) -> Path:
 
 
 def test_an_interrupted_run_continues_only_with_its_own_request_and_a_checkpoint_of_its_own(tmp_path):
+    checkpoint_path = config_parser("train.yaml", {"output_dir": "out"}).get_parsed_content("checkpoint_path")
+    assert Path(checkpoint_path) == Path("out") / TRAINING_CHECKPOINT  # the file train.yaml resumes from
     new = {**request(), "backbone_sha256": "abc"}
     run_dir = started(tmp_path / "run", new)
     assert run_action(run_dir, new, overwrite=False, report_only=False) == ("resume", "")

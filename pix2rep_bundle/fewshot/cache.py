@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pix2rep_bundle.bundle_configs import config_parser
+from pix2rep_bundle.checkpoints import TRAINING_CHECKPOINT
 from pix2rep_bundle.run_record import (
     ABSENT_MEANS,
     RUN_RECORD,
@@ -23,7 +24,6 @@ from pix2rep_bundle.run_record import (
 
 SWEEP_RECORD = "sweep_run.json"
 SWEEP_STARTED = "sweep_started.json"  # the request a run's training was started with, before it finishes
-TRAINING_CHECKPOINT = Path("train_state") / "checkpoint.pt"  # train.yaml's resumable state (its checkpoint_path)
 # what a run's training is: an interrupted run continues only when these are the request's (evaluation may differ)
 TRAINING_REQUEST = ("train", "train_settings", "backbone_sha256")
 # settings that records written before they existed do not name: their runs were made with these values

@@ -23,20 +23,15 @@ ACTION_WORDS = {
 
 
 def train_and_evaluate(
-    run_dir: Path,
-    configs: Sequence[str],
-    train: Mapping[str, Any],
-    evaluate: Mapping[str, Any],
-    retrain: bool = True,
-    resume: bool = False,
+    run_dir: Path, configs: Sequence[str], train: Mapping[str, Any], evaluate: Mapping[str, Any], action: str = "train"
 ) -> dict[str, Any]:
-    """Train with ``configs`` into ``run_dir`` (replacing an unfinished or outdated run there: the sweep owns it;
-    ``resume``: continuing the interrupted training there from its checkpoint; ``retrain`` false keeps the trained
-    ``model.pt``), evaluate its ``model.pt`` into ``run_dir/eval``; return the times (the training's of this
-    process only, when it continued)."""
-    timing = {} if retrain else read_timing(run_dir)
-    if retrain:
-        how = {"resume": True} if resume else {"overwrite": True}
+    """Do ``action`` in ``run_dir`` (``ACTION_WORDS``): ``train`` with ``configs`` afresh (replacing an unfinished or
+    outdated run there: the sweep owns it), ``resume`` the interrupted training there from its checkpoint, or only
+    ``evaluate`` (the trained ``model.pt`` kept); then evaluate its ``model.pt`` into ``run_dir/eval``. Returns the
+    times (the training's of this process only, when it continued)."""
+    timing = read_timing(run_dir) if action == "evaluate" else {}
+    if action != "evaluate":
+        how = {"resume": True} if action == "resume" else {"overwrite": True}
         seconds = run_config(configs, "run", {**train, "output_dir": str(run_dir), **how})
         timing["train_seconds"] = round(seconds, 1)
     eval_seconds = run_config(
@@ -77,8 +72,7 @@ def run_grid(
             if action == "train":  # what an interruption continues from (interrupted_run)
                 run.run_dir.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(run.run_dir / SWEEP_STARTED, request)
-            resume, retrain = action == "resume", action in ("train", "resume")
-            train_and_evaluate(run.run_dir, run.configs, run.train, evaluate, retrain=retrain, resume=resume)
+            train_and_evaluate(run.run_dir, run.configs, run.train, evaluate, action)
             write_json_atomic(run.run_dir / SWEEP_RECORD, request)
         row = result_row(run.mode, run.k, run.seed, run.run_dir, run.selection)
         (selected_rows if run.extra else rows).append(row)
