@@ -33,12 +33,13 @@ from pix2rep_bundle.workflows import PrepareViewPairs
 UNSUPPORTED_MODES = ("linear_probe",)
 
 
-def check_mean_teacher(mode: str, mean_teacher: Any = True, distributed: bool = False) -> bool:
+def check_mean_teacher(mode: str, mean_teacher: Any = True, distributed: bool = False, slice_context: int = 0) -> bool:
     """Whether Mean Teacher is on; ValueError for the combinations it does not support.
 
     Mean Teacher trains the whole student, so it combines with ``scratch`` and ``finetune`` but not with the
     frozen body of ``linear_probe``; it runs in a single process (with ``configs/multi_gpu_train.yaml`` it is
-    refused). ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
+    refused), on single slices (``slice_context`` 0: its unlabelled views are one-channel).
+    ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
     """
     from pix2rep_bundle.settings import as_bool
 
@@ -52,6 +53,11 @@ def check_mean_teacher(mode: str, mean_teacher: Any = True, distributed: bool = 
         raise ValueError(
             "Mean Teacher (configs/mean_teacher.yaml) is not supported with configs/multi_gpu_train.yaml: "
             "train it in one process, merged over configs/train.yaml"
+        )
+    if on and slice_context:
+        raise ValueError(
+            f"Mean Teacher (configs/mean_teacher.yaml) does not combine with --slice_context {slice_context}: its "
+            "unlabelled views are single slices; train with --slice_context 0"
         )
     return on
 

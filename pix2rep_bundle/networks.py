@@ -20,6 +20,7 @@ from torch import nn
 
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.io import torch_save_atomic
+from pix2rep_bundle.slice_context import FIRST_CONV, widen_first_conv
 
 HEAD_NAME = "final_conv"
 BACKBONE_FORMAT = "pix2rep-backbone-v1"
@@ -268,12 +269,16 @@ def backbone_network(path: str | os.PathLike) -> nn.Module:
 def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Copy a pretrained backbone into a segmentation ``BasicUNet``, leaving its ``final_conv`` as it is.
 
-    Every backbone tensor must find a tensor of the same name and shape; otherwise a
+    Every backbone tensor must find a tensor of the same name and shape (a one-channel first convolution also
+    fits a network with slice context: :func:`~pix2rep_bundle.slice_context.widen_first_conv`); otherwise a
     :class:`CheckpointError` names the first mismatch (e.g. a checkpoint pretrained with other ``features``).
     """
     ckpt = read_backbone(path)
-    source = ckpt["backbone"]
+    source = dict(ckpt["backbone"])
     target = network.state_dict()
+    first = source.get(FIRST_CONV)
+    if first is not None and FIRST_CONV in target and first.shape[1] == 1 and target[FIRST_CONV].shape[1] > 1:
+        source[FIRST_CONV] = widen_first_conv(first, target[FIRST_CONV].shape[1])  # slice context: neighbours at 0
     for name, tensor in source.items():
         if name not in target:
             raise network_mismatch(

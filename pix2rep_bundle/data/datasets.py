@@ -23,6 +23,7 @@ from pix2rep_bundle.data.published_splits import fixed_combination
 from pix2rep_bundle.data.volume_checks import check_label
 from pix2rep_bundle.errors import DataError, error_in_chain
 from pix2rep_bundle.label_map import LabelMap, parse_label_map
+from pix2rep_bundle.slice_context import check_slice_context, neighbour_indices
 
 POOLS = ("pretrain", "labeled", "validation", "test")
 _FRAME = re.compile(r"_frame(\d+)")
@@ -259,6 +260,8 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     images, uint8 labels). Item ``i``: ``{"image": (1, H, W) float32, "label": (1, H, W) uint8 (when the
     entry has one), "subject", "frame", "slice_index", "num_slices"}``, passed through ``transform``.
     The channel is added in numpy, so ``EnsureTyped(track_meta=True)`` makes a 2D MetaTensor of it.
+    With ``slice_context`` c > 0 the image is (1 + 2c, H, W): slices i - c .. i + c of its volume, the end slices
+    repeated (:mod:`pix2rep_bundle.slice_context`); the label stays slice i's.
 
     ``label_map`` (default ACDC's): the values the label files hold, checked (a value outside it is a DataError
     naming the file) and turned into class indices 0..N. Prepared volumes already hold class indices: give
@@ -273,8 +276,10 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         keys: Sequence[str] = ("image", "label"),
         progress: bool = True,
         label_map: LabelMap | Mapping | None = None,
+        slice_context: int = 0,
     ):
         self.transform = transform
+        self.slice_context = check_slice_context(slice_context)
         self.label_map = parse_label_map(label_map)
         self.keys = tuple(keys)
         self.image_key = self.keys[0]
@@ -340,6 +345,10 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
         volume = self.volumes[int(self._volume_of[index])]
         k = int(self._slice_of[index])
         item: dict[str, Any] = {key: volume[key][k][None].copy() for key in self.keys if key in volume}
+        if self.slice_context:
+            item[self.image_key] = volume[self.image_key][
+                neighbour_indices(k, volume["num_slices"], self.slice_context)
+            ]
         item.update(subject=volume["subject"], frame=volume["frame"], slice_index=k, num_slices=volume["num_slices"])
         return self.transform(item) if self.transform is not None else item
 
