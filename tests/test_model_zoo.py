@@ -85,7 +85,8 @@ def test_shipped_weights_are_small_and_load_into_the_default_networks(archived):
         assert path.stat().st_size < MAX_WEIGHTS_MB * 2**20, f"{path.name}: over {MAX_WEIGHTS_MB} MB"
     parser = parsed_config(archived / "configs" / "inference.yaml", {"bundle_root": str(archived)})
     network = load_segmentation_weights(parser.get_parsed_content("network_def"), str(model), map_location="cpu")
-    assert network(torch.rand(1, 1, 128, 128)).shape == (1, 4, 128, 128)
+    channels = 1 + 2 * parser.get_parsed_content("slice_context")  # the slice and the neighbours it was trained with
+    assert network(torch.rand(1, channels, 128, 128)).shape == (1, 4, 128, 128)
     assert read_backbone(backbone)["features"] == list(parser.get_parsed_content("features"))
 
 

@@ -59,6 +59,8 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     assert pretrain_info["view_settings"] == RECIPE["pretrain_view_settings"] == recipe_views
     finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
     assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
+    assert finetune_info["slice_context"] == RECIPE["finetune_slice_context"] == 1  # the slice and its neighbours
+    assert torch.load(out / "finetune" / "model.pt", weights_only=True)["conv_0.conv_0.conv.weight"].shape[1] == 3
     assert not (root / "models").exists(), "nothing is shipped without --ship true"
 
     model_time = (out / "finetune" / "model.pt").stat().st_mtime_ns
