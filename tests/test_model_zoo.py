@@ -73,7 +73,8 @@ def test_the_zoo_verifier_full_checks_pass_on_the_archive(archived, tmp_path):
     )
     assert done.returncode == 0 and ts.is_file(), done.stderr[-3000:]
     scripted = torch.jit.load(str(ts))
-    assert scripted(torch.rand(1, 1, 128, 128)).shape == (1, 4, 128, 128)
+    image = json.loads((archived / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
+    assert scripted(torch.rand(1, image["num_channels"], 128, 128)).shape == (1, 4, 128, 128)
 
 
 def test_shipped_weights_are_small_and_load_into_the_default_networks(archived):
