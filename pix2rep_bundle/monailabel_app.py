@@ -21,6 +21,7 @@ it is for the MONAI Label server's environment (``scripts/setup_monailabel.sh``)
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -37,6 +38,7 @@ from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
 from pix2rep_bundle.errors import DataError, PathError, error_in_chain
 from pix2rep_bundle.outputs import replaced_directory
+from pix2rep_bundle.slice_context import slice_context_of
 
 logger = logging.getLogger(__name__)
 
@@ -267,11 +269,23 @@ class StudiesGuard:
         return super().infer_wsi(request, datastore)
 
     def train(self, request):
-        """MONAI Label's training, with ``model_filename`` a plain file name inside the bundle's ``models/``."""
+        """MONAI Label's training, with ``model_filename`` a plain file name inside the bundle's ``models/``; the
+        network gets the slice context of the model it continues (none when it starts from the backbone)."""
         name = request.get("model_filename")
-        for value in name if isinstance(name, (list, tuple)) else [name] if name is not None else []:
+        names = list(name) if isinstance(name, (list, tuple)) else [name] if name is not None else []
+        for value in names:
             check_plain_name(value, "model_filename", "the bundle's models folder")
+        task = getattr(self, "_trainers", {}).get(request.get("model"))
+        if task is not None and hasattr(task, "bundle_path"):
+            continued = os.path.join(task.bundle_path, "models", names[0] if names else "model.pt")
+            context = slice_context_of(continued) if request.get("pretrained", True) else 0
+            task._update_overrides = functools.partial(with_slice_context, context=context)
         return super().train(request)
+
+
+def with_slice_context(overrides: dict[str, Any], context: int) -> None:
+    """``BundleTrainTask._update_overrides``: train.yaml's ``slice_context`` set to ``context``."""
+    overrides["slice_context"] = context
 
 
 def representative_strategies(models: dict[str, str]) -> dict[str, Any]:

@@ -58,7 +58,15 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
     }
     | {
         name: (lambda v: _is_int(v) and v >= 0, "a whole number >= 0")
-        for name in ("seed", "data_seed", "label_seed", "head_only_epochs", "body_warmup_epochs", "snapshot_interval")
+        for name in (
+            "seed",
+            "data_seed",
+            "label_seed",
+            "head_only_epochs",
+            "body_warmup_epochs",
+            "snapshot_interval",
+            "slice_context",
+        )
     }
     | {
         name: (_is_bool, "true or false")

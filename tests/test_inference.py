@@ -218,9 +218,12 @@ def test_each_bad_input_stops_with_the_file_named_and_writes_nothing(tmp_path):
 
 
 def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
+    """A network with the shipped model's slice context (three input channels, as metadata.json declares), served
+    from the bundle's models/ (what verify_net_in_out reads) and given by --ckpt_path to inference."""
     torch.manual_seed(0)
-    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=4, features=TINY_FEATURES)
-    ckpt = tmp_path / "model.pt"
+    net = BasicUNet(spatial_dims=2, in_channels=3, out_channels=4, features=TINY_FEATURES)
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
     torch.save(net.state_dict(), ckpt)
     labels = labelled_volume((40, 36, 2))
     image = write(tmp_path / "in.nii.gz", (labels * 100.0 + 50.0).astype(np.float32), np.diag([3.0, 3.0, 8.0, 1]))
@@ -273,7 +276,7 @@ def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
     )
     assert done.returncode == 0 and ts.is_file(), done.stderr[-3000:]
     scripted = torch.jit.load(str(ts))
-    x = torch.rand(2, 1, 48, 48)
+    x = torch.rand(2, 3, 48, 48)
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))

@@ -258,13 +258,14 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
         "device": "cpu",
         "multi_gpu": False,
     }
+    before = len(server["log"].read_text())
     request(
         f"{server['url']}/train/{MODEL}?run_sync=true",
         method="POST",
         body=json.dumps(params).encode(),
         headers={"Content-Type": "application/json"},
     )
-    log = server["log"].read_text()
+    log = server["log"].read_text()[before:]
     assert "Add Checkpoint Loader" not in log, "the served model was loaded"
     trained = torch.load(model, weights_only=True)
     assert not torch.equal(trained["final_conv.weight"], shipped["final_conv.weight"]), log[-5000:]
@@ -273,6 +274,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     assert "VolumeSliceDataset: 1 volumes" in log and "val_mean_dice improved" in log, log[-5000:]
     run_info = json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]
     assert run_info["mode"] == "finetune" and run_info["pretrained_ckpt"].endswith("pix2rep_backbone.pt")
+    assert run_info["slice_context"] == 0 and trained["conv_0.conv_0.conv.weight"].shape[1] == 1  # train.yaml's
     body = [k for k in backbone if k in trained and not k.startswith("final_conv")]
     assert body, "no body parameter in common with the backbone"
 
@@ -280,6 +282,29 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
         return sum(float((a[k].float() - b[k].float()).norm()) for k in body)
 
     assert distance(trained, backbone) < distance(shipped, backbone), "the new model did not start from the backbone"
+
+
+def test_train_continues_a_model_with_its_slice_context(server):
+    """/train/ from a model of models/ that sees each slice with its neighbours (the shipped one): the network is
+    built with that model's slice context, the model is loaded, and the new model.pt keeps the context."""
+    import torch
+
+    continued = server["bundle"] / "models" / "continued.pt"
+    shutil.copyfile(REPO / "models" / "model.pt", continued)
+    assert torch.load(continued, weights_only=True)["conv_0.conv_0.conv.weight"].shape[1] == 3
+    params = {"max_epochs": 1, "val_split": 0.5, "model_filename": "continued.pt", "device": "cpu", "multi_gpu": False}
+    before = len(server["log"].read_text())
+    request(
+        f"{server['url']}/train/{MODEL}?run_sync=true",
+        method="POST",
+        body=json.dumps(params).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    log = server["log"].read_text()[before:]
+    assert "Add Checkpoint Loader" in log and "val_mean_dice improved" in log, log[-5000:]
+    trained = torch.load(server["bundle"] / "models" / "model.pt", weights_only=True)
+    assert trained["conv_0.conv_0.conv.weight"].shape[1] == 3
+    assert json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]["slice_context"] == 1
 
 
 def test_activelearning_proposes_the_study_that_best_completes_the_labelled_ones(server):

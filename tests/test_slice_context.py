@@ -204,13 +204,9 @@ def test_mean_teacher_refuses_slice_context():
     assert check_mean_teacher("finetune", slice_context=0)
 
 
-def test_monai_label_training_continues_the_served_models_context(tmp_path):
-    """MONAI Label trains models/model.pt in place (raw volumes): the context is the served model's."""
-    (tmp_path / "models").mkdir()
-    torch.save(BasicUNet(2, 3, 4, features=TINY_FEATURES).state_dict(), tmp_path / "models" / "model.pt")
+def test_train_config_takes_the_slice_context_setting(tmp_path):
     settings = {"bundle_root": str(tmp_path), "features": TINY_FEATURES}
-    assert parsed_config("train.yaml", {**settings, "raw_volumes": True}).get_parsed_content("slice_context") == 1
-    assert parsed_config("train.yaml", {**settings, "raw_volumes": False}).get_parsed_content("slice_context") == 0
+    assert parsed_config("train.yaml", settings).get_parsed_content("slice_context") == 0
     network = parsed_config("train.yaml", {**settings, "slice_context": 2}).get_parsed_content("network_def")
     assert network.conv_0.conv_0.conv.in_channels == 5
 
