@@ -238,6 +238,19 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
     assert mean.mean() > DICE_FLOOR, dices
 
 
+def train_one_epoch(server: dict, model_filename: str) -> str:
+    """POST /train/ for one epoch on the CPU from ``models/<model_filename>``; the server's log lines it wrote."""
+    params = {"max_epochs": 1, "val_split": 0.5, "model_filename": model_filename, "device": "cpu", "multi_gpu": False}
+    before = len(server["log"].read_text())
+    request(
+        f"{server['url']}/train/{MODEL}?run_sync=true",
+        method="POST",
+        body=json.dumps(params).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    return server["log"].read_text()[before:]
+
+
 def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(server):
     """/train/ without the served model: train.yaml's default, fine-tuning from the shipped Pix2Rep backbone, on the
     one labelled subject (ED to train on, ES to validate); the new model.pt replaces the served one and starts from
@@ -251,21 +264,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     model = server["bundle"] / "models" / "model.pt"
     shipped = torch.load(model, weights_only=True)
     backbone = read_backbone(server["bundle"] / "models" / "pretrain" / "pix2rep_backbone.pt")["backbone"]
-    params = {
-        "max_epochs": 1,
-        "val_split": 0.5,
-        "model_filename": "from_backbone.pt",
-        "device": "cpu",
-        "multi_gpu": False,
-    }
-    before = len(server["log"].read_text())
-    request(
-        f"{server['url']}/train/{MODEL}?run_sync=true",
-        method="POST",
-        body=json.dumps(params).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    log = server["log"].read_text()[before:]
+    log = train_one_epoch(server, "from_backbone.pt")
     assert "Add Checkpoint Loader" not in log, "the served model was loaded"
     trained = torch.load(model, weights_only=True)
     assert not torch.equal(trained["final_conv.weight"], shipped["final_conv.weight"]), log[-5000:]
@@ -292,15 +291,7 @@ def test_train_continues_a_model_with_its_slice_context(server):
     continued = server["bundle"] / "models" / "continued.pt"
     shutil.copyfile(REPO / "models" / "model.pt", continued)
     assert torch.load(continued, weights_only=True)["conv_0.conv_0.conv.weight"].shape[1] == 3
-    params = {"max_epochs": 1, "val_split": 0.5, "model_filename": "continued.pt", "device": "cpu", "multi_gpu": False}
-    before = len(server["log"].read_text())
-    request(
-        f"{server['url']}/train/{MODEL}?run_sync=true",
-        method="POST",
-        body=json.dumps(params).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    log = server["log"].read_text()[before:]
+    log = train_one_epoch(server, "continued.pt")
     assert "Add Checkpoint Loader" in log and "val_mean_dice improved" in log, log[-5000:]
     trained = torch.load(server["bundle"] / "models" / "model.pt", weights_only=True)
     assert trained["conv_0.conv_0.conv.weight"].shape[1] == 3
