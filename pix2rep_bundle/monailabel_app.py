@@ -279,13 +279,16 @@ class StudiesGuard:
         if task is not None and hasattr(task, "bundle_path"):
             continued = os.path.join(task.bundle_path, "models", names[0] if names else "model.pt")
             context = slice_context_of(continued) if request.get("pretrained", True) else 0
-            task._update_overrides = functools.partial(with_slice_context, context=context)
+            task._update_overrides = functools.partial(with_slice_context, task, context=context)
         return super().train(request)
 
 
-def with_slice_context(overrides: dict[str, Any], context: int) -> None:
-    """``BundleTrainTask._update_overrides``: train.yaml's ``slice_context`` set to ``context``."""
+def with_slice_context(task: Any, overrides: dict[str, Any], context: int) -> Any:
+    """``task._update_overrides`` (its class's, per request: never stacked), then train.yaml's ``slice_context``
+    set to ``context``."""
+    updated = type(task)._update_overrides(task, overrides)
     overrides["slice_context"] = context
+    return updated
 
 
 def representative_strategies(models: dict[str, str]) -> dict[str, Any]:

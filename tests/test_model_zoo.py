@@ -80,13 +80,14 @@ def test_the_zoo_verifier_full_checks_pass_on_the_archive(archived, tmp_path):
 def test_shipped_weights_are_small_and_load_into_the_default_networks(archived):
     from pix2rep_bundle.networks import read_backbone
     from pix2rep_bundle.segmentation import load_segmentation_weights
+    from pix2rep_bundle.slice_context import input_channels
 
     model, backbone = archived / "models" / "model.pt", archived / "models" / "pretrain" / "pix2rep_backbone.pt"
     for path in (model, backbone):
         assert path.stat().st_size < MAX_WEIGHTS_MB * 2**20, f"{path.name}: over {MAX_WEIGHTS_MB} MB"
     parser = parsed_config(archived / "configs" / "inference.yaml", {"bundle_root": str(archived)})
     network = load_segmentation_weights(parser.get_parsed_content("network_def"), str(model), map_location="cpu")
-    channels = 1 + 2 * parser.get_parsed_content("slice_context")  # the slice and the neighbours it was trained with
+    channels = input_channels(parser.get_parsed_content("slice_context"))  # the slice and its trained neighbours
     assert network(torch.rand(1, channels, 128, 128)).shape == (1, 4, 128, 128)
     assert read_backbone(backbone)["features"] == list(parser.get_parsed_content("features"))
 

@@ -260,6 +260,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     import torch
 
     from pix2rep_bundle.networks import read_backbone
+    from pix2rep_bundle.slice_context import FIRST_CONV
 
     model = server["bundle"] / "models" / "model.pt"
     shipped = torch.load(model, weights_only=True)
@@ -273,7 +274,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     assert "VolumeSliceDataset: 1 volumes" in log and "val_mean_dice improved" in log, log[-5000:]
     run_info = json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]
     assert run_info["mode"] == "finetune" and run_info["pretrained_ckpt"].endswith("pix2rep_backbone.pt")
-    assert run_info["slice_context"] == 0 and trained["conv_0.conv_0.conv.weight"].shape[1] == 1  # train.yaml's
+    assert run_info["slice_context"] == 0 and trained[FIRST_CONV].shape[1] == 1  # train.yaml's
     body = [k for k in backbone if k in trained and not k.startswith("final_conv")]
     assert body, "no body parameter in common with the backbone"
 
@@ -288,13 +289,15 @@ def test_train_continues_a_model_with_its_slice_context(server):
     built with that model's slice context, the model is loaded, and the new model.pt keeps the context."""
     import torch
 
+    from pix2rep_bundle.slice_context import FIRST_CONV
+
     continued = server["bundle"] / "models" / "continued.pt"
     shutil.copyfile(REPO / "models" / "model.pt", continued)
-    assert torch.load(continued, weights_only=True)["conv_0.conv_0.conv.weight"].shape[1] == 3
+    assert torch.load(continued, weights_only=True)[FIRST_CONV].shape[1] == 3
     log = train_one_epoch(server, "continued.pt")
     assert "Add Checkpoint Loader" in log and "val_mean_dice improved" in log, log[-5000:]
     trained = torch.load(server["bundle"] / "models" / "model.pt", weights_only=True)
-    assert trained["conv_0.conv_0.conv.weight"].shape[1] == 3
+    assert trained[FIRST_CONV].shape[1] == 3
     assert json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]["slice_context"] == 1
 
 

@@ -16,6 +16,7 @@ from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.networks import read_backbone
 from pix2rep_bundle.reproduction import RECIPE, STATE_FILE, STEPS, read_state, step_overrides, typed_view_settings
+from pix2rep_bundle.slice_context import FIRST_CONV
 
 # the tiny network and images of the other tests, with the few settings of the reproduction's own configs
 TINY = {k: v for k, v in tiny_settings(".").items() if k not in ("bundle_root", "phantom_subjects")} | {
@@ -60,7 +61,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
     assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
     assert finetune_info["slice_context"] == RECIPE["finetune_slice_context"] == 1  # the slice and its neighbours
-    assert torch.load(out / "finetune" / "model.pt", weights_only=True)["conv_0.conv_0.conv.weight"].shape[1] == 3
+    assert torch.load(out / "finetune" / "model.pt", weights_only=True)[FIRST_CONV].shape[1] == 3
     assert not (root / "models").exists(), "nothing is shipped without --ship true"
 
     model_time = (out / "finetune" / "model.pt").stat().st_mtime_ns
