@@ -33,16 +33,20 @@ from pix2rep_bundle.workflows import PrepareViewPairs
 UNSUPPORTED_MODES = ("linear_probe",)
 
 
-def check_mean_teacher(mode: str, mean_teacher: Any = True, distributed: bool = False, slice_context: int = 0) -> bool:
+def check_mean_teacher(
+    mode: str, mean_teacher: Any = True, distributed: bool | None = None, slice_context: int = 0
+) -> bool:
     """Whether Mean Teacher is on; ValueError for the combinations it does not support.
 
     Mean Teacher trains the whole student, so it combines with ``scratch`` and ``finetune`` but not with the
     frozen body of ``linear_probe``; it runs in a single process (with ``configs/multi_gpu_train.yaml`` it is
-    refused), on single slices (``slice_context`` 0: its unlabelled views are one-channel).
-    ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
+    refused; ``distributed`` None: whether this process's group is up), on single slices (``slice_context`` 0: its
+    unlabelled views are one-channel). ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
     """
     from pix2rep_bundle.settings import as_bool
 
+    if distributed is None:  # a torch build without torch.distributed has no is_initialized
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     on = as_bool(mean_teacher, "mean_teacher")
     if on and mode in UNSUPPORTED_MODES:
         raise ValueError(

@@ -8,6 +8,7 @@ import copy
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -305,6 +306,10 @@ def test_mean_teacher_refuses_the_linear_probe_and_several_processes(tiny, tmp_p
     assert not (tmp_path / "out").exists(), "refused before any work"
     with pytest.raises(ValueError, match="multi_gpu_train.yaml"):
         check_mean_teacher("finetune", True, distributed=True)
+    assert check_mean_teacher("finetune"), "one process: no group is up"
+    with mock.patch("torch.distributed.is_initialized", return_value=True):  # the config's call: the group decides
+        with pytest.raises(ValueError, match="multi_gpu_train.yaml"):
+            check_mean_teacher("finetune")
     # the three merged: multi_gpu_train.yaml's initialize runs the variant's checks
     multi = parsed_config(["train.yaml", "multi_gpu_train.yaml", "mean_teacher.yaml"])
     assert "$@variant_checks" in multi["initialize"]
