@@ -82,6 +82,7 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "mean_teacher",
             "overwrite",
             "largest_component",
+            "dice_over_batch",
         )
     }
     | {

@@ -61,6 +61,11 @@ def test_changes_are_named_with_both_values_and_speed_settings_may_change():
         "--view_settings: {'zoom_offset': 'false', 'translate_fraction': 0.15} -> "
         + "{'zoom_offset': True, 'translate_fraction': 0.15}"
     ]
+    # a training recorded before --dice_over_batch existed took the Dice slice by slice: resumable as false only
+    assert differing_settings({"epochs": 3}, {"epochs": 3, "dice_over_batch": "false"}) == []
+    assert differing_settings({"epochs": 3}, {"epochs": 3, "dice_over_batch": True}) == [
+        "--dice_over_batch: False -> True"
+    ]
     refuse_changes("here", "nothing", [], "no remedy needed")  # no difference: no error
     with pytest.raises(DataError, match=r"here: other settings \(--k: 1 -> 5; --a: 2 -> 3\): rerun"):
         refuse_changes("here", "other settings", ["--k: 1 -> 5", "--a: 2 -> 3"], "rerun")

@@ -123,6 +123,28 @@ def test_augmentation_moves_image_and_labels_together(augmentation):
     assert moved >= 10
 
 
+@pytest.mark.parametrize("over_batch", [False, True])
+def test_dice_over_batch_scores_the_slices_pooled_or_one_by_one(over_batch):
+    loss_function = train_parser({"dice_over_batch": str(over_batch).lower()}).get_parsed_content("loss_function")
+    assert loss_function.dice.batch is over_batch
+    labels = torch.zeros(2, 1, 16, 16)
+    labels[0, 0, 2:14, 2:14] = 1  # a large RV on slice 0, a small one on slice 1 (a basal ES slice, say)
+    labels[1, 0, 7:9, 7:9] = 1
+    logits = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    dice = type(loss_function.dice)(to_onehot_y=True, softmax=True)  # slice by slice, MONAI's default
+    pooled = dice(torch.cat(list(logits), dim=-1)[None], torch.cat(list(labels), dim=-1)[None])  # one wide slice
+    one_by_one = (dice(logits[:1], labels[:1]) + dice(logits[1:], labels[1:])) / 2
+    assert not torch.isclose(pooled, one_by_one)
+    assert torch.isclose(loss_function.dice(logits, labels), pooled if over_batch else one_by_one)
+
+
+def test_a_bad_dice_over_batch_is_named_before_any_work(tmp_path):
+    with pytest.raises(Exception) as bad:
+        run("run", config_file=TRAIN, dice_over_batch="sometimes", output_dir=str(tmp_path / "never"))
+    assert find_in_chain(bad.value, ValueError, r"--dice_over_batch must be true or false, got 'sometimes'")
+    assert not (tmp_path / "never").exists()
+
+
 def test_an_unknown_augmentation_is_named_before_any_work(tmp_path):
     with pytest.raises(Exception) as unknown:
         run("run", config_file=TRAIN, augmentation="heavy", output_dir=str(tmp_path / "never"))
