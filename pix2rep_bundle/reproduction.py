@@ -29,7 +29,8 @@ STEPS = ("pretrain", "finetune", "evaluate", "native")
 # default "strong" was chosen later, for few labelled subjects)
 # (views centred on the image, where ACDC has the heart, then shifted by up to 15 % of it, rendered at 64 x 64 and
 # spent on 4x the epochs, validated every 2nd: chosen on the validation subjects, docs/recipe.md)
-# (model.pt sees each slice with its two neighbours, --slice_context 1: chosen on the validation subjects, docs/recipe.md)
+# (model.pt sees each slice with its two neighbours, --slice_context 1, and its loss takes the Dice over the batch,
+# --dice_over_batch true: each chosen on the validation subjects, docs/recipe.md)
 RECIPE = {
     "pretrain_epochs": 80,
     "pretrain_view_settings": {"zoom_offset": False, "translate_fraction": 0.15, "view_size": [64, 64]},
@@ -38,6 +39,7 @@ RECIPE = {
     "finetune_iterations_per_epoch": 50,
     "finetune_augmentation": "standard",
     "finetune_slice_context": 1,
+    "finetune_dice_over_batch": True,
 }
 COLUMNS = (*STRUCTURES, "mean")
 # the summaries printed at the end: folder -> what it scores
@@ -101,6 +103,7 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
             "mode": "finetune",
             "augmentation": RECIPE["finetune_augmentation"],
             "slice_context": RECIPE["finetune_slice_context"],
+            "dice_over_batch": RECIPE["finetune_dice_over_batch"],
             "num_labeled_subjects": num_labeled,
             "pretrained_ckpt": str(out / "pretrain" / "pix2rep_backbone.pt"),
             "epochs": settings["finetune_epochs"],

@@ -61,6 +61,7 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
     assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
     assert finetune_info["slice_context"] == RECIPE["finetune_slice_context"] == 1  # the slice and its neighbours
+    assert finetune_info["dice_over_batch"] is RECIPE["finetune_dice_over_batch"] is True  # the Dice over the batch
     assert torch.load(out / "finetune" / "model.pt", weights_only=True)[FIRST_CONV].shape[1] == 3
     assert not (root / "models").exists(), "nothing is shipped without --ship true"
 

@@ -44,6 +44,7 @@ def test_step_overrides_chain_the_steps_and_resume_an_unfinished_training(tmp_pa
     config, run_id, finetune = step_overrides("finetune", SETTINGS, tmp_path, 70)
     assert (config, run_id, finetune["mode"], finetune["resume"]) == ("train.yaml", "run", "finetune", True)
     assert finetune["num_labeled_subjects"] == 70 and finetune["augmentation"] == "standard"
+    assert finetune["dice_over_batch"] is True
     assert finetune["pretrained_ckpt"] == str(tmp_path / "pretrain" / "pix2rep_backbone.pt")
     config, _, evaluate = step_overrides("evaluate", SETTINGS, tmp_path, 0)
     assert (
