@@ -40,6 +40,7 @@ from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import write_json_atomic, write_text_atomic
 from pix2rep_bundle.label_map import DEFAULT_LABEL_MAP, parse_label_map
 from pix2rep_bundle.outputs import claim_output_dir
+from pix2rep_bundle.overrides import refuse_unknown
 
 STRUCTURES = DEFAULT_LABEL_MAP.names  # ACDC's: class indices 1, 2, 3; 0 is background
 NUM_CLASSES = len(STRUCTURES) + 1
@@ -180,11 +181,13 @@ def score_inference_outputs(
     """Score what ``config_file`` (configs/inference.yaml) parsed with ``overrides`` wrote, each output on its input's
     own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary.
     DataError, before anything is written, unless the output folder holds one finished inference run's outputs
-    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`)."""
+    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`). An override that is not a setting of
+    ``config_file`` (``--ouput_dir``, or ``--help`` taken as one) is a ValueError naming it, before any work."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(os.fspath(config_file))
+    refuse_unknown(parser.get(), overrides, f"configs/{os.path.basename(config_file)}")
     parser.update(dict(overrides))
     entries = parser.get_parsed_content("input_entries")
     output_dir = parser.get_parsed_content("output_dir")

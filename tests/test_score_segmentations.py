@@ -49,3 +49,12 @@ def test_truth_scores_one_a_lost_structure_zero_and_a_missing_output_is_named(tm
     first.unlink()
     with pytest.raises(DataError, match=f"{first.name}: segmentation not found"):
         load_script("score_segmentations").main(**settings, overwrite=True)
+
+
+@pytest.mark.parametrize("override", [{"ouput_dir": "segs"}, {"help": True}])
+def test_a_setting_inference_yaml_lacks_is_named_before_any_work(override, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    name = next(iter(override))
+    with pytest.raises(ValueError, match=rf"unknown setting --{name} for configs/inference.yaml"):
+        load_script("score_segmentations").main(bundle_root=str(tmp_path), **override)
+    assert list(tmp_path.iterdir()) == [], "no phantom generated, no report written"
