@@ -176,18 +176,24 @@ def score_segmentations(
 
 
 def score_inference_outputs(
-    config_file: str | os.PathLike, overrides: Mapping[str, Any], report_dir: str | os.PathLike, overwrite: bool = False
+    config_file: str | os.PathLike,
+    overrides: Mapping[str, Any],
+    report_dir: str | os.PathLike,
+    overwrite: bool = False,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Score what ``config_file`` (configs/inference.yaml) parsed with ``overrides`` wrote, each output on its input's
     own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary.
     DataError, before anything is written, unless the output folder holds one finished inference run's outputs
-    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`). An override that is not a setting of
-    ``config_file`` (``--ouput_dir``, or ``--help`` taken as one) is a ValueError naming it, before any work."""
+    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`). ``strict`` (a script passing on its user's
+    settings): an override that is not a setting of ``config_file`` (``--ouput_dir``, or ``--help`` taken as one) is a
+    ValueError naming it, before any work; without it, settings meant for the run's other configs are set and unused."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(os.fspath(config_file))
-    refuse_unknown(parser.get(), overrides, f"configs/{os.path.basename(config_file)}")
+    if strict:
+        refuse_unknown(parser.get(), overrides, f"configs/{os.path.basename(config_file)}")
     parser.update(dict(overrides))
     entries = parser.get_parsed_content("input_entries")
     output_dir = parser.get_parsed_content("output_dir")

@@ -13,7 +13,8 @@ inputs, their labels and the output paths are read from ``configs/inference.yaml
 
 Only one finished run's results are scored: the output folder's ``run_info.json`` must say ``"status": "finished"``
 and list exactly the segmentations found there (no file missing, none of another run mixed in); else the script
-stops with the problem named, before writing anything.
+stops with the problem named, before writing anything. A setting ``configs/inference.yaml`` does not have (a
+misspelling) stops it too, with the nearest known name.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main(bundle_root: str = ".", report_dir: str | None = None, overwrite: bool 
     """
     report = Path(report_dir) if report_dir else Path(bundle_root) / "eval" / "native"
     overrides = {"bundle_root": bundle_root, **overrides}
-    return score_inference_outputs(CONFIG, overrides, report, overwrite=as_bool(overwrite, "overwrite"))
+    return score_inference_outputs(CONFIG, overrides, report, overwrite=as_bool(overwrite, "overwrite"), strict=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import load_script, parsed_config, tiny_settings
+from helpers import load_script, parsed_config, train_settings
 
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.inference import output_paths
@@ -23,7 +23,7 @@ def planned_outputs(settings: dict) -> tuple[list[dict], dict[str, str]]:
 
 
 def test_truth_scores_one_a_lost_structure_zero_and_a_missing_output_is_named(tmp_path):
-    settings = tiny_settings(tmp_path)
+    settings = train_settings(tmp_path)  # settings of inference.yaml: the script refuses any other
     entries, outputs = planned_outputs(settings)
     output_dir = parsed_config("inference.yaml", settings).get_parsed_content("output_dir")
     start_inference_run(entries, output_dir, "seg", "unused")  # recorded as an inference run would record it
