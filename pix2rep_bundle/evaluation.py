@@ -25,7 +25,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ from pix2rep_bundle.inference_runs import check_inference_folder
 from pix2rep_bundle.io import write_json_atomic, write_text_atomic
 from pix2rep_bundle.label_map import DEFAULT_LABEL_MAP, parse_label_map
 from pix2rep_bundle.outputs import claim_output_dir
-from pix2rep_bundle.overrides import refuse_unknown
+
+if TYPE_CHECKING:
+    from monai.bundle import ConfigParser
 
 STRUCTURES = DEFAULT_LABEL_MAP.names  # ACDC's: class indices 1, 2, 3; 0 is background
 NUM_CLASSES = len(STRUCTURES) + 1
@@ -176,25 +178,13 @@ def score_segmentations(
 
 
 def score_inference_outputs(
-    config_file: str | os.PathLike,
-    overrides: Mapping[str, Any],
-    report_dir: str | os.PathLike,
-    overwrite: bool = False,
-    strict: bool = False,
+    parser: ConfigParser, report_dir: str | os.PathLike, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Score what ``config_file`` (configs/inference.yaml) parsed with ``overrides`` wrote, each output on its input's
-    own grid (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary.
-    DataError, before anything is written, unless the output folder holds one finished inference run's outputs
-    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`). ``strict`` (a script passing on its user's
-    settings): an override that is not a setting of ``config_file`` (``--ouput_dir``, or ``--help`` taken as one) is a
-    ValueError naming it, before any work; without it, settings meant for the run's other configs are set and unused."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.fspath(config_file))
-    if strict:
-        refuse_unknown(parser.get(), overrides, f"configs/{os.path.basename(config_file)}")
-    parser.update(dict(overrides))
+    """Score what ``parser``'s config (configs/inference.yaml with its overrides, e.g. from
+    :func:`pix2rep_bundle.bundle_configs.config_parser`) wrote, each output on its input's own grid
+    (:func:`score_segmentations`), into ``report_dir`` (``metrics.csv``, ``summary.json``); the summary. DataError,
+    before anything is written, unless the output folder holds one finished inference run's outputs
+    (:func:`pix2rep_bundle.inference_runs.check_inference_folder`)."""
     entries = parser.get_parsed_content("input_entries")
     output_dir = parser.get_parsed_content("output_dir")
     outputs = output_paths(entries, output_dir, parser.get_parsed_content("output_postfix"))

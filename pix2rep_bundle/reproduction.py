@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pix2rep_bundle.bundle_configs import CONFIG_DIR, config_parser, run_config
+from pix2rep_bundle.bundle_configs import config_parser, run_config
 from pix2rep_bundle.checkpoints import TRAINING_CHECKPOINT
 from pix2rep_bundle.data.datasets import load_datalist
 from pix2rep_bundle.evaluation import STRUCTURES, score_inference_outputs
@@ -132,7 +132,7 @@ def run_step(step: str, settings: Mapping[str, Any], out: Path, log: Callable[[s
     log(f"{step}: configs/{config} " + " ".join(f"--{k} {v}" for k, v in overrides.items()))
     run_config(config, run_id, overrides)
     if step == "native":
-        score_inference_outputs(CONFIG_DIR / "inference.yaml", overrides, out / "eval_native", overwrite=True)
+        score_inference_outputs(config_parser("inference.yaml", overrides), out / "eval_native", overwrite=True)
 
 
 def run_steps(state: dict[str, Any], state_path: Path, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -24,10 +24,9 @@ from typing import Any
 
 import fire
 
+from pix2rep_bundle.bundle_configs import config_parser
 from pix2rep_bundle.evaluation import score_inference_outputs
 from pix2rep_bundle.settings import as_bool
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "inference.yaml"
 
 
 def main(bundle_root: str = ".", report_dir: str | None = None, overwrite: bool = False, **overrides: Any) -> dict:
@@ -41,7 +40,8 @@ def main(bundle_root: str = ".", report_dir: str | None = None, overwrite: bool 
     """
     report = Path(report_dir) if report_dir else Path(bundle_root) / "eval" / "native"
     overrides = {"bundle_root": bundle_root, **overrides}
-    return score_inference_outputs(CONFIG, overrides, report, overwrite=as_bool(overwrite, "overwrite"), strict=True)
+    parser = config_parser("inference.yaml", overrides, strict=True)  # a misspelled setting: named, before any work
+    return score_inference_outputs(parser, report, overwrite=as_bool(overwrite, "overwrite"))
 
 
 if __name__ == "__main__":
