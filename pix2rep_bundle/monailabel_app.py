@@ -36,6 +36,7 @@ from monailabel.datastore.local import LocalDatastore
 
 from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
+from pix2rep_bundle.ensemble import ensemble_members
 from pix2rep_bundle.errors import DataError, PathError, error_in_chain
 from pix2rep_bundle.outputs import replaced_directory
 from pix2rep_bundle.slice_context import slice_context_of
@@ -270,7 +271,8 @@ class StudiesGuard:
 
     def train(self, request):
         """MONAI Label's training, with ``model_filename`` a plain file name inside the bundle's ``models/``; the
-        network gets the slice context of the model it continues (none when it starts from the backbone)."""
+        network gets the slice context and the ensemble size of the model it continues (none and one when it starts
+        from the backbone)."""
         name = request.get("model_filename")
         names = list(name) if isinstance(name, (list, tuple)) else [name] if name is not None else []
         for value in names:
@@ -278,16 +280,19 @@ class StudiesGuard:
         task = getattr(self, "_trainers", {}).get(request.get("model"))
         if task is not None and hasattr(task, "bundle_path"):
             continued = os.path.join(task.bundle_path, "models", names[0] if names else "model.pt")
-            context = slice_context_of(continued) if request.get("pretrained", True) else 0
-            task._update_overrides = functools.partial(with_slice_context, task, context=context)
+            pretrained = request.get("pretrained", True)
+            context = slice_context_of(continued) if pretrained else 0
+            members = ensemble_members(continued) if pretrained else 1
+            task._update_overrides = functools.partial(with_model_form, task, context=context, members=members)
         return super().train(request)
 
 
-def with_slice_context(task: Any, overrides: dict[str, Any], context: int) -> Any:
+def with_model_form(task: Any, overrides: dict[str, Any], context: int, members: int = 1) -> Any:
     """``task._update_overrides`` (its class's, per request: never stacked), then train.yaml's ``slice_context``
-    set to ``context``."""
+    set to ``context`` and its ``ensemble_members`` to ``members``."""
     updated = type(task)._update_overrides(task, overrides)
     overrides["slice_context"] = context
+    overrides["ensemble_members"] = members
     return updated
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.io import torch_save_atomic
 from pix2rep_bundle.slice_context import FIRST_CONV, widen_first_conv
+from pix2rep_bundle.state_dicts import ensemble_size, first_network_state, member_state, network_parameter_name
 
 HEAD_NAME = "final_conv"
 BACKBONE_FORMAT = "pix2rep-backbone-v1"
@@ -95,7 +96,9 @@ FEATURE_TENSORS = (
 
 
 def unet_features(state: Mapping[str, torch.Tensor]) -> list[int] | None:
-    """The ``features`` of the ``BasicUNet`` whose (backbone or full) state dict is ``state``; None if it is not one."""
+    """The ``features`` of the ``BasicUNet`` whose (backbone or full) state dict is ``state`` (an ensemble's: its
+    networks'); None if it is not one."""
+    state = first_network_state(state)
     try:
         return [int(state[name].shape[0]) for name in FEATURE_TENSORS]
     except (KeyError, AttributeError, IndexError):
@@ -103,14 +106,20 @@ def unet_features(state: Mapping[str, torch.Tensor]) -> list[int] | None:
 
 
 def describe_network(state: Mapping[str, torch.Tensor]) -> str:
-    """Words for the network a state dict holds, e.g. ``a BasicUNet with features=[16, 16, 32, 64, 128, 32]``."""
-    features = unet_features(state)
-    return f"a BasicUNet with features={features}" if features else "not a BasicUNet"
+    """Words for the network a state dict holds, e.g. ``a BasicUNet with features=[16, 16, 32, 64, 128, 32]`` (or
+    ``an ensemble of 3 BasicUNets with ...``)."""
+    features, size = unet_features(state), ensemble_size(state)
+    if not features:
+        return "not a BasicUNet"
+    if size:
+        return f"an ensemble of {size} BasicUNets with features={features}"
+    return f"a BasicUNet with features={features}"
 
 
 def output_classes(state: Mapping[str, Any]) -> int | None:
-    """The output channels of a ``BasicUNet`` state dict (its ``final_conv``); None without one."""
-    weight = state.get(f"{HEAD_NAME}.weight")
+    """The output channels of a ``BasicUNet`` state dict (its ``final_conv``; an ensemble's: its networks'); None
+    without one."""
+    weight = first_network_state(state).get(f"{HEAD_NAME}.weight")
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim > 0 else None
 
 
@@ -123,6 +132,12 @@ def checkpoint_kind(ckpt: Any) -> str:
         return "a Pix2Rep backbone (the output of pretraining, for --pretrained_ckpt)"
     if {"network", "trainer"} <= set(ckpt):
         return "a resumable training state (for --resume true), not a network's weights"
+    size = ensemble_size(ckpt)
+    if size:
+        member = checkpoint_kind(member_state(ckpt, 0))
+        if member.startswith("a segmentation model ("):
+            return f"an ensemble of {size} segmentation models (each {member[len('a segmentation model (') :]}"
+        return f"an ensemble of {size} networks, the first {member}"
     features = unet_features(ckpt)
     if features and output_classes(ckpt) is not None:
         return f"a segmentation model (a BasicUNet with features={features}, {output_classes(ckpt)} output classes)"
@@ -141,6 +156,9 @@ def state_differences(held: Mapping[str, Any], expected: Mapping[str, torch.Tens
     missing and unexpected keys, shapes (each listed briefly). ``head=False``: ``held`` has no output layer to
     compare (a backbone)."""
     differences = []
+    held_size, size = ensemble_size(held), ensemble_size(expected)
+    if held_size != size:  # every key differs then: the count says it all
+        return [f"networks {held_size or 1} vs {size or 1} (--ensemble_members)"]
     held_features, features = unet_features(held), unet_features(expected)
     if held_features and features and held_features != features:
         differences.append(f"feature widths {held_features} vs {features}")
@@ -299,10 +317,16 @@ def load_pretrained_backbone(network: nn.Module, path: str | os.PathLike) -> nn.
     return network
 
 
+def is_head_parameter(name: str) -> bool:
+    """Whether a parameter (``named_parameters`` name) belongs to the head, ``final_conv``, of its network (also
+    inside an ensemble: ``members.1.final_conv.weight``)."""
+    return network_parameter_name(name).startswith(HEAD_NAME + ".")
+
+
 def freeze_backbone(network: nn.Module) -> nn.Module:
     """Freeze every parameter but the head's (``final_conv``): the linear-probe setting."""
     for name, param in network.named_parameters():
-        param.requires_grad = name.startswith(HEAD_NAME + ".")
+        param.requires_grad = is_head_parameter(name)
     return network
 
 

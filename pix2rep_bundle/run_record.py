@@ -45,7 +45,12 @@ SPEED_SETTINGS = frozenset(
 )
 # settings added after runs were first recorded: a record without one was made under this value (label_map: ACDC's,
 # pix2rep_bundle.label_map.DEFAULT_LABEL_MAP)
-ABSENT_MEANS: dict[str, Any] = {"label_map": {"RV": 1, "MYO": 2, "LV": 3}, "slice_context": 0, "dice_over_batch": False}
+ABSENT_MEANS: dict[str, Any] = {
+    "label_map": {"RV": 1, "MYO": 2, "LV": 3},
+    "slice_context": 0,
+    "dice_over_batch": False,
+    "ensemble_members": 1,
+}
 
 
 def plain_value(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """The few-shot segmentation network in each training mode, its parameter groups, and its weights.
 
-Three modes share one network, a plain 2D ``BasicUNet`` with 4 output classes (so ``models/model.pt`` is a
-plain state dict that MONAI Label and the inference config load without this package):
+Three modes share one network, a plain 2D ``BasicUNet`` with 4 output classes (or an ensemble of such networks,
+each set up alike: :mod:`pix2rep_bundle.ensemble`), whose ``models/model.pt`` is a plain state dict:
 
 - ``linear_probe``: the pretrained Pix2Rep backbone is loaded and frozen; only the 1x1 ``final_conv`` (the
   probe) trains, and the body stays in eval mode (normalisation statistics and dropout frozen too);
@@ -18,11 +18,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from pix2rep_bundle.ensemble import network_members
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.networks import (
     HEAD_NAME,
     checkpoint_kind,
     freeze_backbone,
+    is_head_parameter,
     load_pretrained_backbone,
     network_mismatch,
     require_finite,
@@ -62,10 +64,11 @@ def prepare_network(network: nn.Module, mode: str, pretrained_ckpt: str | os.Pat
         CheckpointError: ``pretrained_ckpt`` missing, unreadable or of other shapes (pretrained modes only).
     """
     check_mode(mode)
-    if mode in PRETRAINED_MODES:
-        load_pretrained_backbone(network, pretrained_ckpt)
-    if mode == "linear_probe":
-        keep_body_in_eval_mode(freeze_backbone(network))
+    for member in network_members(network):  # an ensemble's networks each start from the backbone
+        if mode in PRETRAINED_MODES:
+            load_pretrained_backbone(member, pretrained_ckpt)
+        if mode == "linear_probe":
+            keep_body_in_eval_mode(freeze_backbone(member))
     return network
 
 
@@ -74,7 +77,7 @@ def _split_parameters(network: nn.Module) -> tuple[list[nn.Parameter], list[nn.P
     body, head = [], []
     for name, param in network.named_parameters():
         if param.requires_grad:
-            (head if name.startswith(HEAD_NAME + ".") else body).append(param)
+            (head if is_head_parameter(name) else body).append(param)
     return body, head
 
 
@@ -95,7 +98,8 @@ def parameter_groups(network: nn.Module, mode: str, lr_body: float | None, lr_he
 def load_segmentation_weights(
     network: nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> nn.Module:
-    """Load ``models/model.pt`` (a plain state dict, or one under the key ``"model"``) into ``network``.
+    """Load ``models/model.pt`` (a plain state dict, or one under the key ``"model"``; one network's or an
+    ensemble's) into ``network``.
 
     Raises:
         CheckpointError: missing file, unreadable file, another kind of checkpoint (a Pix2Rep backbone, a resumable
@@ -114,7 +118,7 @@ def load_segmentation_weights(
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else ckpt
     kind = checkpoint_kind(state)
-    if not isinstance(state, Mapping) or not kind.startswith(("a segmentation model", "a BasicUNet")):
+    if not isinstance(state, Mapping) or not kind.startswith(("a segmentation model", "a BasicUNet", "an ensemble of")):
         raise CheckpointError(path, f"holds {kind}, not the weights of a segmentation network (a model.pt)")
     require_finite(state, path)
     try:

@@ -54,6 +54,7 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "unlabeled_batch_size",
             "projection_hidden",
             "projection_dim",
+            "ensemble_members",
         )
     }
     | {

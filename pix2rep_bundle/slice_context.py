@@ -19,6 +19,8 @@ import torch
 from monai.inferers import SliceInferer
 from monai.transforms import MapTransform, RandomizableTransform
 
+from pix2rep_bundle.state_dicts import first_network_state, peek_state_dict
+
 FIRST_CONV = "conv_0.conv_0.conv.weight"  # BasicUNet's first convolution (out, in, kh, kw)
 
 
@@ -88,18 +90,10 @@ class RandReverseSliceOrderd(RandomizableTransform, MapTransform):
 
 
 def slice_context_of(ckpt_path: str | os.PathLike | Mapping[str, Any]) -> int:
-    """The slice context a segmentation checkpoint (path or state dict) was trained with, from its first
-    convolution's input channels; 0 when the file is missing or unreadable (loading it then reports why)."""
-    state: Any = ckpt_path
-    if not isinstance(ckpt_path, Mapping):
-        if not os.path.isfile(ckpt_path):
-            return 0
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - load_segmentation_weights names the problem
-            return 0
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
+    """The slice context a segmentation checkpoint (path or state dict; one network or an ensemble) was trained
+    with, from its first convolution's input channels; 0 when the file is missing or unreadable (loading it then
+    reports why)."""
+    state = first_network_state(peek_state_dict(ckpt_path))
     weight = state.get(FIRST_CONV) if isinstance(state, Mapping) else None
     if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[1] % 2 == 0:
         return 0
