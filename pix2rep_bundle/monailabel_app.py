@@ -38,6 +38,7 @@ from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
 from pix2rep_bundle.ensemble import ensemble_members
 from pix2rep_bundle.errors import DataError, PathError, error_in_chain
+from pix2rep_bundle.monailabel_serving import follow_model_file
 from pix2rep_bundle.outputs import replaced_directory
 from pix2rep_bundle.slice_context import slice_context_of
 
@@ -254,8 +255,10 @@ class StudiesGuard:
                 raise refusal(422, f"image {image!r}", f"not a readable NIfTI file ({type(err).__name__})") from err
 
     def infer(self, request, datastore=None):
-        """MONAI Label's inference, on a study only; a study the bundle cannot read answers 422."""
+        """MONAI Label's inference, on a study only, with a network of the loaded file's form (slice context, ensemble
+        size); a study the bundle cannot read answers 422."""
         self.check_image_request(request, datastore)
+        follow_model_file(getattr(self, "_infers", {}).get(request.get("model")), request)
         try:
             return super().infer(request, datastore)
         except Exception as err:

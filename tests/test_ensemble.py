@@ -4,6 +4,7 @@ that read (evaluate.yaml, inference.yaml, the Zoo's export) or train (train.yaml
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -237,3 +238,43 @@ def test_a_bad_ensemble_size_is_named_before_any_work(tmp_path):
         run("run", config_file=str(CONFIGS / "train.yaml"), ensemble_members=0, output_dir=str(tmp_path / "never"))
     assert find_in_chain(bad.value, ValueError, r"--ensemble_members must be a positive integer, got 0")
     assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------- MONAI Label's inference task
+
+
+class FakeBundleInferTask:
+    """The attributes of MONAI Label's ``BundleInferTask`` that the bundle reads: its config, parsed network, model
+    paths, options and cached networks."""
+
+    def __init__(self, root, model_filename_option: bool = False):
+        self.bundle_config = parsed_config("inference.yaml", tiny_overrides(root))
+        self.network = self.bundle_config.get_parsed_content("network_def", instantiate=True)
+        self.path = [str(root / "models" / "model.pt")]
+        self._config = {"model_filename": model_filename_option}
+        self._networks = {"cpu": (self.network, 0.0)}
+
+    def get_path(self):
+        return self.path[0]
+
+
+def test_monai_label_inference_follows_the_form_of_the_file_it_loads(tmp_path):
+    from pix2rep_bundle.monailabel_serving import follow_model_file
+
+    model = tmp_path / "models" / "model.pt"
+    saved(unet(in_channels=3), model)
+    task = FakeBundleInferTask(tmp_path)
+    assert not follow_model_file(task, {}) and task._networks, "a file that fits the served network: kept"
+    assert task.bundle_config.get_parsed_content("inferer").slice_context == 1
+    pair = [saved(unet(seed=s), tmp_path / f"m{s}.pt") for s in range(2)]  # one slice each, as /train/ may write
+    join_networks(pair, model, overwrite=True)
+    assert follow_model_file(task, {}) and not task._networks
+    assert isinstance(task.network, SoftmaxEnsemble) and task.network.members[0].conv_0.conv_0.conv.in_channels == 1
+    assert task.bundle_config.get_parsed_content("inferer").slice_context == 0
+    load_segmentation_weights(task.network, model)  # the file now loads strictly
+    assert not follow_model_file(task, {"model_filename": "m0.pt"}), "the task takes no model_filename"
+    task = FakeBundleInferTask(tmp_path, model_filename_option=True)
+    shutil.copyfile(pair[0], model.parent / "single.pt")
+    assert follow_model_file(task, {"model_filename": "single.pt"}) and type(task.network) is BasicUNet
+    assert follow_model_file(task, {"model_filename": "none.pt"}) and isinstance(task.network, SoftmaxEnsemble)
+    assert follow_model_file(object(), {}) is False  # another kind of task

@@ -188,40 +188,12 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
     """/infer/ on each unlabelled study: the label volume has the study's shape, agrees with the bundle's own
     configs/inference.yaml voxel for voxel, and scores above a Dice floor against the phantom's truth."""
     images = sorted(server["truth"])
-    bundle = server["bundle"]
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            "configs/inference.yaml",
-            "--inputs",
-            json.dumps([str(server["studies"] / f"{i}.nii.gz") for i in images]),
-            "--output_dir",
-            str(tmp_path / "bundle"),
-            "--bundle_root",
-            str(bundle),
-        ],
-        cwd=bundle,
-        check=True,
-        capture_output=True,
-    )
-    body, content_type = multipart({"params": json.dumps({"device": "cpu"})})
+    bundle_segmentations(server, images, tmp_path / "bundle")
     dices, seconds = [], []
     for image_id in images:
         start = time.time()
-        data = request(
-            f"{server['url']}/infer/{MODEL}?image={image_id}&output=image",
-            method="POST",
-            body=body,
-            headers={"Content-Type": content_type},
-        )
+        pred = served_segmentation(server, image_id, tmp_path / f"{image_id}.nii.gz")
         seconds.append(time.time() - start)
-        out = tmp_path / f"{image_id}.nii.gz"
-        out.write_bytes(data)
-        pred = np.rint(np.asarray(nib.load(str(out)).dataobj)).astype(np.int64)
         truth = np.asarray(nib.load(str(server["truth"][image_id])).dataobj).astype(np.int64)
         own = np.asarray(nib.load(str(tmp_path / "bundle" / f"{image_id}_seg.nii.gz")).dataobj).astype(np.int64)
         assert pred.shape == truth.shape, (pred.shape, truth.shape)
@@ -236,6 +208,22 @@ def test_infer_segments_unlabelled_volumes_as_the_bundle_itself_does(server, tmp
         f"Dice RV {mean[0]:.3f} MYO {mean[1]:.3f} LV {mean[2]:.3f}"
     )
     assert mean.mean() > DICE_FLOOR, dices
+
+
+def bundle_segmentations(server: dict, images: list[str], out: Path) -> None:
+    """The bundle's own configs/inference.yaml, with the server's models/model.pt, on the studies ``images``."""
+    inputs = json.dumps([str(server["studies"] / f"{i}.nii.gz") for i in images])
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml"]
+    command += ["--inputs", inputs, "--output_dir", str(out), "--bundle_root", str(server["bundle"])]
+    subprocess.run(command, cwd=server["bundle"], check=True, capture_output=True)
+
+
+def served_segmentation(server: dict, image_id: str, out: Path) -> np.ndarray:
+    """/infer/ on the study ``image_id`` (on the CPU), saved to ``out``: its labels."""
+    body, content_type = multipart({"params": json.dumps({"device": "cpu"})})
+    url = f"{server['url']}/infer/{MODEL}?image={image_id}&output=image"
+    out.write_bytes(request(url, method="POST", body=body, headers={"Content-Type": content_type}))
+    return np.rint(np.asarray(nib.load(str(out)).dataobj)).astype(np.int64)
 
 
 def train_one_epoch(server: dict, model_filename: str) -> str:
@@ -261,9 +249,10 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
 
     from pix2rep_bundle.networks import read_backbone
     from pix2rep_bundle.slice_context import FIRST_CONV
+    from pix2rep_bundle.state_dicts import first_network_state
 
     model = server["bundle"] / "models" / "model.pt"
-    shipped = torch.load(model, weights_only=True)
+    shipped = first_network_state(torch.load(model, weights_only=True))  # an ensemble's: its first network
     backbone = read_backbone(server["bundle"] / "models" / "pretrain" / "pix2rep_backbone.pt")["backbone"]
     log = train_one_epoch(server, "from_backbone.pt")
     assert "Add Checkpoint Loader" not in log, "the served model was loaded"
@@ -275,6 +264,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     run_info = json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]
     assert run_info["mode"] == "finetune" and run_info["pretrained_ckpt"].endswith("pix2rep_backbone.pt")
     assert run_info["slice_context"] == 0 and trained[FIRST_CONV].shape[1] == 1  # train.yaml's
+    assert run_info["ensemble_members"] == 1  # one network
     body = [k for k in backbone if k in trained and not k.startswith("final_conv")]
     assert body, "no body parameter in common with the backbone"
 
@@ -284,21 +274,33 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
     assert distance(trained, backbone) < distance(shipped, backbone), "the new model did not start from the backbone"
 
 
-def test_train_continues_a_model_with_its_slice_context(server):
-    """/train/ from a model of models/ that sees each slice with its neighbours (the shipped one): the network is
-    built with that model's slice context, the model is loaded, and the new model.pt keeps the context."""
+def test_train_continues_an_ensemble_with_its_slice_context_and_size(server, tmp_path):
+    """/train/ from a model of models/ that sees each slice with its neighbours and is an ensemble (two copies of the
+    shipped model's first network): the network is built with that model's slice context and ensemble size, the model
+    is loaded, and the new model.pt keeps both; /infer/ then serves that model (as the bundle's own inference does),
+    whatever form the server started with."""
     import torch
 
+    from pix2rep_bundle.ensemble import join_networks
     from pix2rep_bundle.slice_context import FIRST_CONV
+    from pix2rep_bundle.state_dicts import ensemble_size, first_network_state
 
+    network = first_network_state(torch.load(REPO / "models" / "model.pt", weights_only=True))
+    for name in ("a.pt", "b.pt"):
+        torch.save(network, tmp_path / name)
     continued = server["bundle"] / "models" / "continued.pt"
-    shutil.copyfile(REPO / "models" / "model.pt", continued)
-    assert torch.load(continued, weights_only=True)[FIRST_CONV].shape[1] == 3
+    join_networks([tmp_path / "a.pt", tmp_path / "b.pt"], continued)
+    assert network[FIRST_CONV].shape[1] == 3
     log = train_one_epoch(server, "continued.pt")
     assert "Add Checkpoint Loader" in log and "val_mean_dice improved" in log, log[-5000:]
     trained = torch.load(server["bundle"] / "models" / "model.pt", weights_only=True)
-    assert trained[FIRST_CONV].shape[1] == 3
-    assert json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]["slice_context"] == 1
+    assert ensemble_size(trained) == 2 and first_network_state(trained)[FIRST_CONV].shape[1] == 3
+    settings = json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]
+    assert settings["slice_context"] == 1 and settings["ensemble_members"] == 2
+    image_id = sorted(server["truth"])[0]
+    bundle_segmentations(server, [image_id], tmp_path / "bundle")
+    own = np.asarray(nib.load(str(tmp_path / "bundle" / f"{image_id}_seg.nii.gz")).dataobj).astype(np.int64)
+    assert np.mean(served_segmentation(server, image_id, tmp_path / "served.nii.gz") == own) > 0.99
 
 
 def test_activelearning_proposes_the_study_that_best_completes_the_labelled_ones(server):
