@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, load_script, parsed_config
+from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, load_script, parsed_config, train_settings
 from monai.bundle import ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
@@ -144,14 +144,8 @@ def test_join_refuses_members_that_are_no_single_network_or_differ(tmp_path, bac
 
 
 def tiny_overrides(root) -> dict:
-    return {
-        "bundle_root": str(root),
-        "profile": "compact",
-        "phantom_subjects": 10,
-        "image_size": [48, 48],
-        "spacing": [4.0, 4.0],
-        "features": TINY_FEATURES,
-    }
+    """The tests' tiny phantom and network, as configs/evaluate.yaml and inference.yaml take them."""
+    return {k: v for k, v in train_settings(root).items() if k != "batch_size"}
 
 
 def test_evaluate_config_scores_an_ensemble_of_one_network_twice_as_that_network(tmp_path):
@@ -207,10 +201,9 @@ def test_cli_inference_verify_and_torchscript_export_of_an_ensemble(tmp_path):
 
 def test_train_config_trains_an_ensemble_whose_members_each_start_from_the_backbone(tmp_path, backbone):
     overrides = {
-        **tiny_overrides(tmp_path),
+        **train_settings(tmp_path),
         "epochs": 1,
         "iterations_per_epoch": 2,
-        "batch_size": 4,
         "num_workers": 0,
         "mode": "finetune",
         "pretrained_ckpt": str(backbone),
