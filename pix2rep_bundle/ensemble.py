@@ -21,6 +21,7 @@ from torch import nn
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.io import refuse_existing_file, torch_save_atomic
 from pix2rep_bundle.networks import checkpoint_kind, output_classes, require_finite, unet_features
+from pix2rep_bundle.run_record import recorded_settings
 from pix2rep_bundle.slice_context import slice_context_of
 from pix2rep_bundle.state_dicts import ENSEMBLE_KEY, ensemble_size, peek_state_dict
 
@@ -97,8 +98,8 @@ def join_networks(
 
     Raises:
         ValueError: fewer than 2 paths, or one given twice.
-        CheckpointError: a member missing, unreadable, not one segmentation network, with a nan or inf weight, or of
-            another architecture than the first.
+        CheckpointError: a member missing, unreadable, not one segmentation network, with a nan or inf weight, of
+            another architecture than the first, or recorded (``run_info.json`` beside it) with another label map.
         FileExistsError: ``out`` exists and ``overwrite`` is false.
     """
     members = [Path(p) for p in paths]
@@ -123,6 +124,13 @@ def join_networks(
         if form(state) != first or set(state) != set(states[0]):
             raise CheckpointError(
                 path, f"{form(state)}; the first member, {members[0]}: {first}. An ensemble's networks must share them"
+            )
+    maps = [(path, (recorded_settings(path.parent) or {}).get("label_map")) for path in members]
+    recorded = [(path, label_map) for path, label_map in maps if label_map is not None]
+    for path, label_map in recorded[1:]:
+        if label_map != recorded[0][1]:  # run_info.json beside each model.pt, where its training wrote one
+            raise CheckpointError(
+                path, f"trained with the label map {label_map}, {recorded[0][0]} with {recorded[0][1]}: no ensemble"
             )
     joined = {f"{ENSEMBLE_KEY}.{i}.{key}": value for i, state in enumerate(states) for key, value in state.items()}
     torch_save_atomic(joined, target)

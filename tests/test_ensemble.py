@@ -132,6 +132,14 @@ def test_join_refuses_members_that_are_no_single_network_or_differ(tmp_path, bac
         with pytest.raises(kind, match=message):
             join_networks(members, out)
         assert not out.exists()
+    for name, label_map in (("a.pt", {"RV": 1, "MYO": 2, "LV": 3}), ("b.pt", {"LV": 1, "MYO": 2, "RV": 3})):
+        (tmp_path / name.replace(".pt", "")).mkdir()
+        shutil.copyfile(tmp_path / name, tmp_path / name.replace(".pt", "") / "model.pt")
+        record = {"settings": {"label_map": label_map}}
+        (tmp_path / name.replace(".pt", "") / "run_info.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"b/model.pt: trained with the label map \{'LV': 1.*a/model.pt with"):
+        join_networks([tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"], out)
+    assert not out.exists()
     with pytest.raises(ValueError, match="is one of the members"):
         join_networks([plain, context], plain, overwrite=True)
     make_ensemble = load_script("make_ensemble")
