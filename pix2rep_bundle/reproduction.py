@@ -16,6 +16,7 @@ from typing import Any
 from pix2rep_bundle.bundle_configs import config_parser, run_config
 from pix2rep_bundle.checkpoints import TRAINING_CHECKPOINT
 from pix2rep_bundle.data.datasets import load_datalist
+from pix2rep_bundle.ensemble import join_networks
 from pix2rep_bundle.evaluation import STRUCTURES, score_inference_outputs
 from pix2rep_bundle.io import atomic_path, write_json_atomic, write_text_atomic
 from pix2rep_bundle.run_record import changed_settings, plain_value, read_record, refuse_changes
@@ -23,14 +24,15 @@ from pix2rep_bundle.view_settings import ViewSettings
 
 SPLIT = "semi_70_10_20"
 STATE_FILE = "reproduce_state.json"
-STEPS = ("pretrain", "finetune", "evaluate", "native")
+FINETUNE_STEP = "finetune_seed"  # one step per seed: finetune_seed3, ...
 # the recipe (docs/README.md, "The recipe"): chosen on the validation subjects of the split
 # (the shipped model.pt was trained on all 70 subjects with the milder "standard" augmentation of train.yaml, whose
 # default "strong" was chosen later, for few labelled subjects)
 # (views centred on the image, where ACDC has the heart, then shifted by up to 15 % of it, rendered at 64 x 64 and
 # spent on 4x the epochs, validated every 2nd: chosen on the validation subjects, docs/recipe.md)
 # (model.pt sees each slice with its two neighbours, --slice_context 1, and its loss takes the Dice over the batch,
-# --dice_over_batch true: each chosen on the validation subjects, docs/recipe.md)
+# --dice_over_batch true: each chosen on the validation subjects, docs/recipe.md; it is the ensemble of three such
+# trainings that differ only in --seed, rule R11)
 RECIPE = {
     "pretrain_epochs": 80,
     "pretrain_view_settings": {"zoom_offset": False, "translate_fraction": 0.15, "view_size": [64, 64]},
@@ -40,6 +42,7 @@ RECIPE = {
     "finetune_augmentation": "standard",
     "finetune_slice_context": 1,
     "finetune_dice_over_batch": True,
+    "finetune_seeds": [3, 4, 5],
 }
 COLUMNS = (*STRUCTURES, "mean")
 # the summaries printed at the end: folder -> what it scores
@@ -62,8 +65,9 @@ def read_state(path: Path, settings: Mapping[str, Any], overwrite: bool) -> dict
         return {"settings": settings, "steps": {}}
     state = read_record(path, strict=True)
     # states of earlier versions lack "overrides", "pretrain_view_settings" (their views were the defaults) and
-    # "pretrain_val_interval" (they validated every epoch)
-    old = {"overrides": {}, "pretrain_view_settings": {}, "pretrain_val_interval": 1, **state.get("settings", {})}
+    # "pretrain_val_interval" (they validated every epoch) and "finetune_seeds" (they trained one network, seed 0)
+    old = {"overrides": {}, "pretrain_view_settings": {}, "pretrain_val_interval": 1, "finetune_seeds": [0]}
+    old |= state.get("settings", {})
     old["pretrain_view_settings"] = typed_view_settings(old["pretrain_view_settings"])
     refuse_changes(
         path,
@@ -84,8 +88,30 @@ def common_overrides(settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def steps_of(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """The steps of a reproduction: the pretraining, a fine-tuning per seed, their ensemble, the two read-outs."""
+    finetunes = tuple(f"{FINETUNE_STEP}{int(seed)}" for seed in settings["finetune_seeds"])
+    return ("pretrain", *finetunes, "ensemble", "evaluate", "native")
+
+
+def member_dir(out: Path, seed: int) -> Path:
+    """The folder of the fine-tuning with ``seed``."""
+    return out / "finetune" / f"seed_{seed}"
+
+
+def join_members(settings: Mapping[str, Any], out: Path) -> Path:
+    """``<out>/finetune/model.pt``: the ensemble of the fine-tunings (the one network, for a single seed)."""
+    members = [member_dir(out, int(seed)) / "model.pt" for seed in settings["finetune_seeds"]]
+    model = out / "finetune" / "model.pt"
+    if len(members) == 1:
+        copy_atomic(members[0], model)
+    else:
+        join_networks(members, model, overwrite=True)  # the reproduction's own file: an earlier try is replaced
+    return model
+
+
 def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labeled: int) -> tuple[str, str, dict]:
-    """(config, run id, overrides) of one step."""
+    """(config, run id, overrides) of one step that runs a config."""
     common = common_overrides(settings)
     if step == "pretrain":
         resume = (out / "pretrain" / "checkpoint.pt").is_file()
@@ -97,9 +123,11 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
             "resume": resume,
         }
         return "pretrain.yaml", "pretrain", {**common, **overrides}
-    if step == "finetune":
-        resume = (out / "finetune" / TRAINING_CHECKPOINT).is_file()
+    if step.startswith(FINETUNE_STEP):
+        seed = int(step[len(FINETUNE_STEP) :])
+        resume = (member_dir(out, seed) / TRAINING_CHECKPOINT).is_file()
         overrides = {
+            "seed": seed,
             "mode": "finetune",
             "augmentation": RECIPE["finetune_augmentation"],
             "slice_context": RECIPE["finetune_slice_context"],
@@ -108,7 +136,7 @@ def step_overrides(step: str, settings: Mapping[str, Any], out: Path, num_labele
             "pretrained_ckpt": str(out / "pretrain" / "pix2rep_backbone.pt"),
             "epochs": settings["finetune_epochs"],
             "iterations_per_epoch": settings["finetune_iterations_per_epoch"],
-            "output_dir": str(out / "finetune"),
+            "output_dir": str(member_dir(out, seed)),
             "resume": resume,
         }
         return "train.yaml", "run", {**common, **overrides}
@@ -126,8 +154,12 @@ def labeled_pool_size(settings: Mapping[str, Any]) -> int:
 
 
 def run_step(step: str, settings: Mapping[str, Any], out: Path, log: Callable[[str], None] = print) -> None:
-    """Run one step through its config (and score the native step's outputs into ``<out>/eval_native``)."""
-    num_labeled = labeled_pool_size(settings) if step == "finetune" else 0
+    """Run one step through its config (and score the native step's outputs into ``<out>/eval_native``), or join
+    the fine-tunings (``ensemble``)."""
+    if step == "ensemble":
+        log(f"{step}: {join_members(settings, out)}")
+        return
+    num_labeled = labeled_pool_size(settings) if step.startswith(FINETUNE_STEP) else 0
     config, run_id, overrides = step_overrides(step, settings, out, num_labeled)
     log(f"{step}: configs/{config} " + " ".join(f"--{k} {v}" for k, v in overrides.items()))
     run_config(config, run_id, overrides)
@@ -138,20 +170,21 @@ def run_step(step: str, settings: Mapping[str, Any], out: Path, log: Callable[[s
 def run_steps(state: dict[str, Any], state_path: Path, out: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the steps of ``state`` not done yet, recording each one's seconds (summed over invocations, also for an
     interrupted step) and completion in ``state_path`` as they go; returns the state with ``total_seconds``."""
-    for number, step in enumerate(STEPS, 1):
+    steps = steps_of(state["settings"])
+    for number, step in enumerate(steps, 1):
         record = state["steps"].setdefault(step, {"done": False, "seconds": 0.0})
         if record["done"]:
-            log(f"step {number}/{len(STEPS)} {step}: done earlier ({record['seconds']:.0f} s), skipped")
+            log(f"step {number}/{len(steps)} {step}: done earlier ({record['seconds']:.0f} s), skipped")
             continue
         began = time.perf_counter()
         try:
-            run_step(step, state["settings"], out, lambda line, n=number: log(f"step {n}/{len(STEPS)} {line}"))
+            run_step(step, state["settings"], out, lambda line, n=number: log(f"step {n}/{len(steps)} {line}"))
         finally:
             record["seconds"] = round(record["seconds"] + time.perf_counter() - began, 1)
             write_json_atomic(state_path, state)
         record["done"] = True
         write_json_atomic(state_path, state)
-        log(f"step {number}/{len(STEPS)} {step}: finished ({record['seconds']:.0f} s in all)")
+        log(f"step {number}/{len(steps)} {step}: finished ({record['seconds']:.0f} s in all)")
     state["total_seconds"] = round(sum(r["seconds"] for r in state["steps"].values()), 1)
     write_json_atomic(state_path, state)
     return state

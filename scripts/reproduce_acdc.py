@@ -8,14 +8,17 @@ Steps (split ``semi_70_10_20``: 70 training, 10 validation, 20 test subjects; do
 1. ``pretrain``: Pix2Rep pretraining (``configs/pretrain.yaml``, with the recipe's ``view_settings``) on the images of
    the 70 training subjects, no labels, best validation loss on the validation subjects
    -> ``<output_dir>/pretrain/pix2rep_backbone.pt``;
-2. ``finetune``: ``configs/train.yaml --mode finetune`` from that backbone on all labelled training subjects,
-   the network with the best validation Dice -> ``<output_dir>/finetune/model.pt``;
-3. ``evaluate``: ``configs/evaluate.yaml`` on the 20 test subjects (3D Dice and HD95 per structure, in the
+2. ``finetune_seed3``, ``finetune_seed4``, ``finetune_seed5``: ``configs/train.yaml --mode finetune`` from that
+   backbone on all labelled training subjects, once per ``--seed``, the network with the best validation Dice
+   -> ``<output_dir>/finetune/seed_<seed>/model.pt``;
+3. ``ensemble``: the three networks joined (the mean of their softmax; ``scripts/make_ensemble.py``)
+   -> ``<output_dir>/finetune/model.pt``;
+4. ``evaluate``: ``configs/evaluate.yaml`` on the 20 test subjects (3D Dice and HD95 per structure, in the
    bundle's input space) -> ``<output_dir>/eval/summary.json``; nothing of the test subjects is used before;
-4. ``native``: ``configs/inference.yaml`` segments the 40 test volumes as they are (``<output_dir>/segmentations/``),
+5. ``native``: ``configs/inference.yaml`` segments the 40 test volumes as they are (``<output_dir>/segmentations/``),
    scored on their own grids against the ground truth -> ``<output_dir>/eval_native/summary.json``;
-5. with ``--ship true``: the two weight files copied (atomically) to ``models/pretrain/pix2rep_backbone.pt`` and
-   ``models/model.pt``, and the test metrics of step 4 written into ``configs/metadata.json`` (``eval_metrics``).
+6. with ``--ship true``: the two weight files copied (atomically) to ``models/pretrain/pix2rep_backbone.pt`` and
+   ``models/model.pt``, and the test metrics of step 5 written into ``configs/metadata.json`` (``eval_metrics``).
 
 The preparation of the data (resampling, cropping) happens inside step 1 (``cache/prepared/``). Progress goes to
 the terminal; ``<output_dir>/reproduce_state.json`` records the settings, each finished step and the seconds it
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,16 @@ from pix2rep_bundle.settings import as_bool
 log = progress_log("reproduce_acdc")
 
 
+def checked_seeds(seeds: Any) -> list[int]:
+    """``--finetune_seeds`` as a list of distinct whole numbers, or a ValueError naming the setting."""
+    values = list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"--finetune_seeds must be whole numbers >= 0, e.g. [3,4,5]; got {seeds!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--finetune_seeds: each seed once (each trains another network), got {seeds!r}")
+    return values
+
+
 def main(
     dataset_dir: str,
     output_dir: str | None = None,
@@ -61,6 +74,7 @@ def main(
     pretrain_val_interval: int = RECIPE["pretrain_val_interval"],
     finetune_epochs: int = RECIPE["finetune_epochs"],
     finetune_iterations_per_epoch: int = RECIPE["finetune_iterations_per_epoch"],
+    finetune_seeds: Sequence[int] = tuple(RECIPE["finetune_seeds"]),
     ship: bool = False,
     overwrite: bool = False,
     overrides: Mapping[str, Any] | None = None,
@@ -75,6 +89,7 @@ def main(
         pretrain_view_settings: the pretraining's ``view_settings`` (default: the recipe's; ``{}`` for the
             configs' own views).
         pretrain_val_interval: epochs between the pretraining's validations (default: the recipe's).
+        finetune_seeds: the ``--seed`` of each fine-tuning; their networks form the ensemble (one seed: one network).
         ship: copy the weights into models/ and the test metrics into configs/metadata.json.
         overwrite: start afresh over an earlier reproduction with other settings in ``output_dir``.
         overrides: further overrides for every config (e.g. ``{"num_workers": 0}``); they change the recipe.
@@ -97,6 +112,7 @@ def main(
         "pretrain_val_interval": int(pretrain_val_interval),
         "finetune_epochs": int(finetune_epochs),
         "finetune_iterations_per_epoch": int(finetune_iterations_per_epoch),
+        "finetune_seeds": checked_seeds(finetune_seeds),
         "overrides": dict(overrides or {}),
     }
     overwrite, ship = as_bool(overwrite, "overwrite"), as_bool(ship, "ship")

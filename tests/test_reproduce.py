@@ -15,8 +15,9 @@ from helpers import CONFIGS, TINY_FEATURES, load_script, tiny_settings
 from pix2rep_bundle.data.phantom import ensure_phantom
 from pix2rep_bundle.errors import DataError
 from pix2rep_bundle.networks import read_backbone
-from pix2rep_bundle.reproduction import RECIPE, STATE_FILE, STEPS, read_state, step_overrides, typed_view_settings
+from pix2rep_bundle.reproduction import RECIPE, STATE_FILE, read_state, step_overrides, steps_of, typed_view_settings
 from pix2rep_bundle.slice_context import FIRST_CONV
+from pix2rep_bundle.state_dicts import ensemble_size, first_network_state
 
 # the tiny network and images of the other tests, with the few settings of the reproduction's own configs
 TINY = {k: v for k, v in tiny_settings(".").items() if k not in ("bundle_root", "phantom_subjects")} | {
@@ -47,7 +48,8 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     )
     state = script.main(**settings)
     out = root / "runs" / "acdc"
-    assert [state["steps"][s]["done"] for s in STEPS] == [True, True, True, True]
+    assert list(state["steps"]) == list(steps_of(state["settings"])) and len(state["steps"]) == 7
+    assert all(step["done"] for step in state["steps"].values())
     assert state["total_seconds"] > 0
     summary = json.loads((out / "eval" / "summary.json").read_text())
     native = json.loads((out / "eval_native" / "summary.json").read_text())
@@ -58,11 +60,15 @@ def test_reproduction_runs_the_three_steps_resumes_refuses_other_settings_and_sh
     pretrain_info = json.loads((out / "pretrain" / "run_info.json").read_text())["settings"]
     recipe_views = {"zoom_offset": False, "translate_fraction": 0.15, "view_size": [64, 64]}
     assert pretrain_info["view_settings"] == RECIPE["pretrain_view_settings"] == recipe_views
-    finetune_info = json.loads((out / "finetune" / "run_info.json").read_text())["settings"]
-    assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
-    assert finetune_info["slice_context"] == RECIPE["finetune_slice_context"] == 1  # the slice and its neighbours
-    assert finetune_info["dice_over_batch"] is RECIPE["finetune_dice_over_batch"] is True  # the Dice over the batch
-    assert torch.load(out / "finetune" / "model.pt", weights_only=True)[FIRST_CONV].shape[1] == 3
+    for seed in RECIPE["finetune_seeds"]:  # the ensemble's members, trained alike but for the seed
+        finetune_info = json.loads((out / "finetune" / f"seed_{seed}" / "run_info.json").read_text())["settings"]
+        assert finetune_info["num_labeled_subjects"] == 70 and finetune_info["mode"] == "finetune"
+        assert finetune_info["slice_context"] == RECIPE["finetune_slice_context"] == 1  # the slice and its neighbours
+        assert finetune_info["dice_over_batch"] is RECIPE["finetune_dice_over_batch"] is True  # over the batch
+        assert finetune_info["seed"] == seed
+    model = torch.load(out / "finetune" / "model.pt", weights_only=True)
+    assert ensemble_size(model) == len(RECIPE["finetune_seeds"]) == 3 and RECIPE["finetune_seeds"] == [3, 4, 5]
+    assert first_network_state(model)[FIRST_CONV].shape[1] == 3
     assert not (root / "models").exists(), "nothing is shipped without --ship true"
 
     model_time = (out / "finetune" / "model.pt").stat().st_mtime_ns
@@ -120,7 +126,7 @@ def test_the_recipe_pretrains_with_its_views_and_validation_interval(tmp_path):
 
 
 def test_a_state_of_an_earlier_version_validated_every_epoch(tmp_path):
-    settings = {"pretrain_epochs": 20, "pretrain_view_settings": {}, "overrides": {}}
+    settings = {"pretrain_epochs": 20, "pretrain_view_settings": {}, "overrides": {}, "finetune_seeds": [0]}
     state_path = tmp_path / STATE_FILE
     state_path.write_text(json.dumps({"settings": settings}))
     with pytest.raises(DataError, match=r"--pretrain_val_interval: 1 -> 2"):
@@ -138,6 +144,7 @@ def test_view_settings_are_recorded_as_the_pretraining_reads_them(tmp_path):
     typed = typed_view_settings({"zoom_offset": "false", "translate_fraction": 0.15, "scale_range": (0.5, 0.9)})
     assert typed == {"zoom_offset": False, "translate_fraction": 0.15, "scale_range": [0.5, 0.9]}
     settings = {"pretrain_epochs": 20, "pretrain_view_settings": {"zoom_offset": False}, "pretrain_val_interval": 1}
+    settings["finetune_seeds"] = [0]  # as a state of an earlier version reads
     state_path = tmp_path / STATE_FILE
     state_path.write_text(json.dumps({"settings": {**settings, "pretrain_view_settings": {"zoom_offset": "false"}}}))
     assert read_state(state_path, {**settings, "overrides": {}}, overwrite=False)["settings"]
@@ -146,3 +153,10 @@ def test_view_settings_are_recorded_as_the_pretraining_reads_them(tmp_path):
             dataset_dir=str(tmp_path), bundle_root=str(tmp_path), pretrain_view_settings={"zoom": 1}
         )
     assert not (tmp_path / "runs").exists(), "refused before any folder is made"
+
+
+@pytest.mark.parametrize("seeds", [[3, 3], [], ["x"], [-1], 2.5])
+def test_bad_finetune_seeds_are_named_before_any_work(tmp_path, seeds):
+    with pytest.raises(ValueError, match="--finetune_seeds"):
+        load_script("reproduce_acdc").main(dataset_dir=str(tmp_path), bundle_root=str(tmp_path), finetune_seeds=seeds)
+    assert not (tmp_path / "runs").exists()

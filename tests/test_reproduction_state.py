@@ -9,7 +9,7 @@ import pytest
 
 import pix2rep_bundle.reproduction as reproduction
 from pix2rep_bundle.errors import DataError
-from pix2rep_bundle.reproduction import STEPS, metrics_table, read_state, run_steps, ship_files, step_overrides
+from pix2rep_bundle.reproduction import metrics_table, read_state, run_steps, ship_files, step_overrides, steps_of
 
 SETTINGS = {
     "dataset_dir": "/data/acdc",
@@ -19,6 +19,7 @@ SETTINGS = {
     "pretrain_val_interval": 2,
     "finetune_epochs": 3,
     "finetune_iterations_per_epoch": 4,
+    "finetune_seeds": [3, 4],
     "overrides": {"image_size": (48, 48)},
 }
 
@@ -39,10 +40,13 @@ def test_step_overrides_chain_the_steps_and_resume_an_unfinished_training(tmp_pa
     assert (config, run_id) == ("pretrain.yaml", "pretrain") and pretrain["resume"] is False
     assert pretrain["subject_split"] == "semi_70_10_20" and pretrain["image_size"] == (48, 48)
     assert pretrain["epochs"] == 2 and pretrain["view_settings"] == {"zoom_offset": False}
-    (tmp_path / "finetune" / "train_state").mkdir(parents=True)
-    (tmp_path / "finetune" / "train_state" / "checkpoint.pt").write_bytes(b"")
-    config, run_id, finetune = step_overrides("finetune", SETTINGS, tmp_path, 70)
+    assert steps_of(SETTINGS) == ("pretrain", "finetune_seed3", "finetune_seed4", "ensemble", "evaluate", "native")
+    (tmp_path / "finetune" / "seed_4" / "train_state").mkdir(parents=True)
+    (tmp_path / "finetune" / "seed_4" / "train_state" / "checkpoint.pt").write_bytes(b"")
+    config, run_id, finetune = step_overrides("finetune_seed4", SETTINGS, tmp_path, 70)
     assert (config, run_id, finetune["mode"], finetune["resume"]) == ("train.yaml", "run", "finetune", True)
+    assert finetune["seed"] == 4 and finetune["output_dir"] == str(tmp_path / "finetune" / "seed_4")
+    assert step_overrides("finetune_seed3", SETTINGS, tmp_path, 70)[2]["resume"] is False  # its own checkpoint
     assert finetune["num_labeled_subjects"] == 70 and finetune["augmentation"] == "standard"
     assert finetune["dice_over_batch"] is True
     assert finetune["pretrained_ckpt"] == str(tmp_path / "pretrain" / "pix2rep_backbone.pt")
@@ -68,12 +72,13 @@ def test_run_steps_runs_each_step_once_and_sums_the_seconds_of_an_interrupted_on
     with pytest.raises(RuntimeError, match="interrupted"):
         run_steps(state, path, tmp_path, log=lambda line: None)
     recorded = json.loads(path.read_text())
-    assert [recorded["steps"][s]["done"] for s in STEPS[:3]] == [True, True, False]  # seconds kept, step not done
+    steps = steps_of(SETTINGS)
+    assert [recorded["steps"][s]["done"] for s in steps[:5]] == [True] * 4 + [False]  # seconds kept, step not done
     lines = []
     done = run_steps(read_state(path, SETTINGS, overwrite=False), path, tmp_path, log=lines.append)
-    assert ran == ["pretrain", "finetune", "evaluate", "evaluate", "native"]
-    assert all(done["steps"][s]["done"] for s in STEPS) and json.loads(path.read_text()) == done
-    assert "step 1/4 pretrain: done earlier" in lines[0] and done["total_seconds"] >= 0
+    assert ran == ["pretrain", "finetune_seed3", "finetune_seed4", "ensemble", "evaluate", "evaluate", "native"]
+    assert all(done["steps"][s]["done"] for s in steps) and json.loads(path.read_text()) == done
+    assert "step 1/6 pretrain: done earlier" in lines[0] and done["total_seconds"] >= 0
 
 
 def summary(dice: float | None) -> dict:
@@ -99,3 +104,12 @@ def test_metrics_table_and_shipping(tmp_path):
     metrics = json.loads(metadata.read_text())["eval_metrics"]
     assert metrics["acdc_test_dice_lv"] == 0.9123 and metrics["acdc_test_hd95_mean"] == 4.0
     assert json.loads(metadata.read_text())["version"] == "1"
+
+
+def test_a_state_of_an_earlier_version_trained_one_network_with_seed_0(tmp_path):
+    path = tmp_path / "reproduce_state.json"
+    earlier = {k: v for k, v in SETTINGS.items() if k != "finetune_seeds"}
+    path.write_text(json.dumps({"settings": earlier, "steps": {"finetune": {"done": True, "seconds": 1.0}}}))
+    with pytest.raises(DataError, match=r"--finetune_seeds: \[0\] -> \[3, 4\]"):
+        read_state(path, SETTINGS, overwrite=False)
+    assert read_state(path, {**SETTINGS, "finetune_seeds": [0]}, overwrite=False)["settings"]
