@@ -226,6 +226,18 @@ def served_segmentation(server: dict, image_id: str, out: Path) -> np.ndarray:
     return np.rint(np.asarray(nib.load(str(out)).dataobj)).astype(np.int64)
 
 
+def assert_served_as_the_bundle_segments(server: dict, tmp_path: Path) -> None:
+    """/infer/ on one study loads the current models/model.pt whole (no key left out) and agrees with the bundle's own
+    configs/inference.yaml on it."""
+    image_id = sorted(server["truth"])[0]
+    bundle_segmentations(server, [image_id], tmp_path / "bundle")
+    own = np.asarray(nib.load(str(tmp_path / "bundle" / f"{image_id}_seg.nii.gz")).dataobj).astype(np.int64)
+    before = len(server["log"].read_text())
+    served = served_segmentation(server, image_id, tmp_path / "served.nii.gz")
+    assert "Checkpoint keys don't match" not in server["log"].read_text()[before:], "weights left out"
+    assert np.mean(served == own) > 0.99
+
+
 def train_one_epoch(server: dict, model_filename: str) -> str:
     """POST /train/ for one epoch on the CPU from ``models/<model_filename>``; the server's log lines it wrote."""
     params = {"max_epochs": 1, "val_split": 0.5, "model_filename": model_filename, "device": "cpu", "multi_gpu": False}
@@ -239,12 +251,12 @@ def train_one_epoch(server: dict, model_filename: str) -> str:
     return server["log"].read_text()[before:]
 
 
-def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(server):
+def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(server, tmp_path):
     """/train/ without the served model: train.yaml's default, fine-tuning from the shipped Pix2Rep backbone, on the
     one labelled subject (ED to train on, ES to validate); the new model.pt replaces the served one and starts from
-    the backbone (its body lies nearer the backbone than the shipped model's does). MONAI Label 0.8.5 fails on
-    ``pretrained: false`` (``os.path.exists(None)``); a ``model_filename`` that does not exist skips the served
-    model the same way (docs/README.md, MONAI Label)."""
+    the backbone (its body lies nearer the backbone than the shipped model's does), and /infer/ serves it. MONAI Label
+    0.8.5 fails on ``pretrained: false`` (``os.path.exists(None)``); a ``model_filename`` that does not exist skips
+    the served model the same way (docs/README.md, MONAI Label)."""
     import torch
 
     from pix2rep_bundle.networks import read_backbone
@@ -272,6 +284,7 @@ def test_train_fine_tunes_from_the_shipped_backbone_with_one_labelled_subject(se
         return sum(float((a[k].float() - b[k].float()).norm()) for k in body)
 
     assert distance(trained, backbone) < distance(shipped, backbone), "the new model did not start from the backbone"
+    assert_served_as_the_bundle_segments(server, tmp_path)  # one network, one slice: /infer/ follows the new file
 
 
 def test_train_continues_an_ensemble_with_its_slice_context_and_size(server, tmp_path):
@@ -297,10 +310,7 @@ def test_train_continues_an_ensemble_with_its_slice_context_and_size(server, tmp
     assert ensemble_size(trained) == 2 and first_network_state(trained)[FIRST_CONV].shape[1] == 3
     settings = json.loads((server["bundle"] / "models" / "run_info.json").read_text())["settings"]
     assert settings["slice_context"] == 1 and settings["ensemble_members"] == 2
-    image_id = sorted(server["truth"])[0]
-    bundle_segmentations(server, [image_id], tmp_path / "bundle")
-    own = np.asarray(nib.load(str(tmp_path / "bundle" / f"{image_id}_seg.nii.gz")).dataobj).astype(np.int64)
-    assert np.mean(served_segmentation(server, image_id, tmp_path / "served.nii.gz") == own) > 0.99
+    assert_served_as_the_bundle_segments(server, tmp_path)
 
 
 def test_activelearning_proposes_the_study_that_best_completes_the_labelled_ones(server):
