@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import sys
 
-import fire
-
 from pix2rep_bundle.cardiac_indices import (
     AGREEMENT_COLUMNS,
     agreement_table,
@@ -24,6 +22,7 @@ from pix2rep_bundle.cardiac_indices import (
     compute_indices,
     write_outputs,
 )
+from pix2rep_bundle.command_line import fire_cli
 from pix2rep_bundle.settings import as_bool
 
 
@@ -76,12 +75,7 @@ def main(
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line; bad input or an existing output prints one line and gives exit status 1."""
-    try:
-        fire.Fire(main, command=argv)
-    except (OSError, ValueError) as err:  # DataError is a ValueError; FileExistsError an OSError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return fire_cli(main, argv)
 
 
 if __name__ == "__main__":

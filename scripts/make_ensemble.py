@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import sys
 
-import fire
-
+from pix2rep_bundle.command_line import fire_cli
 from pix2rep_bundle.ensemble import join_networks
 from pix2rep_bundle.settings import as_bool
 
@@ -35,12 +34,7 @@ def main(*members: str, out: str | None = None, overwrite: bool = False, **unkno
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line; bad input or an existing output prints one line and gives exit status 1."""
-    try:
-        fire.Fire(main, command=argv)
-    except (OSError, ValueError) as err:  # CheckpointError is a ValueError; FileExistsError an OSError
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return fire_cli(main, argv)
 
 
 if __name__ == "__main__":
