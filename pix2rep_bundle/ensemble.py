@@ -20,7 +20,7 @@ from torch import nn
 
 from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.io import refuse_existing_file, torch_save_atomic
-from pix2rep_bundle.networks import checkpoint_kind, output_classes, require_finite, unet_features
+from pix2rep_bundle.networks import checkpoint_kind, load_checkpoint_file, output_classes, require_finite, unet_features
 from pix2rep_bundle.run_record import recorded_settings
 from pix2rep_bundle.slice_context import slice_context_of
 from pix2rep_bundle.state_dicts import ENSEMBLE_KEY, ensemble_size, peek_state_dict
@@ -75,12 +75,7 @@ def ensemble_members(ckpt_path: str | os.PathLike) -> int:
 
 def _member_weights(path: Path) -> dict[str, torch.Tensor]:
     """The state dict of one trained segmentation network, with clear errors (not an ensemble: it would nest)."""
-    if not path.is_file():
-        raise CheckpointError(path, "not found (each member is a model.pt that configs/train.yaml wrote)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = load_checkpoint_file(path, "not found (each member is a model.pt that configs/train.yaml wrote)")
     state = peek_state_dict(ckpt)
     kind = checkpoint_kind(state if state is not None else ckpt)
     if state is None or not kind.startswith("a segmentation model"):

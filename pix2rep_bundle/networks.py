@@ -256,18 +256,23 @@ def save_backbone(net: Pix2RepNet, path: str | os.PathLike) -> None:
     torch_save_atomic(ckpt, path)
 
 
-def read_backbone(path: str | os.PathLike) -> dict:
-    """Load a backbone checkpoint written by :func:`save_backbone`, with clear errors."""
+def load_checkpoint_file(path: str | os.PathLike, missing: str, map_location: str | torch.device = "cpu") -> Any:
+    """What ``torch.load(path, weights_only=True)`` reads; CheckpointError naming ``path`` when there is no such file
+    (``missing`` says what to do) or it is no readable PyTorch checkpoint."""
     if not os.path.isfile(path):
-        raise CheckpointError(
-            path,
-            "pretrained checkpoint not found (run the pretrain config first, or pass "
-            "--pretrained_ckpt with an existing file)",
-        )
+        raise CheckpointError(path, missing)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+
+
+def read_backbone(path: str | os.PathLike) -> dict:
+    """Load a backbone checkpoint written by :func:`save_backbone`, with clear errors."""
+    ckpt = load_checkpoint_file(
+        path,
+        "pretrained checkpoint not found (run the pretrain config first, or pass --pretrained_ckpt with an existing file)",
+    )
     if not isinstance(ckpt, dict) or ckpt.get("format") != BACKBONE_FORMAT:
         raise CheckpointError(
             path, f"holds {checkpoint_kind(ckpt)}, not a Pix2Rep backbone (expected format '{BACKBONE_FORMAT}')"

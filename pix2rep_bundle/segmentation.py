@@ -25,6 +25,7 @@ from pix2rep_bundle.networks import (
     checkpoint_kind,
     freeze_backbone,
     is_head_parameter,
+    load_checkpoint_file,
     load_pretrained_backbone,
     network_mismatch,
     require_finite,
@@ -106,16 +107,12 @@ def load_segmentation_weights(
             training state), a nan or inf weight, or tensors that do not fit the network (what the file holds and
             what differs: feature widths, output classes, keys).
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            path,
-            "segmentation checkpoint not found (train first with configs/train.yaml, or "
-            "pass --ckpt_path with an existing file)",
-        )
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = load_checkpoint_file(
+        path,
+        "segmentation checkpoint not found (train first with configs/train.yaml, or "
+        "pass --ckpt_path with an existing file)",
+        map_location,
+    )
     state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else ckpt
     kind = checkpoint_kind(state)
     if not isinstance(state, Mapping) or not kind.startswith(("a segmentation model", "a BasicUNet", "an ensemble of")):
