@@ -36,11 +36,9 @@ from monailabel.datastore.local import LocalDatastore
 
 from pix2rep_bundle.data.records import NIFTI_SUFFIXES
 from pix2rep_bundle.data.volume_checks import check_label, check_pair, load_nifti
-from pix2rep_bundle.ensemble import ensemble_members
 from pix2rep_bundle.errors import DataError, PathError, error_in_chain
-from pix2rep_bundle.monailabel_serving import follow_model_file
+from pix2rep_bundle.monailabel_serving import file_form, follow_model_file
 from pix2rep_bundle.outputs import replaced_directory
-from pix2rep_bundle.slice_context import slice_context_of
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +281,7 @@ class StudiesGuard:
         task = getattr(self, "_trainers", {}).get(request.get("model"))
         if task is not None and hasattr(task, "bundle_path"):
             continued = os.path.join(task.bundle_path, "models", names[0] if names else "model.pt")
-            pretrained = request.get("pretrained", True)
-            context = slice_context_of(continued) if pretrained else 0
-            members = ensemble_members(continued) if pretrained else 1
+            members, context = file_form(continued) if request.get("pretrained", True) else (1, 0)
             task._update_overrides = functools.partial(with_model_form, task, context=context, members=members)
         return super().train(request)
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from torch import nn
 
-from pix2rep_bundle.ensemble import ensemble_members, network_members
+from pix2rep_bundle.ensemble import network_members
 from pix2rep_bundle.slice_context import FIRST_CONV, slice_context_of
+from pix2rep_bundle.state_dicts import ensemble_size, peek_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ def network_form(network: nn.Module) -> tuple[int, int]:
 
 
 def file_form(path: str | os.PathLike) -> tuple[int, int]:
-    """(networks, slice context) of a segmentation checkpoint."""
-    return ensemble_members(path), slice_context_of(path)
+    """(networks, slice context) of a segmentation checkpoint, read once; (1, 0) for a file that is missing or
+    unreadable (loading it then says why)."""
+    state = peek_state_dict(path) or {}
+    return ensemble_size(state) or 1, slice_context_of(state)
 
 
 def model_file(task: Any, request: dict[str, Any]) -> str | None:
@@ -59,11 +62,12 @@ def follow_model_file(task: Any, request: dict[str, Any]) -> bool:
     ):
         return False
     path = model_file(task, request)
-    if path is None or file_form(path) == network_form(network):
+    if path is None:
         return False
-    logger.info(
-        f"{path}: {file_form(path)} (networks, slice context), the served network {network_form(network)}: rebuilt"
-    )
+    wanted, served = file_form(path), network_form(network)  # the file read once a request
+    if wanted == served:
+        return False
+    logger.info(f"{path}: {wanted} (networks, slice context), the served network {served}: rebuilt")
     config["ckpt_path"] = path
     config.parse(reset=True)  # slice_context, ensemble_members, network_def and the inferer follow ckpt_path
     task.network = config.get_parsed_content("network_def", instantiate=True)
