@@ -68,3 +68,23 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def zoo_export(common: list[str], ckpt: str | Path, ts: str | Path):
+    """The Model Zoo's ``verify_net_in_out`` and ``ckpt_export`` of ``configs/inference.yaml``'s ``network_def`` with
+    the settings ``common``, each asserted to pass; the exported TorchScript module, loaded."""
+    import subprocess
+    import sys
+
+    import torch
+
+    cli = [sys.executable, "-m", "monai.bundle"]
+    meta = ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.yaml")]
+    done = subprocess.run(
+        [*cli, "verify_net_in_out", "network_def", *meta, *common], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0 and "verified with no error" in done.stdout + done.stderr, done.stderr[-3000:]
+    export = ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt)]
+    done = subprocess.run([*cli, *export, *meta, *common], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0 and Path(ts).is_file(), done.stderr[-3000:]
+    return torch.jit.load(str(ts))

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, load_script, parsed_config, train_settings
+from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, load_script, parsed_config, train_settings, zoo_export
 from monai.bundle import ConfigWorkflow, run
 from monai.networks.nets import BasicUNet
 
@@ -193,18 +193,10 @@ def test_cli_inference_verify_and_torchscript_export_of_an_ensemble(tmp_path):
     done = subprocess.run([*cli, *args, *common], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert nib.load(str(tmp_path / "seg" / "in_seg.nii.gz")).shape == (40, 36, 2)
-    meta = ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", inference]
-    done = subprocess.run(
-        [*cli, "verify_net_in_out", "network_def", *meta, *common], capture_output=True, text=True, cwd=REPO
-    )
-    assert done.returncode == 0 and "verified with no error" in done.stdout + done.stderr, done.stderr[-3000:]
-    ts = tmp_path / "model.ts"
-    export = ["ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt)]
-    done = subprocess.run([*cli, *export, *meta, *common], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0 and ts.is_file(), done.stderr[-3000:]
+    scripted = zoo_export(common, ckpt, tmp_path / "model.ts")
     x = torch.rand(2, 3, 48, 48)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(ts))(x), SoftmaxEnsemble(members).eval()(x))
+        torch.testing.assert_close(scripted(x), SoftmaxEnsemble(members).eval()(x))
 
 
 def test_train_config_trains_an_ensemble_whose_members_each_start_from_the_backbone(tmp_path, backbone):

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, parsed_config
+from helpers import CONFIGS, REPO, TINY_FEATURES, find_in_chain, parsed_config, zoo_export
 from monai.networks.nets import BasicUNet
 from torch import nn
 
@@ -262,20 +262,7 @@ def test_cli_inference_then_verify_net_in_out_and_torchscript_export(tmp_path):
     assert "infer: 1 volume(s)" in done.stdout + done.stderr
     assert nib.load(str(tmp_path / "seg" / "in_seg.nii.gz")).shape == (40, 36, 2)
 
-    meta = ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", INFERENCE]
-    done = subprocess.run(
-        [*cli, "verify_net_in_out", "network_def", *meta, *common], capture_output=True, text=True, cwd=REPO
-    )
-    assert done.returncode == 0 and "verified with no error" in done.stdout + done.stderr, done.stderr[-3000:]
-    ts = tmp_path / "model.ts"
-    done = subprocess.run(
-        [*cli, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(ckpt), *meta, *common],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert done.returncode == 0 and ts.is_file(), done.stderr[-3000:]
-    scripted = torch.jit.load(str(ts))
+    scripted = zoo_export(common, ckpt, tmp_path / "model.ts")
     x = torch.rand(2, 3, 48, 48)
     net.eval()
     with torch.no_grad():
