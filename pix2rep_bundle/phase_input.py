@@ -43,38 +43,36 @@ def acdc_phase(image: str | os.PathLike) -> str | None:
     try:
         fields = dict(line.split(":", 1) for line in info.read_text().splitlines() if ":" in line)
         frames = {name: int(fields[name].strip()) for name in ("ED", "ES") if name in fields}
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
     frame = int(match.group("frame"))
     return next((name for name, number in frames.items() if number == frame), None)
 
 
-def with_phases(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Inference entries with their ``phase``: kept where an entry names one, else looked up with :func:`acdc_phase`
-    (a cine's frames and other files stay unknown)."""
-    out = []
-    for entry in entries:
-        entry = dict(entry)
-        if entry.get("phase") is None and "cine_frame" not in entry:
-            entry["phase"] = acdc_phase(entry["image"])
-        out.append(entry)
-    return out
+def entry_phase(data: Mapping[Hashable, Any], image: Any) -> str | None:
+    """The phase of a loaded entry: its ``phase`` where it names one, unknown for a cine's frame, else the
+    ``Info.cfg`` beside the file it was read from (:func:`acdc_phase`)."""
+    if data.get("phase"):
+        return str(data["phase"])
+    filename = image.meta.get("filename_or_obj") if isinstance(image, MetaTensor) else None
+    if "cine_frame" in data or not filename:
+        return None
+    return acdc_phase(str(filename))
 
 
 class PhaseToMetad(MapTransform):
-    """Put the entry's phase value (:func:`phase_value` of ``data["phase"]``) on the image MetaTensor's metadata, where
-    :class:`~pix2rep_bundle.slice_context.ContextSliceInferer` reads it; a no-op without ``phase_input``."""
+    """Put a loaded volume's phase value (:func:`phase_value` of :func:`entry_phase`; 0 with ``use_phase`` false) on
+    its MetaTensor's metadata, where :class:`~pix2rep_bundle.slice_context.ContextSliceInferer` reads it."""
 
-    def __init__(self, keys: Sequence[Hashable] = ("image",), phase_input: bool = True) -> None:
+    def __init__(self, keys: Sequence[Hashable] = ("image",), use_phase: bool = True) -> None:
         super().__init__(keys)
-        self.phase_input = bool(phase_input)
+        self.use_phase = bool(use_phase)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        if self.phase_input:
-            for key in self.key_iterator(d):
-                if isinstance(d[key], MetaTensor):
-                    d[key].meta[PHASE_META_KEY] = phase_value(d.get("phase"))
+        for key in self.key_iterator(d):
+            if isinstance(d[key], MetaTensor):
+                d[key].meta[PHASE_META_KEY] = phase_value(entry_phase(d, d[key])) if self.use_phase else 0.0
         return d
 
 
@@ -97,6 +95,13 @@ class AppendPhaseChanneld(RandomizableTransform, MapTransform):
             else:
                 d[key] = np.concatenate([image, np.full_like(image[:1], value)], axis=0)
         return d
+
+
+def phase_transforms(phase_input: Any, withhold_prob: float = 0.0) -> list:
+    """``[AppendPhaseChanneld]`` for a network with ``phase_input`` (the last of a slice's transforms), else none."""
+    from pix2rep_bundle.settings import as_bool
+
+    return [AppendPhaseChanneld("image", withhold_prob)] if as_bool(phase_input, "phase_input") else []
 
 
 def append_phase_channel(stacked: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:

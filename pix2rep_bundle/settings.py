@@ -85,6 +85,7 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "largest_component",
             "dice_over_batch",
             "phase_input",
+            "use_phase",
         )
     }
     | {
