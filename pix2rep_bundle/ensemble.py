@@ -22,7 +22,7 @@ from pix2rep_bundle.errors import CheckpointError
 from pix2rep_bundle.io import refuse_existing_file, torch_save_atomic
 from pix2rep_bundle.networks import checkpoint_kind, load_checkpoint_file, output_classes, require_finite, unet_features
 from pix2rep_bundle.run_record import recorded_settings
-from pix2rep_bundle.slice_context import phase_input_of, slice_context_of
+from pix2rep_bundle.slice_context import slice_context_of
 from pix2rep_bundle.state_dicts import ENSEMBLE_KEY, ensemble_size, peek_state_dict
 
 SETTING = "ensemble_members"
@@ -112,7 +112,6 @@ def join_networks(
     def form(state: dict) -> str:
         return (
             f"features {unet_features(state)}, {output_classes(state)} classes, slice context {slice_context_of(state)}"
-            + (", phase input" if phase_input_of(state) else "")
         )
 
     first = form(states[0])

@@ -234,7 +234,7 @@ def frame_entries(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def split_volumes(datalist_path: str | os.PathLike, split: str = "test") -> list[dict[str, Any]]:
-    """The original (unprepared) volumes of a datalist split: ``{"image", "label", "subject", "frame", "phase"}``.
+    """The original (unprepared) volumes of a datalist split: ``{"image", "label", "subject", "frame"}``.
 
     The prepared datalist records its source folder; the ACDC layout names each frame
     ``<subject>/<subject>_frameXX.nii.gz`` and its label ``..._gt.nii.gz``.
@@ -249,8 +249,6 @@ def split_volumes(datalist_path: str | os.PathLike, split: str = "test") -> list
         subject, frame = entry["subject"], int(entry["frame"])
         name = frame_stem(subject, frame)
         item = {"image": str(source / subject / f"{name}.nii.gz"), "subject": subject, "frame": frame}
-        if entry.get("phase"):
-            item["phase"] = entry["phase"]
         if "label" in entry:
             item["label"] = str(source / subject / f"{name}_gt.nii.gz")
         entries.append(item)

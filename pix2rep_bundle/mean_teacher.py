@@ -34,18 +34,14 @@ UNSUPPORTED_MODES = ("linear_probe",)
 
 
 def check_mean_teacher(
-    mode: str,
-    mean_teacher: Any = True,
-    distributed: bool | None = None,
-    slice_context: int = 0,
-    phase_input: Any = False,
+    mode: str, mean_teacher: Any = True, distributed: bool | None = None, slice_context: int = 0
 ) -> bool:
     """Whether Mean Teacher is on; ValueError for the combinations it does not support.
 
     Mean Teacher trains the whole student, so it combines with ``scratch`` and ``finetune`` but not with the
     frozen body of ``linear_probe``; it runs in a single process (with ``configs/multi_gpu_train.yaml`` it is
-    refused; ``distributed`` None: whether this process's group is up), on single slices (``slice_context`` 0 and no
-    ``phase_input``: its unlabelled views are one-channel). ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
+    refused; ``distributed`` None: whether this process's group is up), on single slices (``slice_context`` 0: its
+    unlabelled views are one-channel). ``configs/mean_teacher.yaml`` calls it first in ``initialize``.
     """
     from pix2rep_bundle.settings import as_bool
 
@@ -66,11 +62,6 @@ def check_mean_teacher(
         raise ValueError(
             f"Mean Teacher (configs/mean_teacher.yaml) does not combine with --slice_context {slice_context}: its "
             "unlabelled views are single slices; train with --slice_context 0"
-        )
-    if on and as_bool(phase_input, "phase_input"):
-        raise ValueError(
-            "Mean Teacher (configs/mean_teacher.yaml) does not combine with --phase_input true: its unlabelled views "
-            "are single slices without a phase; train with --phase_input false"
         )
     return on
 

@@ -281,22 +281,17 @@ class StudiesGuard:
         task = getattr(self, "_trainers", {}).get(request.get("model"))
         if task is not None and hasattr(task, "bundle_path"):
             continued = os.path.join(task.bundle_path, "models", names[0] if names else "model.pt")
-            members, context, phase = file_form(continued) if request.get("pretrained", True) else (1, 0, False)
-            task._update_overrides = functools.partial(
-                with_model_form, task, context=context, members=members, phase_input=phase
-            )
+            members, context = file_form(continued) if request.get("pretrained", True) else (1, 0)
+            task._update_overrides = functools.partial(with_model_form, task, context=context, members=members)
         return super().train(request)
 
 
-def with_model_form(
-    task: Any, overrides: dict[str, Any], context: int, members: int = 1, phase_input: bool = False
-) -> Any:
+def with_model_form(task: Any, overrides: dict[str, Any], context: int, members: int = 1) -> Any:
     """``task._update_overrides`` (its class's, per request: never stacked), then train.yaml's ``slice_context``
-    set to ``context``, its ``ensemble_members`` to ``members`` and its ``phase_input`` to ``phase_input``."""
+    set to ``context`` and its ``ensemble_members`` to ``members``."""
     updated = type(task)._update_overrides(task, overrides)
     overrides["slice_context"] = context
     overrides["ensemble_members"] = members
-    overrides["phase_input"] = phase_input
     return updated
 
 

@@ -18,24 +18,24 @@ from typing import Any
 from torch import nn
 
 from pix2rep_bundle.ensemble import network_members
-from pix2rep_bundle.slice_context import FIRST_CONV, input_form_of
+from pix2rep_bundle.slice_context import FIRST_CONV, slice_context_of
 from pix2rep_bundle.state_dicts import ensemble_size, peek_state_dict
 
 logger = logging.getLogger(__name__)
 
 
-def network_form(network: nn.Module) -> tuple[int, int, bool]:
-    """(networks, slice context, phase input) of a built segmentation network: an ensemble's size (1 for one network),
-    the neighbours each side its first convolution takes and whether it also takes the cardiac phase."""
+def network_form(network: nn.Module) -> tuple[int, int]:
+    """(networks, slice context) of a built segmentation network: an ensemble's size (1 for one network) and the
+    neighbours each side its first convolution takes."""
     members = network_members(network)
-    return (len(members), *input_form_of(members[0].state_dict()))
+    return len(members), slice_context_of(members[0].state_dict())
 
 
-def file_form(path: str | os.PathLike) -> tuple[int, int, bool]:
-    """(networks, slice context, phase input) of a segmentation checkpoint, read once; (1, 0, False) for a file that
-    is missing or unreadable (loading it then says why)."""
+def file_form(path: str | os.PathLike) -> tuple[int, int]:
+    """(networks, slice context) of a segmentation checkpoint, read once; (1, 0) for a file that is missing or
+    unreadable (loading it then says why)."""
     state = peek_state_dict(path) or {}
-    return (ensemble_size(state) or 1, *input_form_of(state))
+    return ensemble_size(state) or 1, slice_context_of(state)
 
 
 def model_file(task: Any, request: dict[str, Any]) -> str | None:

@@ -84,8 +84,6 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
             "overwrite",
             "largest_component",
             "dice_over_batch",
-            "phase_input",
-            "use_phase",
         )
     }
     | {
@@ -97,7 +95,6 @@ SETTING_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = (
         "lr_body": (lambda v: v is None or (_is_number(v) and v >= 0), "a number >= 0 (or null when frozen)"),
         "num_workers": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
         "selection_centre_fraction": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-        "phase_withhold_prob": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "image_size": (
             lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(s) and s > 0 for s in v),
             "two positive integers, e.g. [96,96]",

@@ -19,8 +19,6 @@ import torch
 from monai.inferers import SliceInferer
 from monai.transforms import MapTransform, RandomizableTransform
 
-from pix2rep_bundle.phase_input import append_phase_channel
-from pix2rep_bundle.settings import as_bool
 from pix2rep_bundle.state_dicts import first_network_state, peek_state_dict
 
 FIRST_CONV = "conv_0.conv_0.conv.weight"  # BasicUNet's first convolution (out, in, kh, kw)
@@ -35,10 +33,9 @@ def check_slice_context(slice_context: Any) -> int:
     return int(slice_context)
 
 
-def input_channels(slice_context: int, phase_input: bool = False) -> int:
-    """The network's input channels for ``slice_context``: the slice and its neighbours on both sides, and one more
-    for the cardiac phase with ``phase_input`` (:mod:`pix2rep_bundle.phase_input`)."""
-    return 1 + 2 * check_slice_context(slice_context) + int(as_bool(phase_input, "phase_input"))
+def input_channels(slice_context: int) -> int:
+    """The network's input channels for ``slice_context``: the slice and its neighbours on both sides."""
+    return 1 + 2 * check_slice_context(slice_context)
 
 
 def neighbour_indices(index: int, num_slices: int, slice_context: int) -> list[int]:
@@ -64,18 +61,14 @@ class ContextSliceInferer(SliceInferer):
     """MONAI's ``SliceInferer`` (2D network over every slice along ``spatial_dim``, the last axis here) whose
     network sees each slice with ``slice_context`` neighbours on each side; 0 is the plain ``SliceInferer``."""
 
-    def __init__(self, slice_context: int = 0, spatial_dim: int = 2, phase_input: bool = False, **kwargs: Any) -> None:
+    def __init__(self, slice_context: int = 0, spatial_dim: int = 2, **kwargs: Any) -> None:
         if spatial_dim != 2:
             raise ValueError("ContextSliceInferer takes the slices along the last axis (spatial_dim 2)")
         super().__init__(spatial_dim=spatial_dim, **kwargs)
         self.slice_context = check_slice_context(slice_context)
-        self.phase_input = as_bool(phase_input, "phase_input")
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        stacked = stack_neighbours(inputs, self.slice_context)
-        if self.phase_input:  # one more channel: the volume's cardiac phase, from its metadata (0 if unknown)
-            stacked = append_phase_channel(stacked, inputs)
-        return super().__call__(stacked, network, *args, **kwargs)
+        return super().__call__(stack_neighbours(inputs, self.slice_context), network, *args, **kwargs)
 
 
 class RandReverseSliceOrderd(RandomizableTransform, MapTransform):
@@ -96,34 +89,22 @@ class RandReverseSliceOrderd(RandomizableTransform, MapTransform):
         return d
 
 
-def input_form_of(ckpt_path: str | os.PathLike | Mapping[str, Any]) -> tuple[int, bool]:
-    """(slice context, phase input) a segmentation checkpoint (path or state dict; one network or an ensemble) was
-    trained with, from its first convolution's input channels (1 + 2c, one more with the phase); (0, False) when the
-    file is missing or unreadable (loading it then reports why)."""
+def slice_context_of(ckpt_path: str | os.PathLike | Mapping[str, Any]) -> int:
+    """The slice context a segmentation checkpoint (path or state dict; one network or an ensemble) was trained
+    with, from its first convolution's input channels; 0 when the file is missing or unreadable (loading it then
+    reports why)."""
     state = first_network_state(peek_state_dict(ckpt_path))
     weight = state.get(FIRST_CONV) if isinstance(state, Mapping) else None
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 4:
-        return 0, False
-    channels = int(weight.shape[1])
-    return (channels - 1) // 2, channels % 2 == 0
-
-
-def slice_context_of(ckpt_path: str | os.PathLike | Mapping[str, Any]) -> int:
-    """The slice context a segmentation checkpoint was trained with (:func:`input_form_of`)."""
-    return input_form_of(ckpt_path)[0]
-
-
-def phase_input_of(ckpt_path: str | os.PathLike | Mapping[str, Any]) -> bool:
-    """Whether a segmentation checkpoint takes the cardiac phase as an input channel (:func:`input_form_of`)."""
-    return input_form_of(ckpt_path)[1]
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[1] % 2 == 0:
+        return 0
+    return (int(weight.shape[1]) - 1) // 2
 
 
 def widen_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """A one-channel first-conv weight (out, 1, kh, kw) as (out, in_channels, kh, kw): the pretrained kernel on
-    the centre slice's channel, zeros on the neighbours and the phase channel (an even count: the last one), so the
-    widened network computes what the one-channel one did."""
-    if weight.ndim != 4 or weight.shape[1] != 1 or in_channels < 1:
+    the centre channel, zeros on the neighbours (the widened network computes what the one-channel one did)."""
+    if weight.ndim != 4 or weight.shape[1] != 1 or in_channels % 2 == 0:
         raise ValueError(f"cannot widen a first convolution of shape {tuple(weight.shape)} to {in_channels} channels")
     wide = weight.new_zeros((weight.shape[0], in_channels, *weight.shape[2:]))
-    wide[:, (in_channels - 1) // 2] = weight[:, 0]
+    wide[:, in_channels // 2] = weight[:, 0]
     return wide

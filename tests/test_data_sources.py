@@ -198,16 +198,6 @@ def test_a_label_for_some_entries_only_is_refused_where_training_needs_it(phanto
     assert load_datalist(tmp_path / "out" / "datalist.json", "validation")  # pretraining reads images only
 
 
-def test_a_datalist_entrys_phase_reaches_the_prepared_entries(phantom, tmp_path):
-    path = datalist_json(phantom, tmp_path / "mine")
-    content = json.loads(path.read_text())
-    for entry in content["training"] + content["validation"]:
-        entry["phase"] = "ED" if entry["image"].endswith("frame01.nii.gz") else "es"
-    d = prepare(write_json(path, content), tmp_path / "out")
-    phases = {(e["subject"], e["phase"]) for e in d["labeled"] + d["validation"]}
-    assert {phase for _, phase in phases} == {"ED", "ES"} and len(phases) == len(d["labeled"]) + len(d["validation"])
-
-
 # ---------------------------------------------------------------------------------------------- bad input
 
 
@@ -239,23 +229,6 @@ def _mixed_3d_4d(phantom: Path, root: Path) -> tuple[Path, str]:
     return source, r"case 0/visit_scans: holds 3D volumes \(scan0.nii.gz\) and 4D files \(cine.nii.gz\)"
 
 
-def _unknown_phase(phantom: Path, root: Path) -> tuple[Path, str]:
-    path = datalist_json(phantom, root)
-    content = json.loads(path.read_text())
-    content["training"][1]["phase"] = "systole"
-    return (
-        write_json(path, content),
-        r"dataset.json: entry .*frame\d+.nii.gz: \"phase\" is 'systole'; give ED, ES or none",
-    )
-
-
-def _phase_of_a_cine(phantom: Path, root: Path) -> tuple[Path, str]:
-    cine_folder(phantom, root)
-    return write_json(root / "list.json", {"training": [{"image": "cines/patient001_cine.nii.gz", "phase": "ES"}]}), (
-        r"list.json: entry .*patient001_cine.nii.gz: a 4D cine has no single \"phase\""
-    )
-
-
 def _empty_folder(phantom: Path, root: Path) -> tuple[Path, str]:
     (root / "nothing" / "here").mkdir(parents=True)
     return root, r"no NIfTI volumes \(.nii, .nii.gz\) in this folder or below"
@@ -279,8 +252,6 @@ BAD = {
     "twice_in_one_pool": _twice_in_one_pool,
     "twice_across_pools": _twice_across_pools,
     "mixed_3d_4d": _mixed_3d_4d,
-    "unknown_phase": _unknown_phase,
-    "phase_of_a_cine": _phase_of_a_cine,
     "empty_folder": _empty_folder,
     "not_decathlon": _not_decathlon,
     "no_image_key": _no_image_key,

@@ -258,7 +258,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
     ``volume_preprocessing(...)`` for raw NIfTI entries such as ``{"image": path, "label": path}``) or by
     default LoadImaged + EnsureChannelFirstd (for prepared volumes); slices are kept in memory (float32
     images, uint8 labels). Item ``i``: ``{"image": (1, H, W) float32, "label": (1, H, W) uint8 (when the
-    entry has one), "subject", "frame", "phase", "slice_index", "num_slices"}``, passed through ``transform``.
+    entry has one), "subject", "frame", "slice_index", "num_slices"}``, passed through ``transform``.
     The channel is added in numpy, so ``EnsureTyped(track_meta=True)`` makes a 2D MetaTensor of it.
     With ``slice_context`` c > 0 the image is (1 + 2c, H, W): slices i - c .. i + c of its volume, the end slices
     repeated (:mod:`pix2rep_bundle.slice_context`); the label stays slice i's.
@@ -333,12 +333,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
                     f"{Path(path).name} ({image_shape[0]} of {image_shape[1:]})",
                 )
         subject, frame = _identity(entry)
-        volume.update(
-            subject=subject,
-            frame=frame,
-            phase=str(entry.get("phase") or ""),
-            num_slices=int(volume[self.image_key].shape[0]),
-        )
+        volume.update(subject=subject, frame=frame, num_slices=int(volume[self.image_key].shape[0]))
         return volume
 
     def __len__(self) -> int:
@@ -354,13 +349,7 @@ class VolumeSliceDataset(torch.utils.data.Dataset):
             item[self.image_key] = volume[self.image_key][
                 neighbour_indices(k, volume["num_slices"], self.slice_context)
             ]
-        item.update(
-            subject=volume["subject"],
-            frame=volume["frame"],
-            phase=volume["phase"],
-            slice_index=k,
-            num_slices=volume["num_slices"],
-        )
+        item.update(subject=volume["subject"], frame=volume["frame"], slice_index=k, num_slices=volume["num_slices"])
         return self.transform(item) if self.transform is not None else item
 
 

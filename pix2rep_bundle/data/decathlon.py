@@ -8,19 +8,17 @@
 - An entry's image is a 3D volume or a 4D cine (one volume per frame).
 - Subjects: entries with the same ``subject`` key are one subject (e.g. the ED and ES frames of a patient); an entry
   without one is a subject of its own. A subject lies in one pool only. An optional ``group`` key stratifies the
-  drawn splits. An optional ``phase`` ("ED" or "ES", for a 3D entry) is given to networks trained with
-  ``--phase_input true`` (:mod:`pix2rep_bundle.phase_input`).
+  drawn splits.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 
 from pix2rep_bundle.data.folder import file_volumes, safe_name
-from pix2rep_bundle.data.records import UNKNOWN_GROUP, Source, Subject, Volume, nifti_stem
+from pix2rep_bundle.data.records import UNKNOWN_GROUP, Source, Subject, nifti_stem
 from pix2rep_bundle.errors import DataError
 
 POOLS = ("training", "validation", "test")
@@ -105,24 +103,9 @@ def _subjects(path: Path, pools: dict[str, list[dict]]) -> list[Subject]:
                 )
             image, label = Path(entry["image"]), Path(entry["label"]) if "label" in entry else None
             volume_name = safe_name(f"{name}/{nifti_stem(image)}")
-            volumes = file_volumes(image, label, volume_name, first_frame=len(subject.volumes) + 1)
-            subject.volumes += _with_entry_phase(path, entry, volumes)
+            subject.volumes += file_volumes(image, label, volume_name, first_frame=len(subject.volumes) + 1)
             subject.files += [image] if label is None else [image, label]
     return list(subjects.values())
-
-
-def _with_entry_phase(path: Path, entry: dict, volumes: list[Volume]) -> list[Volume]:
-    """An entry's volumes with its optional ``phase``, "ED" or "ES" (what ``--phase_input`` networks are given);
-    DataError naming the entry for another value or a phase on a 4D cine (its frames have none in common)."""
-    phase = entry.get("phase")
-    if phase in (None, ""):
-        return volumes
-    name = str(phase).upper()
-    if name not in ("ED", "ES"):
-        raise DataError(path, f"entry {entry['image']}: \"phase\" is {phase!r}; give ED, ES or none")
-    if len(volumes) != 1:
-        raise DataError(path, f"entry {entry['image']}: a 4D cine has no single \"phase\"; give its entry none")
-    return [dataclasses.replace(volumes[0], phase=name)]
 
 
 def datalist_source(path: str | os.PathLike) -> Source:
