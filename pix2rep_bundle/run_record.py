@@ -50,7 +50,6 @@ ABSENT_MEANS: dict[str, Any] = {
     "slice_context": 0,
     "dice_over_batch": False,
     "ensemble_members": 1,
-    "lr_decay": "none",
 }
 
 

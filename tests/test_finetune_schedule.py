@@ -1,10 +1,7 @@
 """Fine-tuning with the head first and the body's learning rate warmed up (``--head_only_epochs``,
-``--body_warmup_epochs``), and every rate decayed (``--lr_decay cosine``), through ``configs/train.yaml`` as users run
-it."""
+``--body_warmup_epochs``), through ``configs/train.yaml`` as users run it."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
@@ -12,7 +9,7 @@ from helpers import CONFIGS, find_in_chain, tiny_settings
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from pix2rep_bundle.finetune_schedule import body_rate_factor, decay_factor
+from pix2rep_bundle.finetune_schedule import body_rate_factor
 
 TRAIN = str(CONFIGS / "train.yaml")
 
@@ -23,15 +20,6 @@ def test_the_body_rate_is_zero_then_ramps_linearly_to_one():
     assert factors[4:12] == pytest.approx([k / 8 for k in range(1, 9)]), "then a linear ramp over two epochs"
     assert factors[12:] == [1.0, 1.0]
     assert body_rate_factor(1, 4, 0, 0) == 1.0 and body_rate_factor(9, 4, 2, 0) == 1.0
-
-
-def test_the_cosine_decay_falls_from_one_towards_zero():
-    factors = [decay_factor(i, 8, "cosine") for i in range(1, 9)]
-    assert factors[0] == 1.0 and factors[4] == pytest.approx(0.5) and 0 < factors[-1] < 0.04
-    assert all(a > b for a, b in zip(factors, factors[1:]))
-    assert decay_factor(5, 8, "none") == 1.0
-    with pytest.raises(ValueError, match="--lr_decay must be one of none, cosine, got 'cosin'"):
-        decay_factor(1, 8, "cosin")
 
 
 @pytest.fixture(scope="module")
@@ -88,34 +76,3 @@ def test_a_warmup_outside_finetuning_is_refused_before_any_work(tiny, tmp_path):
         workflow.initialize()
     assert find_in_chain(caught.value, ValueError, "apply to --mode finetune")
     assert not (tmp_path / "out").exists(), "refused before the run folder is made"
-
-
-def test_every_rate_decays_with_cosine_and_the_warmup_still_holds_the_body(tiny, tmp_path):
-    overrides = {**tiny, "epochs": 2, "head_only_epochs": 1, "lr_body": 1e-3, "lr_head": 1e-2, "lr_decay": "cosine"}
-    workflow = ConfigWorkflow(
-        config_file=TRAIN, workflow_type="train", run_id="run", **overrides, output_dir=str(tmp_path / "out")
-    )
-    workflow.initialize()
-    trainer = workflow.parser.get_parsed_content("train#trainer")
-    optimizer = workflow.parser.get_parsed_content("optimizer")
-    rates: list[tuple[float, float]] = []
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED, lambda e: rates.append(tuple(g["lr"] for g in optimizer.param_groups))
-    )
-    workflow.run()
-    workflow.finalize()
-    cosine = [decay_factor(i, 4, "cosine") for i in range(1, 5)]
-    assert [body for body, _ in rates] == pytest.approx([0.0, 0.0] + [1e-3 * f for f in cosine[2:]])
-    assert [head for _, head in rates] == pytest.approx([1e-2 * f for f in cosine])
-    recorded = json.loads((tmp_path / "out" / "run_info.json").read_text())["settings"]
-    assert recorded["lr_decay"] == "cosine"
-
-
-def test_a_misspelled_decay_is_refused_before_any_work(tiny, tmp_path):
-    workflow = ConfigWorkflow(
-        config_file=TRAIN, workflow_type="train", run_id="run", **tiny, lr_decay="cosin", output_dir=str(tmp_path / "o")
-    )
-    with pytest.raises(Exception) as caught:
-        workflow.initialize()
-    assert find_in_chain(caught.value, ValueError, "--lr_decay must be one of none, cosine")
-    assert not (tmp_path / "o").exists()
