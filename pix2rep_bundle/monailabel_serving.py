@@ -13,29 +13,27 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from pix2rep_bundle.ensemble import network_members
 from pix2rep_bundle.slice_context import FIRST_CONV, slice_context_of
-from pix2rep_bundle.state_dicts import ensemble_size, peek_state_dict
+from pix2rep_bundle.state_dicts import ensemble_size, first_network_state, peek_state_dict
 
 logger = logging.getLogger(__name__)
 
 
-def network_form(network: nn.Module) -> tuple[int, int]:
-    """(networks, slice context) of a built segmentation network: an ensemble's size (1 for one network) and the
-    neighbours each side its first convolution takes."""
-    members = network_members(network)
-    return len(members), slice_context_of(members[0].state_dict())
+def state_form(state: Mapping[str, Any]) -> tuple[int, int]:
+    """(networks, slice context) of a segmentation state dict, a built network's or a file's: an ensemble's size (1
+    for one network) and the neighbours each side its first convolution takes."""
+    return ensemble_size(state) or 1, slice_context_of(state)
 
 
 def file_form(path: str | os.PathLike) -> tuple[int, int]:
-    """(networks, slice context) of a segmentation checkpoint, read once; (1, 0) for a file that is missing or
-    unreadable (loading it then says why)."""
-    state = peek_state_dict(path) or {}
-    return ensemble_size(state) or 1, slice_context_of(state)
+    """:func:`state_form` of a segmentation checkpoint, read once; (1, 0) for a file that is missing or unreadable
+    (loading it then says why)."""
+    return state_form(peek_state_dict(path) or {})
 
 
 def model_file(task: Any, request: dict[str, Any]) -> str | None:
@@ -55,16 +53,15 @@ def follow_model_file(task: Any, request: dict[str, Any]) -> bool:
     form than its network: ``ckpt_path`` set to that file, the config parsed afresh, the cached networks dropped.
     Returns whether it rebuilt them (False for other tasks, and for a file that fits)."""
     network, config = getattr(task, "network", None), getattr(task, "bundle_config", None)
-    if (
-        not isinstance(network, nn.Module)
-        or config is None
-        or FIRST_CONV not in network_members(network)[0].state_dict()
-    ):
+    if not isinstance(network, nn.Module) or config is None:
+        return False
+    served_state = network.state_dict()
+    if FIRST_CONV not in first_network_state(served_state):
         return False
     path = model_file(task, request)
     if path is None:
         return False
-    wanted, served = file_form(path), network_form(network)  # the file read once a request
+    wanted, served = file_form(path), state_form(served_state)  # the file read once a request
     if wanted == served:
         return False
     logger.info(f"{path}: {wanted} (networks, slice context), the served network {served}: rebuilt")
